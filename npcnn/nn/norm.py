@@ -1,0 +1,114 @@
+"""Batch normalisation, per channel."""
+import numpy as np
+
+from .module import Module, Parameter, check_dtype, check_input
+
+
+class _BatchNorm(Module):
+    r"""Batch normalisation over every axis but the channel axis 1.
+
+    Forward (training): per channel, ``mu`` and biased ``var`` over the
+    batch (and spatial) axes, ``xhat = (x - mu) / sqrt(var + eps)``,
+    ``y = gamma * xhat + beta``. The running statistics follow PyTorch:
+    ``running = (1 - momentum) * running + momentum * batch``, with the
+    *unbiased* batch variance (``var * m / (m - 1)``) going into
+    ``running_var``; ``momentum=None`` means a cumulative average.
+    In eval mode the running statistics replace the batch ones.
+
+    Backward, with ``m`` values per channel and sums over them:
+
+    * ``dL/dbeta = sum(g)``, ``dL/dgamma = sum(g * xhat)``
+    * training: ``dL/dx = gamma / sqrt(var + eps) / m *
+      (m * g - sum(g) - xhat * sum(g * xhat))`` (mu and var depend on x)
+    * eval: ``dL/dx = g * gamma / sqrt(running_var + eps)`` (they do not)
+    """
+
+    _buffers = ("running_mean", "running_var", "num_batches_tracked")
+    _ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, dtype=np.float32, rng=None):
+        self.num_features = int(num_features)
+        if self.num_features <= 0:
+            raise ValueError(f"{type(self).__name__}: num_features must be positive, got {num_features}")
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = affine
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=dtype))
+            self.bias = Parameter(np.zeros(num_features, dtype=dtype))
+        self.running_mean = np.zeros(num_features, dtype=dtype)
+        self.running_var = np.ones(num_features, dtype=dtype)
+        self.num_batches_tracked = np.array(0, dtype=np.int64)
+        self._dtype = np.dtype(dtype)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def _channel_view(self, a):
+        """View a (N, C, ...) array as (N, C, rest) so every reduction is over axes (0, 2)."""
+        return a.reshape(a.shape[0], a.shape[1], -1)
+
+    def forward(self, x):
+        check_input(self, x, self._ndims, self.num_features)
+        check_dtype(self, x, self._dtype)
+        x3 = self._channel_view(x)
+        m = x3.shape[0] * x3.shape[2]
+        if self.training:
+            if m <= 1:
+                raise ValueError(
+                    f"{self!r}: expected more than 1 value per channel when training, got input shape {x.shape}"
+                )
+            mean = x3.mean(axis=(0, 2))
+            centred = x3 - mean[:, None]
+            var = np.mean(centred * centred, axis=(0, 2))
+            self._update_running(mean, var, m)
+        else:
+            mean, var = self.running_mean, self.running_var
+            centred = x3 - mean[:, None]
+        self._invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        self._xhat = centred * self._invstd[:, None]
+        self._batch_stats = self.training
+        if self.affine:
+            y = self._xhat * self.weight.data[:, None] + self.bias.data[:, None]
+        else:
+            y = self._xhat.copy()
+        return y.reshape(x.shape)
+
+    def _update_running(self, mean, var, m):
+        self.num_batches_tracked += 1
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean *= 1 - momentum
+        self.running_mean += momentum * mean
+        self.running_var *= 1 - momentum
+        self.running_var += momentum * var * (m / (m - 1))
+
+    def backward(self, grad_out, param_grads=True):
+        g = self._channel_view(grad_out)
+        xhat = self._xhat
+        sum_g = g.sum(axis=(0, 2))
+        sum_gx = (g * xhat).sum(axis=(0, 2))
+        if self.affine and param_grads:
+            self.weight.accumulate(sum_gx)
+            self.bias.accumulate(sum_g)
+        scale = self._invstd * (self.weight.data if self.affine else 1)
+        if self._batch_stats:
+            m = g.shape[0] * g.shape[2]
+            dx = (g - (sum_g / m)[:, None] - xhat * (sum_gx / m)[:, None]) * scale[:, None]
+        else:
+            dx = g * scale[:, None]
+        return dx.astype(grad_out.dtype, copy=False).reshape(grad_out.shape)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) inputs, per channel C (see :class:`_BatchNorm`)."""
+
+    _ndims = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) inputs, per feature C (see :class:`_BatchNorm`)."""
+
+    _ndims = (2, 3)

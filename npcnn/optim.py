@@ -1,0 +1,138 @@
+"""Optimisers: they update any :class:`~npcnn.nn.Parameter`, an input image included.
+
+The update rules are PyTorch's (``torch.optim.Adam`` / ``SGD``, single-tensor
+path), including the order of ``maximize`` and ``weight_decay``.
+"""
+import math
+
+import numpy as np
+
+from .nn.module import Parameter
+
+
+class Optimizer:
+    def __init__(self, params, lr):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if not all(isinstance(p, Parameter) for p in self.params):
+            raise TypeError(f"{type(self).__name__}: every parameter must be an npcnn Parameter")
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: learning rate must be positive, got {lr}")
+        self.lr = float(lr)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def _direction(self, p):
+        """The gradient to descend: -grad when maximising (before weight decay, as PyTorch)."""
+        return -p.grad if self.maximize else p.grad
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba), as ``torch.optim.Adam``.
+
+    With ``g`` the gradient (negated when ``maximize``, plus ``weight_decay * p``)::
+
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g^2
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    Each step updates the parameter in place with a few fused numpy calls and
+    two scratch buffers per parameter, so no array is allocated per step.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
+        super().__init__(params, lr)
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"Adam: eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        self.betas, self.eps, self.weight_decay, self.maximize = tuple(betas), eps, weight_decay, maximize
+        self.state = [None] * len(self.params)
+        self.t = 0
+
+    def state_dict(self):
+        """Step count and moment estimates, as plain arrays (for checkpoints)."""
+        out = {"t": np.array(self.t)}
+        for i, s in enumerate(self.state):
+            if s is not None:
+                out[f"{i}.exp_avg"], out[f"{i}.exp_avg_sq"] = s[0].copy(), s[1].copy()
+        return out
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        for i, p in enumerate(self.params):
+            if f"{i}.exp_avg" in state:
+                m = np.array(state[f"{i}.exp_avg"], dtype=p.dtype)
+                v = np.array(state[f"{i}.exp_avg_sq"], dtype=p.dtype)
+                self.state[i] = (m, v, np.empty_like(p.data))
+            else:
+                self.state[i] = None
+
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        bc1 = 1.0 - b1 ** self.t
+        bc2_sqrt = math.sqrt(1.0 - b2 ** self.t)
+        step_size = self.lr / bc1
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if self.state[i] is None:
+                self.state[i] = (np.zeros_like(p.data), np.zeros_like(p.data), np.empty_like(p.data))
+            m, v, tmp = self.state[i]
+            g = self._direction(p)
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            dt = p.dtype.type
+            m *= dt(b1)
+            m += dt(1 - b1) * g
+            v *= dt(b2)
+            np.multiply(g, g, out=tmp)
+            tmp *= dt(1 - b2)
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp /= dt(bc2_sqrt)
+            tmp += dt(self.eps)
+            np.divide(m, tmp, out=tmp)
+            tmp *= dt(step_size)
+            p.data -= tmp
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    With ``g`` the gradient (negated when ``maximize``, plus ``weight_decay * p``)::
+
+        buf = g                      (first step)
+        buf = momentum * buf + g     (later steps)
+        d = g + momentum * buf if nesterov else buf
+        p -= lr * d
+    """
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, maximize=False):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: Nesterov momentum requires a positive momentum")
+        self.momentum, self.weight_decay, self.nesterov, self.maximize = momentum, weight_decay, nesterov, maximize
+        self.buffers = [None] * len(self.params)
+
+    def step(self):
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            d = self._direction(p)
+            if self.weight_decay:
+                d = d + self.weight_decay * p.data
+            if self.momentum:
+                if self.buffers[i] is None:
+                    self.buffers[i] = np.array(d, copy=True)
+                else:
+                    self.buffers[i] *= p.dtype.type(self.momentum)
+                    self.buffers[i] += d
+                d = d + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
+            p.data -= p.dtype.type(self.lr) * d
