@@ -80,3 +80,74 @@ def summary(model, input_shape=(1, 1, 28, 28)):
     lines.append("-" * (width + 31))
     lines.append(f"total parameters: {count_parameters(model):,}   neurons: {count_neurons(model):,}")
     return "\n".join(lines)
+
+
+MODEL_FORMAT = 1
+_META = "meta."
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, damaged, or not one npcnn wrote."""
+
+
+def save_model(path, model, normalization, *, batchnorm, dataset="mnist", class_names=None):
+    """Write the reference net's weights with everything inference needs, as one ``.npz``.
+
+    Besides the state dict (PyTorch keys), the file holds ``meta.*`` arrays:
+    the architecture and its BatchNorm flag, the input normalisation
+    (mean, std of the training pixels in [0, 1]), the dataset and its class
+    names, and a format version. Written atomically, loads without pickle.
+    """
+    from .io import save_npz
+
+    class_names = list(class_names) if class_names is not None else [str(i) for i in range(10)]
+    meta = {
+        "format": np.array(MODEL_FORMAT),
+        "architecture": np.array("seed_cnn"),
+        "batchnorm": np.array(bool(batchnorm)),
+        "mean": np.array(normalization.mean, dtype=np.float64),
+        "std": np.array(normalization.std, dtype=np.float64),
+        "dataset": np.array(dataset),
+        "class_names": np.array(class_names),
+        "dtype": np.array(np.dtype(model.parameters()[0].dtype).name),
+    }
+    save_npz(path, {**model.state_dict(), **{_META + k: v for k, v in meta.items()}})
+
+
+def load_model(path):
+    """Read a file written by :func:`save_model`.
+
+    Returns ``(model, normalization, meta)``: the net in eval mode, a
+    :class:`~npcnn.data.Normalization`, and a dict with ``batchnorm``,
+    ``dataset``, ``class_names``.
+    """
+    import os
+    import zipfile
+
+    from .data import Normalization
+    from .io import load_npz
+
+    if not os.path.isfile(path):
+        raise ModelFileError(f"no model file at {path} (train one with `npcnn train --out DIR`)")
+    try:
+        arrays = load_npz(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ModelFileError(f"{path}: not a readable .npz model file ({e})") from None
+    meta = {k[len(_META):]: v for k, v in arrays.items() if k.startswith(_META)}
+    if "format" not in meta or "architecture" not in meta:
+        raise ModelFileError(f"{path}: no npcnn metadata; was it written by npcnn.models.save_model?")
+    if int(meta["format"]) != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: model format {int(meta['format'])}, this npcnn reads format {MODEL_FORMAT}; "
+                             f"retrain with this version")
+    if str(meta["architecture"]) != "seed_cnn":
+        raise ModelFileError(f"{path}: unknown architecture {str(meta['architecture'])!r}")
+    batchnorm = bool(meta["batchnorm"])
+    class_names = [str(c) for c in meta["class_names"]]
+    model = seed_cnn(batchnorm=batchnorm, num_classes=len(class_names), dtype=np.dtype(str(meta["dtype"])))
+    try:
+        model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith(_META)})
+    except (KeyError, ValueError) as e:
+        raise ModelFileError(f"{path}: weights do not fit the architecture: {e}") from None
+    normalization = Normalization(float(meta["mean"]), float(meta["std"]))
+    info = {"batchnorm": batchnorm, "dataset": str(meta["dataset"]), "class_names": class_names}
+    return model.eval(), normalization, info

@@ -3,12 +3,12 @@ from .activation import Dropout, LogSoftmax, ReLU, Softmax
 from .conv import Conv2d
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss, NLLLoss, NonFiniteLossError
-from .module import Module, Parameter, Sequential, save_npz
+from .module import Module, Parameter, Sequential
 from .norm import BatchNorm1d, BatchNorm2d
 from .pool import MaxPool2d
 
 __all__ = [
-    "Parameter", "Module", "Sequential", "save_npz",
+    "Parameter", "Module", "Sequential",
     "Conv2d", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "Linear", "Flatten",
     "ReLU", "LogSoftmax", "Softmax", "Dropout",
     "NLLLoss", "CrossEntropyLoss", "NonFiniteLossError",

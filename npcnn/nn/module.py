@@ -9,11 +9,11 @@ Every layer implements two methods::
 differentiates. Gradients *accumulate* into ``.grad`` as in PyTorch, so call
 ``zero_grad()`` (or the optimiser's) between steps.
 """
-import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
+
+from ..io import load_npz, save_npz
 
 
 class Parameter:
@@ -168,9 +168,9 @@ class Module:
 
     def load(self, path):
         """Load a state dict written by :meth:`save` (extra keys are ignored)."""
-        with np.load(path, allow_pickle=False) as f:
-            own = {k for k, _ in self.named_parameters()} | {k for k, _ in self.named_buffers()}
-            self.load_state_dict({k: f[k] for k in f.files if k in own})
+        arrays = load_npz(path)
+        own = {k for k, _ in self.named_parameters()} | {k for k, _ in self.named_buffers()}
+        self.load_state_dict({k: v for k, v in arrays.items() if k in own})
         return self
 
     def extra_repr(self):
@@ -178,25 +178,6 @@ class Module:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
-
-
-def save_npz(path, arrays):
-    """Write ``arrays`` to ``path`` with ``np.savez``: temp file in the same folder, then rename.
-
-    A crash mid-write never leaves a truncated file under ``path``.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Sequential(Module):

@@ -1,0 +1,221 @@
+"""The training experiment of the report: one run folder per trained net.
+
+:func:`train_run` trains the reference net with the report's settings and
+writes everything the report shows about training into a run folder (see
+:mod:`npcnn.runs` for the layout); :func:`compare_runs` trains it with and
+without BatchNorm and draws them side by side.
+"""
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+from . import plots  # noqa: F401  (selects the Agg backend)
+from .data import Normalization, load_dataset
+from .io import read_json, save_figure, write_json
+from .models import count_neurons, count_parameters, save_model, seed_cnn, summary_rows
+from .nn import NLLLoss
+from .optim import Adam
+from .plots import training as training_plots
+from .runs import FORMAT
+from .train import Checkpoint, evaluate, fit
+
+
+@dataclass
+class TrainConfig:
+    """The settings of a training run; the defaults are the report's."""
+
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    batchnorm: bool = False
+    limit: Optional[int] = None
+    allow_sample: bool = False
+
+    def validate(self):
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"--limit must be positive, got {self.limit}")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise ValueError(f"data directory {self.data_dir} does not exist")
+        return self
+
+
+class RunFolderError(ValueError):
+    """The output folder cannot take this run (it is a file, or holds another run)."""
+
+
+# settings that must match for --resume to continue a run (epochs may grow)
+_RESUME_KEYS = ("dataset", "batch_size", "lr", "seed", "batchnorm", "limit")
+
+
+def prepare_folder(out, config, resume):
+    """Check ``out`` can hold this run; return the config of the run being resumed, if any."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"output folder {out} is a file")
+    checkpoint = os.path.join(out, "checkpoint.npz")
+    finished = os.path.isfile(os.path.join(out, "metrics.json"))
+    if resume:
+        if not os.path.isfile(checkpoint):
+            what = "a finished run" if finished else "no checkpoint"
+            raise RunFolderError(f"cannot resume: {out} holds {what}")
+        old = read_json(os.path.join(out, "config.json"))
+        diff = [k for k in _RESUME_KEYS if old.get(k) != asdict(config).get(k)]
+        if diff:
+            raise RunFolderError(f"cannot resume {out}: settings differ from the interrupted run ({', '.join(diff)})")
+        return old
+    if finished:
+        raise RunFolderError(f"{out} already holds a finished run; choose another --out or delete it")
+    if os.path.isfile(checkpoint):
+        raise RunFolderError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
+    return None
+
+
+def load_train_test(config, log=print):
+    """The dataset's train and test splits (train cut to ``limit``), and its info."""
+    train_x, train_y, info = load_dataset(config.dataset, "train", root=config.data_dir,
+                                          allow_sample=config.allow_sample, return_info=True)
+    test_x, test_y = load_dataset(config.dataset, "test", root=config.data_dir, allow_sample=config.allow_sample)
+    if config.limit is not None:
+        train_x, train_y = train_x[:config.limit], train_y[:config.limit]
+    if log:
+        log(f"data: {info.name} from {info.source} ({info.path}): {len(train_y):,} train, {len(test_y):,} test images")
+    return (train_x, train_y), (test_x, test_y), info
+
+
+def train_run(config, out, *, resume=False, progress=True, log=print, data=None):
+    """Train the reference net per ``config`` into the run folder ``out``; return its metrics dict.
+
+    Ctrl-C leaves the last completed epoch in ``out/checkpoint.npz``;
+    ``resume=True`` continues from it and ends with the same weights and
+    history as an uninterrupted run.
+    """
+    config.validate()
+    prepare_folder(out, config, resume)
+    train, test, info = data if data is not None else load_train_test(config, log)
+    normalization = Normalization.from_images(train[0])
+    model = seed_cnn(batchnorm=config.batchnorm, num_classes=len(info.class_names), rng=config.seed)
+    optimizer = Adam(model.parameters(), lr=config.lr)
+    loss = NLLLoss()
+    os.makedirs(out, exist_ok=True)
+    checkpoint = Checkpoint(os.path.join(out, "checkpoint.npz"))
+    history, start_epoch = None, 0
+    if resume:
+        history, start_epoch = checkpoint.load(model, optimizer)
+        log(f"resuming {out} after epoch {start_epoch}")
+    write_json(os.path.join(out, "config.json"), {
+        "format": FORMAT, **asdict(config), "data_source": info.source,
+        "class_names": list(info.class_names), "normalization": normalization.as_dict(),
+    })
+    if log:
+        variant = "with BatchNorm" if config.batchnorm else "without BatchNorm"
+        log(f"training the reference net {variant}: {count_parameters(model):,} parameters, "
+            f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr:g}")
+    history = fit(model, loss, optimizer, train, test, config.epochs, config.batch_size,
+                  normalization=normalization, seed=config.seed, history=history, start_epoch=start_epoch,
+                  checkpoint=checkpoint, progress=progress, log=log)
+    return finish_run(out, config, model, normalization, history, test, info)
+
+
+def finish_run(out, config, model, normalization, history, test, info):
+    """Evaluate, then write the model, history, samples, figures and (last) metrics.json."""
+    names = list(info.class_names)
+    result = evaluate(model, *test, normalization=normalization)
+    labels = np.asarray(test[1], dtype=np.int64)
+    save_model(os.path.join(out, "model.npz"), model, normalization, batchnorm=config.batchnorm,
+               dataset=config.dataset, class_names=names)
+    write_json(os.path.join(out, "history.json"), history.as_dict())
+    samples = pick_samples(labels, result, config.seed, len(names))
+    write_json(os.path.join(out, "samples.json"), samples)
+    report = classification_report(labels, result.predictions, labels=list(range(len(names))), target_names=names,
+                                   output_dict=True, zero_division=0)
+    matrix = confusion_matrix(labels, result.predictions, labels=list(range(len(names))))
+    h = history.as_dict()
+    save_figure(training_plots.curves(h, "loss"), os.path.join(out, "loss.png"))
+    save_figure(training_plots.curves(h, "accuracy"), os.path.join(out, "accuracy.png"))
+    save_figure(training_plots.confusion_matrix(matrix, names), os.path.join(out, "confusion_matrix.png"))
+    save_figure(training_plots.classification_report(report, names), os.path.join(out, "classification_report.png"))
+    images = test[0][samples["indices"]].astype(np.float32) / 255
+    save_figure(training_plots.sample_predictions(images, samples["labels"], samples["predicted"],
+                                                  samples["probability"], names),
+                os.path.join(out, "samples.png"))
+    metrics = {
+        "test_accuracy": result.accuracy,
+        "test_loss": result.loss,
+        "classification_report": report,
+        "confusion_matrix": matrix.tolist(),
+        "train_seconds": float(sum(history.seconds)),
+        "seconds_per_epoch": list(history.seconds),
+        "parameters": count_parameters(model),
+        "neurons": count_neurons(model),
+        "layers": summary_rows(model),
+        "dataset": config.dataset,
+        "data_source": info.source,
+        "batchnorm": config.batchnorm,
+        "epochs": len(history),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    if os.path.exists(ckpt):
+        os.unlink(ckpt)
+    return metrics
+
+
+def pick_samples(labels, result, seed, num_classes):
+    """One random test image per class (seeded): the images every later analysis defaults to."""
+    rng = np.random.default_rng([seed, 1234])
+    indices = []
+    for c in range(num_classes):
+        candidates = np.flatnonzero(labels == c)
+        if len(candidates) == 0:
+            raise ValueError(f"the test set has no image of class {c}")
+        indices.append(int(rng.choice(candidates)))
+    pred = result.predictions[indices]
+    return {
+        "indices": indices,
+        "labels": [int(labels[i]) for i in indices],
+        "predicted": [int(p) for p in pred],
+        "probability": [float(result.probabilities[i, p]) for i, p in zip(indices, pred)],
+    }
+
+
+VARIANTS = {"plain": False, "batchnorm": True}
+
+
+def compare_runs(config, out, *, resume=False, progress=True, log=print):
+    """Train without and with BatchNorm into ``out/plain`` and ``out/batchnorm``; draw them side by side."""
+    config.validate()
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"output folder {out} is a file")
+    data = load_train_test(config, log)
+    results = {}
+    for name, bn in VARIANTS.items():
+        folder = os.path.join(out, name)
+        variant = TrainConfig(**{**asdict(config), "batchnorm": bn})
+        if os.path.isfile(os.path.join(folder, "metrics.json")) and resume:
+            log(f"{name}: finished earlier, reusing {folder}")
+            results[name] = read_json(os.path.join(folder, "metrics.json"))
+            continue
+        can_resume = resume and os.path.isfile(os.path.join(folder, "checkpoint.npz"))
+        results[name] = train_run(variant, folder, resume=can_resume, progress=progress, log=log, data=data)
+    histories = {n: read_json(os.path.join(out, n, "history.json")) for n in VARIANTS}
+    seconds = {n: results[n]["train_seconds"] for n in VARIANTS}
+    save_figure(training_plots.comparison(histories, seconds), os.path.join(out, "comparison.png"))
+    summary = {n: {k: results[n][k] for k in ("test_accuracy", "test_loss", "train_seconds", "parameters")}
+               for n in VARIANTS}
+    write_json(os.path.join(out, "comparison.json"), summary)
+    for n in VARIANTS:
+        log(f"{n:>9}: test accuracy {summary[n]['test_accuracy']:.2%}, training {summary[n]['train_seconds']:.0f} s")
+    return summary
