@@ -5,7 +5,9 @@ Lookup order for one split (images + labels):
 1. ``root=`` if given, else the ``NPCNN_DATA`` environment variable. Either may
    name the folder holding the files or a parent with one subfolder per data
    set (``mnist/``, ``fashion-mnist/``). If given, it must have the files: a
-   missing file is an error, never a silent fall-through. Uncompressed copies
+   missing file is an error, never a silent fall-through, except that a
+   ``$NPCNN_DATA`` folder holding *another* data set's files (MNIST's when
+   Fashion-MNIST is asked for) is passed over. Uncompressed copies
    (names without ``.gz``) are accepted here.
 2. The user cache, ``$XDG_CACHE_HOME/npcnn/<dataset>`` (``~/.cache/npcnn/<dataset>``).
    A damaged cached file is deleted (and downloaded again).
@@ -262,7 +264,13 @@ def _load(spec, split, root, download, allow_sample):
         explicit = ("env", Path(os.environ[ENV_VAR]).expanduser(), f"{ENV_VAR}={os.environ[ENV_VAR]}")
     if explicit:
         source, folder, given_by = explicit
-        return _from_folder(spec, split, folder, source, given_by)
+        try:
+            return _from_folder(spec, split, folder, source, given_by)
+        except WrongDatasetError:
+            # $NPCNN_DATA names one data set's folder (say MNIST's) and this is
+            # another one: look for it in the usual places instead.
+            if source != "env":
+                raise
 
     cache = cache_dir(spec.name)
     arrays = {}
@@ -328,6 +336,10 @@ def _read_checked(spec, path):
     return parse_idx(data, name=os.fspath(path))
 
 
+class WrongDatasetError(ChecksumError):
+    """The file is intact but belongs to another registered data set."""
+
+
 def _check_sha256(spec, path, data):
     accepted = spec.sha256.get(path.name if path.name.endswith(".gz") else path.name + ".gz", ())
     digest = hashlib.sha256(data).hexdigest()
@@ -336,8 +348,9 @@ def _check_sha256(spec, path, data):
     known = [(other.title, f) for other in DATASETS.values() for f, sums in other.sha256.items() if digest in sums]
     what = (f"it is the {known[0][0]} file {known[0][1]}, not the {spec.title} one" if known
             else "the file is damaged, incomplete or not the published one")
-    raise ChecksumError(f"{path}: SHA-256 {digest} does not match the published {spec.title} {path.name} "
-                        f"(expected {' or '.join(accepted) or '(none registered)'}): {what}")
+    error = WrongDatasetError if known else ChecksumError
+    raise error(f"{path}: SHA-256 {digest} does not match the published {spec.title} {path.name} "
+                f"(expected {' or '.join(accepted) or '(none registered)'}): {what}")
 
 
 def _sha256_ok(spec, path):
