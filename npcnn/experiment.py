@@ -117,6 +117,7 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
     write_json(os.path.join(out, "config.json"), {
         "format": FORMAT, **asdict(config), "data_source": info.source,
         "class_names": list(info.class_names), "normalization": normalization.as_dict(),
+        "versions": library_versions(),
     })
     if log:
         variant = "with BatchNorm" if config.batchnorm else "without BatchNorm"
@@ -171,6 +172,19 @@ def finish_run(out, config, model, normalization, history, test, info):
     if os.path.exists(ckpt):
         os.unlink(ckpt)
     return metrics
+
+
+def library_versions():
+    import platform
+
+    import matplotlib
+    import numba
+    import sklearn
+
+    from . import __version__
+
+    return {"npcnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__}
 
 
 def pick_samples(labels, result, seed, num_classes):

@@ -13,6 +13,7 @@ import sys
 # sub-command name -> module in npcnn.cli
 COMMANDS = {
     "train": "train",
+    "report": "report",
 }
 
 
@@ -60,6 +61,8 @@ def run_guarded(func, args):
     from ..data import ChecksumError, DatasetNotFoundError, DownloadError, IDXError
     from ..models import ModelFileError
     from ..nn.loss import NonFiniteLossError
+    from ..report import ReportError
+    from ..runs import RunDirError
 
     if os.environ.get("NPCNN_DEBUG"):
         func(args)  # full tracebacks, for developers
@@ -72,7 +75,7 @@ def run_guarded(func, args):
     except UsageError as e:
         print(f"npcnn: error: {e}", file=sys.stderr)
         return 2
-    except (DatasetNotFoundError, DownloadError, ChecksumError, IDXError, ModelFileError, NonFiniteLossError,
+    except (ReportError, RunDirError, DatasetNotFoundError, DownloadError, ChecksumError, IDXError, ModelFileError, NonFiniteLossError,
             OSError, ValueError) as e:
         print(f"npcnn: error: {e or type(e).__name__}", file=sys.stderr)
         return 1
