@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "train": "train",
     "report": "report",
+    "reproduce": "reproduce",
 }
 
 
@@ -61,6 +62,7 @@ def run_guarded(func, args):
     from ..data import ChecksumError, DatasetNotFoundError, DownloadError, IDXError
     from ..models import ModelFileError
     from ..nn.loss import NonFiniteLossError
+    from ..pipeline import StageFailed
     from ..report import ReportError
     from ..runs import RunDirError
 
@@ -75,7 +77,7 @@ def run_guarded(func, args):
     except UsageError as e:
         print(f"npcnn: error: {e}", file=sys.stderr)
         return 2
-    except (ReportError, RunDirError, DatasetNotFoundError, DownloadError, ChecksumError, IDXError, ModelFileError, NonFiniteLossError,
+    except (StageFailed, ReportError, RunDirError, DatasetNotFoundError, DownloadError, ChecksumError, IDXError, ModelFileError, NonFiniteLossError,
             OSError, ValueError) as e:
         print(f"npcnn: error: {e or type(e).__name__}", file=sys.stderr)
         return 1

@@ -1,0 +1,20 @@
+"""``npcnn reproduce``: train both variants, run every analysis, write the report."""
+
+
+def register(sub):
+    p = sub.add_parser("reproduce", help="regenerate the whole report from your own run (resumable)",
+                       description="Train with and without BatchNorm, then filters, feature maps, occlusion, "
+                                   "saliency, the report's three attacks and the robustness curves, and write "
+                                   "DIR/report.html. Rerunning reuses every finished stage whose settings match.")
+    p.add_argument("--out", default="runs/reproduce", help="default: runs/reproduce")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--data-dir", help="folder with the four IDX files")
+    p.add_argument("--quick", action="store_true", help="a subset, fewer epochs and steps: every section in minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..pipeline import reproduce
+
+    reproduce(args.out, dataset=args.dataset, quick=args.quick, data_dir=args.data_dir, seed=args.seed)
