@@ -603,3 +603,189 @@ def test_full_net_preserves_dtype(batchnorm, dtype):
     for name, b in net.named_buffers():
         if not name.endswith("num_batches_tracked"):
             assert np.asarray(b).dtype == dtype, name
+
+
+# --------------------------------------------------------------------------- Conv2d -> ReLU -> MaxPool2d in a Sequential
+# Sequential may run this triple through a fused path; it must agree with torch exactly as the separate
+# layers do, ties after the ReLU included, and with the fusion switched off.
+def gen_triple(rng):
+    conv = gen_conv(rng)
+    if conv is None:
+        return None
+    (kh, kw), (sh, sw), (ph, pw) = as_pair(conv["k"]), as_pair(conv["s"]), as_pair(conv["p"])
+    hc, wc = out_size(conv["h"], kh, sh, ph), out_size(conv["w"], kw, sw, pw)
+    pk = int(rng.integers(1, 4))
+    ps = None if rng.random() < 0.3 else int(rng.integers(1, 3))
+    pp = int(rng.integers(0, pk // 2 + 1))
+    if out_size(hc, pk, ps or pk, pp) < 1 or out_size(wc, pk, ps or pk, pp) < 1:
+        return None
+    return dict(conv, pk=pk, ps=ps, pp=pp, shift=float(rng.choice([0.0, -0.5, -3.0])))
+
+
+TRIPLE_CONFIGS = draw_configs(gen_triple, seed=11)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_relu_pool_sequence_matches_torch(dtype, fuse):
+    rng = np.random.default_rng(90)
+    fails = []
+    for cfg in TRIPLE_CONFIGS:
+        conv = nn.Conv2d(cfg["c"], cfg["f"], cfg["k"], stride=cfg["s"], padding=cfg["p"], bias=cfg["bias"],
+                         dtype=dtype, rng=rng)
+        if conv.bias is not None:
+            conv.bias.data += dtype(cfg["shift"])  # a negative shift: many all-zero windows after the ReLU
+        net = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(cfg["pk"], stride=cfg["ps"], padding=cfg["pp"]))
+        net.fuse = fuse
+        x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
+        fails += compare(net, x, rng, f"fuse={fuse} {cfg}")
+    assert_no_failures(fails)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_in_small_chunks_matches_torch(dtype):
+    """Large batches are processed in chunks (and columns rebuilt in backward above a cache size):
+    shrinking those limits on an instance forces every chunked path on small inputs."""
+    rng = np.random.default_rng(91)
+    fails = []
+    for cfg in CONV_CONFIGS[:40]:
+        for chunk, cache in [(64, 1 << 30), (64, 64), (1, 1)]:
+            layer = nn.Conv2d(cfg["c"], cfg["f"], cfg["k"], stride=cfg["s"], padding=cfg["p"], bias=cfg["bias"],
+                              dtype=dtype, rng=rng)
+            layer._CHUNK_BYTES, layer._CACHE_BYTES = chunk, cache
+            x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
+            fails += compare(layer, x, rng, f"chunk={chunk} cache={cache} {cfg}")
+            net = nn.Sequential(layer, nn.ReLU(), nn.MaxPool2d(1))
+            fails += compare(net, x, rng, f"sequence chunk={chunk} cache={cache} {cfg}")
+    assert_no_failures(fails)
+
+
+# --------------------------------------------------------------------------- numba kernels, called directly
+from npcnn import kernels  # noqa: E402
+
+# The layout of the column matrix is the kernels' contract (im2col's docstring): either (K, N*P) with
+# K = C*kh*kw, or its transpose (N*P, K). The test follows whichever is documented; if neither is, it fails
+# with a message instead of letting a wrongly shaped buffer reach an unchecked numba loop.
+def _cols_layout():
+    doc = kernels.im2col.__doc__ or ""
+    if "(C*kh*kw, N*ho*wo)" in doc:
+        return "K-major"
+    if "(N*ho*wo, C*kh*kw)" in doc:
+        return "pixel-major"
+    raise AssertionError("kernels.im2col documents neither (C*kh*kw, N*ho*wo) nor (N*ho*wo, C*kh*kw) as "
+                         "the layout of cols: update the naive reference in this test")
+
+
+def naive_im2col(x, kh, kw, sh, sw, ph, pw):
+    """(N*Ho*Wo, C*kh*kw): row = output pixel (n, oy, ox), column = (c, i, j) as a torch weight."""
+    n, c, h, w = x.shape
+    ho, wo = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    out = np.empty((n, ho, wo, c, kh, kw), dtype=x.dtype)
+    for oy in range(ho):
+        for ox in range(wo):
+            out[:, oy, ox] = xp[:, :, oy * sh:oy * sh + kh, ox * sw:ox * sw + kw]
+    return out.reshape(n * ho * wo, c * kh * kw), ho, wo
+
+
+def naive_col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    n, c, h, w = x_shape
+    ho, wo = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    blocks = cols.reshape(n, ho, wo, c, kh, kw)
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for oy in range(ho):
+        for ox in range(wo):
+            dxp[:, :, oy * sh:oy * sh + kh, ox * sw:ox * sw + kw] += blocks[:, oy, ox]
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def _kernel_configs(n=40):
+    return [c for c in CONV_CONFIGS[:n]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col_col2im_match_naive_reference_and_are_adjoint(dtype):
+    transpose = _cols_layout() == "K-major"
+    rng = np.random.default_rng(95)
+    for cfg in _kernel_configs():
+        (kh, kw), (sh, sw), (ph, pw) = as_pair(cfg["k"]), as_pair(cfg["s"]), as_pair(cfg["p"])
+        x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
+        ref, ho, wo = naive_im2col(x, kh, kw, sh, sw, ph, pw)
+        if transpose:
+            ref = np.ascontiguousarray(ref.T)
+        cols = np.full(ref.shape, np.nan, dtype=dtype)  # every entry must be written (padding as 0)
+        kernels.im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+        np.testing.assert_array_equal(cols, ref, err_msg=str(cfg))
+
+        c = rng.standard_normal(ref.shape).astype(dtype)
+        dx = np.full(x.shape, np.nan, dtype=dtype)  # col2im overwrites, it does not accumulate into dx
+        kernels.col2im(c, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+        dx_ref = naive_col2im((c.T if transpose else c).astype(np.float64), x.shape, kh, kw, sh, sw, ph, pw)
+        assert rel_err(dx, dx_ref) < TOL[np.dtype(dtype)], cfg
+        # adjointness: <im2col(x), c> == <x, col2im(c)>
+        lhs = float(np.sum(cols.astype(np.float64) * c))
+        rhs = float(np.sum(x.astype(np.float64) * dx.astype(np.float64)))
+        scale = float(np.sum(np.abs(cols.astype(np.float64) * c))) or 1.0
+        assert abs(lhs - rhs) / scale < (1e-6 if dtype == np.float32 else 1e-13), cfg
+
+
+def naive_maxpool(x, kh, kw, sh, sw, ph, pw):
+    n, c, h, w = x.shape
+    ho, wo = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf, dtype=x.dtype)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    out = np.empty((n, c, ho, wo), dtype=x.dtype)
+    for oy in range(ho):
+        for ox in range(wo):
+            out[:, :, oy, ox] = xp[:, :, oy * sh:oy * sh + kh, ox * sw:ox * sw + kw].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_kernels_match_naive_reference(dtype):
+    rng = np.random.default_rng(96)
+    for cfg in POOL_CONFIGS[:40]:
+        (kh, kw) = as_pair(cfg["k"])
+        (sh, sw) = as_pair(cfg["k"] if cfg["s"] is None else cfg["s"])
+        (ph, pw) = as_pair(cfg["p"])
+        x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
+        ref = naive_maxpool(x, kh, kw, sh, sw, ph, pw)
+        out = np.empty(ref.shape, dtype=dtype)
+        argmax = np.empty(ref.shape, dtype=np.int32)
+        kernels.maxpool_forward(x, kh, kw, sh, sw, ph, pw, ref.shape[2], ref.shape[3], out, argmax)
+        np.testing.assert_array_equal(out, ref, err_msg=str(cfg))
+        # the recorded winner holds the max
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        np.testing.assert_array_equal(
+            np.take_along_axis(flat, argmax.reshape(*argmax.shape[:2], -1).astype(np.int64), axis=2).reshape(
+                out.shape), out)
+        g = rng.standard_normal(ref.shape).astype(dtype)
+        dx = np.full(x.shape, np.nan, dtype=dtype)
+        kernels.maxpool_backward(g, argmax, dx)
+        dx_ref = np.zeros(flat.shape, dtype=np.float64)
+        ai = argmax.reshape(argmax.shape[0], argmax.shape[1], -1)
+        gi = g.reshape(ai.shape).astype(np.float64)
+        for n in range(ai.shape[0]):
+            for c in range(ai.shape[1]):
+                np.add.at(dx_ref[n, c], ai[n, c], gi[n, c])
+        assert rel_err(dx, dx_ref.reshape(x.shape)) < TOL[np.dtype(dtype)], cfg
+
+
+def test_kernels_are_compiled_for_float32_and_float64():
+    """After the tests above (and the layers) ran in both dtypes, each kernel holds a nopython
+    compilation for float32 and one for float64 arrays."""
+    rng = np.random.default_rng(97)
+    for dtype in DTYPES:  # make sure both dtypes ran even if this test runs alone
+        x = rng.standard_normal((2, 3, 6, 5)).astype(dtype)
+        conv = nn.Conv2d(3, 4, 3, padding=1, dtype=dtype, rng=0)
+        pool = nn.MaxPool2d(2, stride=1, padding=1)
+        net = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
+        for m in [conv, pool, net]:
+            y = m(x)
+            m.backward(np.ones_like(y))
+    names = ["im2col", "col2im", "maxpool_forward", "maxpool_backward"]
+    for name in names:
+        dispatcher = getattr(kernels, name)
+        first_arg = {str(sig.args[0].dtype) for sig in dispatcher.nopython_signatures}
+        assert {"float32", "float64"} <= first_arg, f"{name} compiled only for {first_arg}"
