@@ -4,6 +4,7 @@ Every layer has a hand-written forward and backward pass; the gradient with
 respect to the input is a first-class result, so the same code trains a net,
 explains it and attacks it.
 """
+from .classifier import Classifier, load_classifier
 from .gradcheck import gradcheck, gradcheck_loss
 from .models import count_neurons, count_parameters, seed_cnn, summary
 from .nn import (BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, LogSoftmax,

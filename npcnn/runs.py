@@ -69,7 +69,10 @@ class Run:
         from .data import load_dataset
 
         c = self.config
-        return load_dataset(c["dataset"], "test", root=c.get("data_dir"), allow_sample=c.get("allow_sample", False))
+        # The offline sample only if the run was trained on it: a run trained on full MNIST must
+        # never be analysed on the sample's 1,000 test images (its samples.json indices would point
+        # at other images).
+        return load_dataset(c["dataset"], "test", root=c.get("data_dir"), allow_sample=c.get("data_source") == "sample")
 
     def sample_indices(self):
         """Test-set indices of the run's chosen images (one per class), from samples.json."""

@@ -1,0 +1,6 @@
+"""What we do with a trained classifier: look inside it (filters, feature maps,
+occlusion, saliency) and attack it. Each module computes arrays; npcnn.plots draws them."""
+from .features import conv_layers, feature_maps, filters
+from .occlusion import OcclusionResult, occlusion
+from .saliency import integrated_gradients, saliency, smoothgrad
+from .attacks import AttackResult, class_images, fgsm, learn_noise, pgd, robustness_curve, targeted, transfer_noise
