@@ -181,8 +181,10 @@ def section_inside(runs):
     if os.path.isfile(data) and pngs(occlusion):
         o = load_npz(data)
         drops = o["probability"].min(axis=(1, 2))
-        parts.append(f"<p>A {int(np.ravel(o['patch'])[0])}-pixel patch of value {float(o['fill']):g} slid with "
-                     f"stride {int(o['stride'])}: the lowest true-class probability per image was "
+        patch = "x".join(str(int(v)) for v in np.broadcast_to(o["patch"], (2,)))
+        stride = "x".join(str(int(v)) for v in np.broadcast_to(o["stride"], (2,)))
+        parts.append(f"<p>A {patch} patch of pixel value {float(o['fill']):g} slid with stride {stride}: "
+                     f"the lowest true-class probability per image was "
                      + ", ".join(f"{float(d):.3f}" for d in drops) + ".</p>")
         parts.append(gallery(pngs(occlusion)))
     else:

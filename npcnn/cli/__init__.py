@@ -13,6 +13,10 @@ import sys
 # sub-command name -> module in npcnn.cli
 COMMANDS = {
     "train": "train",
+    "attack": "attack",
+    "inspect": "inspect",
+    "occlusion": "inspect",
+    "saliency": "inspect",
     "report": "report",
     "reproduce": "reproduce",
 }

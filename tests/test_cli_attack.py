@@ -1,0 +1,134 @@
+"""``npcnn attack``: the files it writes, and one clear line for every bad input (nothing half-written).
+
+Runs the command in-process (``npcnn.cli.main``) with few steps: these tests check the files and
+their meaning (probabilities are exactly ``predict_proba`` of the saved images), not attack
+strength, which test_attacks.py covers.
+"""
+import os
+
+import numpy as np
+import pytest
+from test_attacks import DATA, trained_run_dir
+
+from npcnn.cli import main
+from npcnn.io import load_npz, write_json
+from npcnn.runs import FORMAT, Run
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    os.environ.setdefault("NPCNN_DATA", DATA)
+    return Run.open(trained_run_dir(tmp_path_factory))
+
+
+def attack(capsys, *argv):
+    code = main(["attack", *map(str, argv), "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_class_image_files(run, capsys):
+    code, out, err = attack(capsys, run.path, "class-image", "--steps", 5)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "class_image.npz"))
+    assert d["images"].shape == (10, 28, 28) and d["probabilities"].shape == (10, 10)
+    assert d["cost"].shape == (5, 10)
+    np.testing.assert_array_equal(d["targets"], np.arange(10))
+    np.testing.assert_array_equal(d["probabilities"], run.classifier.predict_proba(d["images"]))
+    for name in ["class_images.png"] + [f"class_image_{c}.png" for c in range(10)]:
+        assert os.path.getsize(run.file("attacks", name)) > 0
+    assert "class images predicted as their class" in out
+
+
+def test_targeted_files(run, capsys):
+    code, out, err = attack(capsys, run.path, "targeted", "--pairs", "all", "--steps", 2, "--bounds", 0, 1)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "targeted.npz"))
+    assert d["sources"].shape == (90, 28, 28) and d["adversarial"].shape == (90, 28, 28)
+    assert d["probabilities"].shape == (90, 10)
+    assert np.all(d["source_labels"] != d["targets"]) and len(set(zip(d["source_labels"], d["targets"]))) == 90
+    np.testing.assert_array_equal(d["probabilities"], run.classifier.predict_proba(d["adversarial"]))
+    assert d["adversarial"].min() >= 0 and d["adversarial"].max() <= 1  # --bounds 0 1
+    np.testing.assert_array_equal(d["bounds"], [0, 1])
+    for name in ("targeted_matrix.png", "targeted_pairs.png", "targeted_3_to_4.png"):
+        assert os.path.getsize(run.file("attacks", name)) > 0
+    assert "success" in out and "mean Linf" in out
+
+
+def test_noise_files(run, capsys):
+    images, labels = run.test_data()
+    i, j = [k for k in range(50) if labels[k] != 2][:2]
+    code, out, err = attack(capsys, run.path, "noise", "--target", 2, "--indices", i, j, "--steps", 5,
+                            "--limit", 200)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "noise.npz"))
+    clf = run.classifier
+    assert int(d["target"]) == 2 and int(d["label"]) == labels[i] and int(d["other_label"]) == labels[j]
+    np.testing.assert_array_equal(d["image"], images[i] / np.float32(255))
+    np.testing.assert_array_equal(d["probabilities"], clf.predict_proba(d["adversarial"][None])[0])
+    np.testing.assert_array_equal(d["other_probabilities"], clf.predict_proba(d["other_adversarial"][None])[0])
+    np.testing.assert_allclose(d["other_adversarial"], d["other_image"] + d["noise"], atol=1e-6)
+    noisy = clf.predict(images[:200] / np.float32(255) + d["noise"])
+    assert float(d["transfer_rate"]) == pytest.approx(np.mean(noisy[labels[:200] != 2] == 2))
+    assert os.path.getsize(run.file("attacks", "noise.png")) > 0
+
+
+def test_robustness_files(run, capsys):
+    code, out, err = attack(capsys, run.path, "robustness", "--eps", 0, 0.3, "--limit", 200)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "robustness.npz"))
+    assert str(d["attack"]) == "fgsm" and d["accuracy"].shape == (1, 2)
+    np.testing.assert_array_equal(d["eps"], [0, 0.3])
+    np.testing.assert_array_equal(d["variants"], ["plain"])
+    assert d["accuracy"][0, 0] > d["accuracy"][0, 1]
+    assert os.path.getsize(run.file("attacks", "robustness.png")) > 0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A valid run folder holding an untrained net: enough for every argument check."""
+    from npcnn.data import Normalization
+    from npcnn.models import save_model, seed_cnn
+
+    path = tmp_path_factory.mktemp("fake") / "run"
+    save_model(str(path / "model.npz"), seed_cnn(rng=0), Normalization(0.1307, 0.3081), batchnorm=False)
+    write_json(str(path / "config.json"), {"format": FORMAT, "dataset": "mnist", "data_dir": DATA, "batchnorm": False})
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["class-image", "--classes", "3", "12"], "unknown class '12'"),
+    (["class-image", "--steps", "0"], "steps must be a positive integer, got 0"),
+    (["class-image", "--lr", "-0.1"], "step size (lr) must be positive"),
+    (["class-image", "--bounds", "1", "0"], "bounds must have low < high"),
+    (["class-image", "--bounds", "0.5", "0.5"], "bounds must have low < high"),
+    (["class-image", "--beta", "0.1"], "--beta does not apply to `class-image`"),
+    (["class-image", "--steps", "3", "--lr", "1e38"], "NaN or infinite at step 2 of 3"),
+    (["targeted", "--beta", "-1"], "--beta must be >= 0"),
+    (["targeted", "--steps", "-5"], "steps must be a positive integer"),
+    (["noise", "--target", "ten"], "unknown class 'ten'"),
+    (["noise", "--indices", "1"], "--indices takes two test-set indices"),
+    (["noise", "--indices", "1", "99999"], "index 99999 is out of range"),
+    (["robustness", "--eps", "0.1", "-0.1"], "eps must be >= 0, got -0.1"),
+    (["robustness", "--variants", "/nonexistent/run"], "no such run folder"),
+])
+def test_bad_input_is_one_clear_line(fake_run, capsys, argv, message):
+    code, out, err = attack(capsys, fake_run, *argv)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npcnn: error:"), err
+    assert message in lines[0], lines[0]
+    assert not os.path.exists(os.path.join(fake_run, "attacks")), "something was written"
+
+
+def test_run_folder_without_model(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    code, out, err = attack(capsys, tmp_path, "class-image")
+    assert code == 1 and err.strip().startswith("npcnn: error:") and "no model.npz" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "attacks").exists()
+    code, out, err = attack(capsys, tmp_path / "missing", "targeted")
+    assert code == 1 and "no such run folder" in err

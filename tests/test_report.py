@@ -1,0 +1,197 @@
+"""`npcnn reproduce --quick` end to end, and the HTML report it writes, checked as a page and in Chromium."""
+import base64
+import glob
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from npcnn.report import ReportError, build_report, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SECTIONS = ["setup", "training", "inside", "attacks", "beyond"]
+
+
+def npcnn(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "npcnn.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, **kwargs)
+
+
+class PageParser(HTMLParser):
+    """Collects ids, images, scripts and external references of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images, self.external, self.scripts, self.accuracies = [], [], [], 0, {}
+        self._acc = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "script":
+            self.scripts += 1
+        for key in ("src", "href"):
+            value = attrs.get(key) or ""
+            if value and not value.startswith(("data:", "#")):
+                self.external.append(value)
+        if tag == "strong" and attrs.get("class") == "acc":
+            self._acc = attrs["data-variant"]
+
+    def handle_data(self, data):
+        if self._acc:
+            self.accuracies[self._acc] = data
+            self._acc = None
+
+
+def parse(page):
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "mnist"
+    result = npcnn("reproduce", "--quick", "--out", out, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_reproduce_quick_writes_every_section(reproduced):
+    out, result = reproduced
+    page = (out / "report.html").read_text(encoding="utf-8")
+    p = parse(page)
+    assert [s for s in SECTIONS if s in p.ids] == SECTIONS
+    assert "not run" not in page.replace("not run:</strong> the speed benchmark", "")
+    assert p.scripts == 0 and p.external == []  # self-contained: nothing to fetch
+    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[class-image]", "[targeted]", "[noise]",
+                 "[robustness]", "[report]"):
+        assert line in result.stdout
+
+
+def test_embedded_figures_are_pngs_and_match_the_stages(reproduced):
+    out, _ = reproduced
+    p = parse((out / "report.html").read_text(encoding="utf-8"))
+    for src in p.images:
+        assert src.startswith("data:image/png;base64,")
+        image = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
+        assert image.shape[0] > 20 and image.shape[1] > 20
+    plain = out / "plain"
+    expected = (
+        sum(1 for v in ("plain", "batchnorm") for f in ("loss", "accuracy", "confusion_matrix", "samples")
+            if (out / v / f"{f}.png").is_file())
+        + 1  # comparison.png
+        + len(glob.glob(str(plain / "inspect" / "*.png")))
+        + len(glob.glob(str(plain / "occlusion" / "*.png")))
+        + len(glob.glob(str(plain / "saliency" / "*.png")))
+        + len(glob.glob(str(plain / "attacks" / "*.png")))
+    )
+    assert len(p.images) == expected
+
+
+def test_numbers_on_the_page_come_from_the_run_files(reproduced):
+    out, _ = reproduced
+    page = (out / "report.html").read_text(encoding="utf-8")
+    p = parse(page)
+    for variant in ("plain", "batchnorm"):
+        metrics = json.loads((out / variant / "metrics.json").read_text())
+        assert p.accuracies[variant] == f"{100 * metrics['test_accuracy']:.2f} %"
+        assert f"{metrics['parameters']:,}" in page
+    assert "799,078" in page and "10,014" in page
+    history = json.loads((out / "plain" / "history.json").read_text())
+    assert f"{history['test_loss'][-1]:.4f}" in page
+
+
+def test_report_opens_in_chromium_with_every_image_loaded(reproduced, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out, _ = reproduced
+    shot = out / "report.png"
+    errors = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((out / "report.html").as_uri())
+            widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+            headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.id)")
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert widths and all(w > 0 for w in widths)
+    assert headings == SECTIONS
+    assert errors == []
+    assert shot.stat().st_size > 10_000
+    print(f"full-page screenshot: {shot}")
+
+
+def test_reproduce_reuses_finished_stages(reproduced):
+    out, _ = reproduced
+    before = (out / "report.html").stat().st_mtime_ns
+    result = npcnn("reproduce", "--quick", "--out", out, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("reused") == 8
+    assert (out / "report.html").stat().st_mtime_ns >= before
+
+
+# ------------------------------------------------------------------------- partial and bad directories
+
+
+def test_partial_run_folder_renders_with_placeholders(tmp_path):
+    from npcnn.experiment import TrainConfig, train_run
+
+    run = tmp_path / "run"
+    train_run(TrainConfig(limit=500, epochs=1), run, progress=False, log=None)
+    page = build_report(run)
+    assert page.count("not run") >= 7
+    assert "npcnn occlusion" in page and "npcnn attack" in page
+    assert [s for s in SECTIONS if f"id='{s}'" in page] == SECTIONS
+    path = write_report(run)
+    assert os.path.isfile(path)
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("empty", "no npcnn run here"),
+    ("foreign", "no npcnn run here"),
+    ("old", "format"),
+    ("missing", "no such directory"),
+])
+def test_bad_directories_give_one_clear_line(tmp_path, setup, message):
+    target = tmp_path / "d"
+    if setup != "missing":
+        target.mkdir()
+    if setup == "foreign":
+        (target / "notes.txt").write_text("hello")
+    if setup == "old":
+        (target / "config.json").write_text(json.dumps({"dataset": "mnist"}))
+    with pytest.raises(ReportError, match=message):
+        build_report(target)
+    result = npcnn("report", target, timeout=120)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (target / "report.html").exists()
+
+
+def test_unknown_dataset_is_rejected():
+    result = npcnn("reproduce", "--dataset", "cifar-10", "--quick", timeout=120)
+    assert result.returncode == 2
+    assert re.search(r"invalid choice: 'cifar-10'", result.stderr)
+    assert "Traceback" not in result.stderr
