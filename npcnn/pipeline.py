@@ -50,7 +50,7 @@ def stages(out, dataset, quick, data_dir=None, seed=0):
               os.path.join(attacks, "targeted.npz")),
         Stage("noise", ["attack", plain, "noise", "--steps", s["noise_steps"]], os.path.join(attacks, "noise.npz")),
         Stage("robustness", ["attack", plain, "robustness", "--attack", s["robustness_attack"], "--eps", *s["eps"],
-                             "--variants", plain, bn], os.path.join(attacks, "robustness.npz")),
+                             "--variants", bn], os.path.join(attacks, "robustness.npz")),
     ]
 
 

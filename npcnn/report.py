@@ -251,7 +251,8 @@ def section_beyond(directory, runs):
     f = os.path.join(path, "attacks", "robustness.npz")
     if os.path.isfile(f):
         d = load_npz(f)
-        variants = [str(v) for v in np.ravel(d.get("variants", np.array([name])))]
+        variants = [os.path.basename(os.path.normpath(str(v))) for v in np.ravel(d.get("variants", np.array([name])))]
+        variants = [VARIANT_TITLES.get(v, v) for v in variants]
         acc = np.atleast_2d(d["accuracy"])
         rows = [(f"{float(e):g}", *(pct(acc[v, i]) for v in range(len(variants)))) for i, e in enumerate(d["eps"])]
         parts.append(f"<p>Attack: {esc(str(d['attack']))}; test accuracy against eps (pixel units).</p>")
