@@ -11,13 +11,22 @@ Images are NCHW. ``im2col`` writes a column matrix of shape ``(K, N*P)`` where
 ``K = C*kh*kw`` indexes ``(c, i, j)`` in the same order as a PyTorch conv weight
 ``(F, C, kh, kw)`` flattened to ``(F, K)``, and column ``n*P + oy*Wo + ox``
 holds the receptive field of output pixel ``(oy, ox)`` of image ``n``. Then the
-convolution is one GEMM: ``W(F, K) @ cols(K, N*P)``.
+convolution is one GEMM: ``W(F, K) @ cols(K, N*P)``, whose result (F, N*P)
+("channel-major") the fused pooling kernels read directly.
+
+For a fixed ``(c, i, j)`` and output row ``oy``, the ``Wo`` entries of a row of
+``cols`` come from one contiguous run of the input row ``y = oy*s - p + i``
+(for stride 1), so the innermost loops below copy runs with no per-element
+bounds test: the part of the run that falls on the padding is zeroed
+separately. That lets LLVM vectorise them.
 
 The loops are parallel over the batch (``prange``): each image writes a
 disjoint slice of the output, so no two threads ever touch the same element,
 and the scatter in ``col2im`` needs no atomics and no ``np.add.at``.
 """
+import functools
 import os
+import types
 
 import numba
 import numpy as np
@@ -32,8 +41,63 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 _OPTS = dict(cache=True, nogil=True)
 
+# Below this many elements (of the array named by ``size_arg``) a kernel runs on
+# the calling thread: waking the thread pool costs tens of microseconds, and on
+# a busy machine a parallel region waits for its slowest thread. The attack
+# and occlusion loops run many small batches and gain most from this.
+PARALLEL_MIN_SIZE = 1 << 18
 
-@njit(parallel=True, **_OPTS)
+
+def _kernel(size_arg):
+    """Compile ``fn`` twice: with threads over ``prange`` and serially; pick by the size of one argument.
+
+    The serial copy gets its own name so numba's on-disk cache keeps the two apart.
+    """
+    def wrap(fn):
+        parallel = njit(parallel=True, **_OPTS)(fn)
+        serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                       fn.__defaults__, fn.__closure__)
+        serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+        serial = njit(**_OPTS)(serial_fn)
+
+        return _Dispatch(fn, parallel, serial, size_arg)
+    return wrap
+
+
+class _Dispatch:
+    """Calls the threaded or the serial compilation; looks like a numba dispatcher otherwise."""
+
+    def __init__(self, fn, parallel, serial, size_arg):
+        functools.update_wrapper(self, fn)
+        self.parallel, self.serial, self.size_arg = parallel, serial, size_arg
+
+    def __call__(self, *args):
+        big = args[self.size_arg].size >= PARALLEL_MIN_SIZE
+        return (self.parallel if big else self.serial)(*args)
+
+    @property
+    def signatures(self):
+        return list(self.parallel.signatures) + list(self.serial.signatures)
+
+    @property
+    def nopython_signatures(self):
+        return list(self.parallel.nopython_signatures) + list(self.serial.nopython_signatures)
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+@njit(**_OPTS)
+def _valid_range(j, sw, pw, wo, w):
+    """The output columns ``ox`` whose input column ``ox*sw - pw + j`` lies inside [0, w)."""
+    lo = 0
+    while lo < wo and lo * sw - pw + j < 0:
+        lo += 1
+    hi = wo
+    while hi > lo and (hi - 1) * sw - pw + j >= w:
+        hi -= 1
+    return lo, hi
+
+
+@_kernel(size_arg=9)
 def im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
     """Gather receptive fields of ``x`` (N, C, H, W) into ``cols`` (C*kh*kw, N*ho*wo).
 
@@ -47,6 +111,8 @@ def im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
             for i in range(kh):
                 for j in range(kw):
                     row = (c * kh + i) * kw + j
+                    lo, hi = _valid_range(j, sw, pw, wo, w)
+                    off = j - pw
                     for oy in range(ho):
                         y = oy * sh - ph + i
                         col = base + oy * wo
@@ -54,16 +120,17 @@ def im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
                             for ox in range(wo):
                                 cols[row, col + ox] = 0.0
                             continue
-                        for ox in range(wo):
-                            xx = ox * sw - pw + j
-                            if xx >= 0 and xx < w:
-                                cols[row, col + ox] = x[n, c, y, xx]
-                            else:
-                                cols[row, col + ox] = 0.0
+                        # explicit loops, not slices: a numba slice costs more than these few stores
+                        for ox in range(lo):
+                            cols[row, col + ox] = 0.0
+                        for ox in range(hi, wo):
+                            cols[row, col + ox] = 0.0
+                        for ox in range(lo, hi):
+                            cols[row, col + ox] = x[n, c, y, ox * sw + off]
     return cols
 
 
-@njit(parallel=True, **_OPTS)
+@_kernel(size_arg=0)
 def col2im(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     """Scatter-add ``cols`` (C*kh*kw, N*ho*wo) back into ``dx`` (N, C, H, W).
 
@@ -80,21 +147,22 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
             for i in range(kh):
                 for j in range(kw):
                     row = (c * kh + i) * kw + j
+                    lo, hi = _valid_range(j, sw, pw, wo, w)
+                    off = j - pw
                     for oy in range(ho):
                         y = oy * sh - ph + i
                         if y < 0 or y >= h:
                             continue
                         col = base + oy * wo
-                        for ox in range(wo):
-                            xx = ox * sw - pw + j
-                            if xx >= 0 and xx < w:
-                                dx[n, c, y, xx] += cols[row, col + ox]
+                        for ox in range(lo, hi):
+                            dx[n, c, y, ox * sw + off] += cols[row, col + ox]
     return dx
 
 
-@njit(parallel=True, **_OPTS)
+# --------------------------------------------------------------------------- layout changes
+@_kernel(size_arg=0)
 def cols_to_nchw(out_cols, bias, n_img, out):
-    """Turn the GEMM result (F, N*P) into NCHW (N, F, P) and add the bias.
+    """Turn the GEMM result (F, N*P) into NCHW ``out`` (N, F, P) and add the bias.
 
     Fusing the bias into this copy saves one pass over the output.
     """
@@ -108,7 +176,7 @@ def cols_to_nchw(out_cols, bias, n_img, out):
     return out
 
 
-@njit(parallel=True, **_OPTS)
+@_kernel(size_arg=0)
 def nchw_to_cols(g, out_cols):
     """Turn an NCHW gradient (N, F, P) into the GEMM layout (F, N*P)."""
     n_img, f_out, p = g.shape
@@ -119,7 +187,152 @@ def nchw_to_cols(g, out_cols):
     return out_cols
 
 
-@njit(parallel=True, **_OPTS)
+# --------------------------------------------------------------------------- conv -> ReLU -> max-pool, fused
+def bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax):
+    """``out = maxpool(relu(conv + bias))`` straight from the conv GEMM result, in one pass.
+
+    ``out_cols`` (F, N*hc*wc) is the conv output before the bias (the GEMM
+    layout, see the module docstring); ``out`` and ``argmax`` are
+    (N, F, Ho, Wo). The conv output itself is never written out in NCHW,
+    which saves the bias, layout and ReLU passes over the largest
+    activation of the net.
+
+    ``argmax`` is exactly what :func:`maxpool_forward` records on the ReLU's
+    output (PyTorch's rule: first maximum in row-major window order, NaN
+    wins), so the unfused backward of MaxPool2d still works. ReLU is
+    monotone, so ``max(relu(v)) = relu(max(v))``.
+    """
+    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+        _bias_relu_maxpool_2x2(out_cols, bias, hc, wc, out, argmax, out_cols.dtype.type(0))
+    else:
+        _bias_relu_maxpool_generic(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
+    return out
+
+
+@_kernel(size_arg=0)
+def _bias_relu_maxpool_generic(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax):
+    """:func:`bias_relu_maxpool` for any window, stride and padding.
+
+    ``out_cols`` (F, N*hc*wc) is the conv output before the bias (the GEMM
+    layout, see the module docstring); ``out`` and ``argmax`` are
+    (N, F, Ho, Wo). The conv output itself is never written out in NCHW,
+    which saves the bias, layout and ReLU passes over the largest
+    activation of the net.
+
+    ``argmax`` is exactly what :func:`maxpool_forward` records on the ReLU's
+    output (PyTorch's rule: first maximum in row-major window order, NaN
+    wins), so the unfused backward of MaxPool2d still works. ReLU is
+    monotone, so ``max(relu(v)) = relu(max(v))``.
+    """
+    n_img, f_out, ho, wo = out.shape
+    p = hc * wc
+    zero = out_cols.dtype.type(0)
+    for nf in prange(n_img * f_out):
+        n = nf // f_out
+        f = nf % f_out
+        b = bias[f]
+        base = n * p
+        for oy in range(ho):
+            y0 = oy * sh - ph
+            for ox in range(wo):
+                x0 = ox * sw - pw
+                best = -np.inf
+                best_idx = max(y0, 0) * wc + max(x0, 0)
+                for i in range(kh):
+                    y = y0 + i
+                    if y < 0 or y >= hc:
+                        continue
+                    for j in range(kw):
+                        xx = x0 + j
+                        if xx < 0 or xx >= wc:
+                            continue
+                        v = out_cols[f, base + y * wc + xx] + b
+                        if not (v > 0 or v != v):   # relu; NaN passes through
+                            v = zero
+                        if v > best or v != v:
+                            best = v
+                            best_idx = y * wc + xx
+                out[n, f, oy, ox] = best
+                argmax[n, f, oy, ox] = best_idx
+    return out
+
+
+@_kernel(size_arg=0)
+def _bias_relu_maxpool_2x2(out_cols, bias, hc, wc, out, argmax, zero):
+    """The common case of :func:`bias_relu_maxpool` (2x2 windows, stride 2, no padding),
+    written out so the four candidates are plain local variables."""
+    n_img, f_out, ho, wo = out.shape
+    p = hc * wc
+    for nf in prange(n_img * f_out):
+        n = nf // f_out
+        f = nf % f_out
+        b = bias[f]
+        for oy in range(ho):
+            r0 = n * p + 2 * oy * wc
+            for ox in range(wo):
+                k = r0 + 2 * ox
+                best = out_cols[f, k] + b
+                if not (best > 0 or best != best):   # relu; NaN passes through
+                    best = zero
+                idx = 0
+                # the other three in row-major order; a later value wins only if larger, or NaN (as PyTorch)
+                for q in range(1, 4):
+                    v = out_cols[f, k + (q >> 1) * wc + (q & 1)] + b
+                    if not (v > 0 or v != v):
+                        v = zero
+                    if v > best or v != v:
+                        best = v
+                        idx = q
+                out[n, f, oy, ox] = best
+                argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
+
+
+@_kernel(size_arg=5)
+def maxpool_relu_backward(grad_out, argmax, out, hc, wc, g_cols):
+    """Backward of :func:`bias_relu_maxpool`: the conv-output gradient in GEMM layout.
+
+    Each ``grad_out[n, f, oy, ox]`` goes to its window's winner, and only if
+    the pooled value is > 0 (the ReLU's mask at the winner; everywhere else
+    the pool's gradient is 0 anyway). ``g_cols`` (F, N*hc*wc) is
+    overwritten, ready for the conv's weight and input GEMMs.
+    """
+    n_img, f_out, ho, wo = grad_out.shape
+    p = hc * wc
+    for nf in prange(n_img * f_out):
+        n = nf // f_out
+        f = nf % f_out
+        base = n * p
+        g_cols[f, base:base + p] = 0.0
+        for oy in range(ho):
+            for ox in range(wo):
+                if out[n, f, oy, ox] > 0:
+                    g_cols[f, base + argmax[n, f, oy, ox]] += grad_out[n, f, oy, ox]
+    return g_cols
+
+
+# --------------------------------------------------------------------------- optimiser
+@_kernel(size_arg=0)
+def adam_update(p, g, m, v, sign, weight_decay, b1, b2, step_size, bc2_sqrt, eps):
+    """One Adam step for flat arrays, in place, in one pass over memory.
+
+    ``d = sign*g + weight_decay*p``, ``m = b1*m + (1-b1)*d``,
+    ``v = b2*v + (1-b2)*d^2``, ``p -= step_size * m / (sqrt(v)/bc2_sqrt + eps)``.
+    Pass the scalars in the arrays' dtype (``np.float32(...)``) and the
+    arithmetic stays in that dtype, as PyTorch's does.
+    """
+    c1 = 1 - b1
+    c2 = 1 - b2
+    for i in prange(p.size):
+        d = sign * g[i] + weight_decay * p[i]
+        mi = b1 * m[i] + c1 * d
+        vi = b2 * v[i] + c2 * d * d
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
+
+
+# --------------------------------------------------------------------------- max-pool (unfused)
+@_kernel(size_arg=0)
 def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, out, argmax):
     """Max over each window of ``x`` (N, C, H, W); padding counts as -inf.
 
@@ -156,7 +369,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, out, argmax):
     return out
 
 
-@njit(parallel=True, **_OPTS)
+@_kernel(size_arg=2)
 def maxpool_backward(grad_out, argmax, dx):
     """Route each output gradient to its window's winner; ``dx`` is overwritten.
 

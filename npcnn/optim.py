@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .nn.module import Parameter
 
 
@@ -39,8 +40,9 @@ class Adam(Optimizer):
         v = b2 * v + (1 - b2) * g^2
         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-    Each step updates the parameter in place with a few fused numpy calls and
-    two scratch buffers per parameter, so no array is allocated per step.
+    Each step updates each parameter in place in one pass over memory (a
+    numba kernel, :func:`npcnn.kernels.adam_update`), so no array is
+    allocated per step.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
@@ -51,7 +53,8 @@ class Adam(Optimizer):
             raise ValueError(f"Adam: eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         self.betas, self.eps, self.weight_decay, self.maximize = tuple(betas), eps, weight_decay, maximize
         self.state = [None] * len(self.params)
-        self.t = 0
+        self.steps = [0] * len(self.params)   # per parameter, as torch: one that gets its first
+        self.t = 0                            # gradient late starts its bias correction at step 1
 
     def state_dict(self):
         """Step count and moment estimates, as plain arrays (for checkpoints)."""
@@ -59,6 +62,7 @@ class Adam(Optimizer):
         for i, s in enumerate(self.state):
             if s is not None:
                 out[f"{i}.exp_avg"], out[f"{i}.exp_avg_sq"] = s[0].copy(), s[1].copy()
+                out[f"{i}.step"] = np.array(self.steps[i])
         return out
 
     def load_state_dict(self, state):
@@ -68,37 +72,52 @@ class Adam(Optimizer):
                 m = np.array(state[f"{i}.exp_avg"], dtype=p.dtype)
                 v = np.array(state[f"{i}.exp_avg_sq"], dtype=p.dtype)
                 self.state[i] = (m, v, np.empty_like(p.data))
+                self.steps[i] = int(state.get(f"{i}.step", self.t))
             else:
                 self.state[i] = None
+                self.steps[i] = 0
 
     def step(self):
         self.t += 1
         b1, b2 = self.betas
-        bc1 = 1.0 - b1 ** self.t
-        bc2_sqrt = math.sqrt(1.0 - b2 ** self.t)
-        step_size = self.lr / bc1
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
+            self.steps[i] += 1
+            t = self.steps[i]
+            bc2_sqrt = math.sqrt(1.0 - b2 ** t)
+            step_size = self.lr / (1.0 - b1 ** t)
             if self.state[i] is None:
                 self.state[i] = (np.zeros_like(p.data), np.zeros_like(p.data), np.empty_like(p.data))
             m, v, tmp = self.state[i]
-            g = self._direction(p)
-            if self.weight_decay:
-                g = g + self.weight_decay * p.data
-            dt = p.dtype.type
-            m *= dt(b1)
-            m += dt(1 - b1) * g
-            v *= dt(b2)
-            np.multiply(g, g, out=tmp)
-            tmp *= dt(1 - b2)
-            v += tmp
-            np.sqrt(v, out=tmp)
-            tmp /= dt(bc2_sqrt)
-            tmp += dt(self.eps)
-            np.divide(m, tmp, out=tmp)
-            tmp *= dt(step_size)
-            p.data -= tmp
+            if p.data.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+                # the fast path: one numba pass reads g, m, v, p and writes m, v, p
+                dt = p.dtype.type
+                kernels.adam_update(p.data.reshape(-1), np.ascontiguousarray(p.grad, dtype=p.dtype).reshape(-1),
+                                    m.reshape(-1), v.reshape(-1), dt(-1.0 if self.maximize else 1.0),
+                                    dt(self.weight_decay), dt(b1), dt(b2), dt(step_size), dt(bc2_sqrt),
+                                    dt(self.eps))
+            else:
+                self._numpy_step(p, m, v, tmp, b1, b2, step_size, bc2_sqrt)
+
+    def _numpy_step(self, p, m, v, tmp, b1, b2, step_size, bc2_sqrt):
+        """The same update in plain numpy (for parameters that are not contiguous arrays)."""
+        g = self._direction(p)
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data
+        dt = p.dtype.type
+        m *= dt(b1)
+        m += dt(1 - b1) * g
+        v *= dt(b2)
+        np.multiply(g, g, out=tmp)
+        tmp *= dt(1 - b2)
+        v += tmp
+        np.sqrt(v, out=tmp)
+        tmp /= dt(bc2_sqrt)
+        tmp += dt(self.eps)
+        np.divide(m, tmp, out=tmp)
+        tmp *= dt(step_size)
+        p.data -= tmp
 
 
 class SGD(Optimizer):

@@ -18,7 +18,18 @@ class ReLU(Module):
         return np.maximum(x, 0, dtype=x.dtype)
 
     def backward(self, grad_out, param_grads=True):
+        if self._mask is None:      # ran fused inside Sequential: rebuild the mask from the conv
+            conv, x = self._mask_from
+            self._mask = conv.forward(x) > 0
         return grad_out * self._mask
+
+
+def check_dim(layer, x):
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise TypeError(f"{layer!r}: expected a floating-point numpy array, got {type(x).__name__}"
+                        f"{'' if not isinstance(x, np.ndarray) else ' of dtype ' + str(x.dtype)}")
+    if not -x.ndim <= layer.dim < x.ndim:
+        raise ValueError(f"{layer!r}: dim={layer.dim} is out of range for an input of shape {x.shape}")
 
 
 class LogSoftmax(Module):
@@ -34,6 +45,7 @@ class LogSoftmax(Module):
         return f"dim={self.dim}"
 
     def forward(self, x):
+        check_dim(self, x)
         shifted = x - x.max(axis=self.dim, keepdims=True)
         self._y = shifted - np.log(np.exp(shifted).sum(axis=self.dim, keepdims=True))
         return self._y
@@ -55,6 +67,7 @@ class Softmax(Module):
         return f"dim={self.dim}"
 
     def forward(self, x):
+        check_dim(self, x)
         e = np.exp(x - x.max(axis=self.dim, keepdims=True))
         self._y = e / e.sum(axis=self.dim, keepdims=True)
         return self._y

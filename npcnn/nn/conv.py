@@ -33,8 +33,9 @@ class Conv2d(Module):
     * ``dL/dcols = W^T @ G``, then col2im scatter-adds each column back onto
       the pixels it was gathered from (the adjoint of im2col) to give dL/dx.
 
-    The ``cols`` buffer is kept between calls and reused while the input
-    shape stays the same.
+    The scratch buffers (columns, GEMM output, gradients) are kept between
+    calls and reused while the input shape stays the same; large batches are
+    processed in chunks of images (see ``_CHUNK_BYTES``).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -71,7 +72,15 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (n, self.out_channels, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw))
 
-    def forward(self, x):
+    # The column matrix of a whole batch can be large (conv2 at batch 1000:
+    # 225 MB). Up to _CACHE_BYTES it is built once and kept for the weight
+    # gradient; above that the batch is walked in chunks of images whose
+    # columns take about _CHUNK_BYTES (one scratch buffer), and backward
+    # rebuilds them chunk by chunk.
+    _CHUNK_BYTES = 8 << 20
+    _CACHE_BYTES = 64 << 20
+
+    def _geometry(self, x):
         check_input(self, x, 4, self.in_channels)
         check_dtype(self, x, self.weight.dtype)
         n, c, h, w = x.shape
@@ -81,32 +90,83 @@ class Conv2d(Module):
                 f"{self!r}: input of spatial size {h}x{w} is smaller than the kernel "
                 f"{self.kernel_size} with padding {self.padding}"
             )
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        k = c * kh * kw
-        if self._cols is None or self._cols.shape != (k, n * ho * wo) or self._cols.dtype != x.dtype:
-            self._cols = np.empty((k, n * ho * wo), dtype=x.dtype)
+        return n, ho, wo
+
+    def _buffer(self, name, shape, dtype):
+        """A scratch array kept on the layer and reused while its shape and dtype stay the same."""
+        buf = self.__dict__.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            self.__dict__[name] = buf
+        return buf
+
+    def _chunks(self, n, p, k, itemsize):
+        """Image ranges [a, b): the whole batch when its columns are cached, else chunks."""
+        if n * p * k * itemsize <= self._CACHE_BYTES:
+            return [(0, n)]
+        step = max(1, self._CHUNK_BYTES // max(1, p * k * itemsize))
+        return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+    def _forward_cols(self, x):
+        """The convolution without bias in GEMM layout: ``out_cols`` (F, N*Ho*Wo), a reused buffer.
+
+        Caches what backward needs (the input, and the columns when they fit).
+        """
+        n, ho, wo = self._geometry(x)
         x = np.ascontiguousarray(x)
-        kernels.im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, self._cols)
-        out_cols = self.weight.data.reshape(f, k) @ self._cols
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        f, k, p = self.out_channels, self.in_channels * kh * kw, ho * wo
+        w2d = self.weight.data.reshape(f, k)
+        chunks = self._chunks(n, p, k, x.itemsize)
+        cols = self._buffer("_cols", (k, (chunks[0][1] - chunks[0][0]) * p), x.dtype)
+        out_cols = self._buffer("_out_cols", (f, n * p), x.dtype)
+        for a, b in chunks:
+            c = cols[:, :(b - a) * p]
+            kernels.im2col(x[a:b], kh, kw, sh, sw, ph, pw, ho, wo, c)
+            np.matmul(w2d, c, out=out_cols[:, a * p:b * p])
+        self._x, self._cached, self._out_hw = x, len(chunks) == 1, (ho, wo)
+        return out_cols
+
+    def forward(self, x):
+        out_cols = self._forward_cols(x)
+        n, f, (ho, wo) = x.shape[0], self.out_channels, self._out_hw
         bias = self.bias.data if self.bias is not None else np.zeros(f, dtype=x.dtype)
         y = np.empty((n, f, ho * wo), dtype=x.dtype)
         kernels.cols_to_nchw(out_cols, bias, n, y)
-        self._x_shape = x.shape
         return y.reshape(n, f, ho, wo)
 
     def backward(self, grad_out, param_grads=True):
-        n, c, h, w = self._x_shape
+        n, f, ho, wo = grad_out.shape
+        g = self._buffer("_g_cols", (f, n * ho * wo), grad_out.dtype)
+        kernels.nchw_to_cols(np.ascontiguousarray(grad_out).reshape(n, f, ho * wo), g)
+        return self._backward_cols(g, param_grads)
+
+    def _backward_cols(self, g, param_grads=True):
+        """Backward from the output gradient in GEMM layout ``g`` (F, N*Ho*Wo); returns dL/dx (NCHW)."""
+        x = self._x
+        n = x.shape[0]
         f = self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = grad_out.shape[2:]
-        g = np.empty((f, n * ho * wo), dtype=grad_out.dtype)
-        kernels.nchw_to_cols(np.ascontiguousarray(grad_out).reshape(n, f, ho * wo), g)
-        w2d = self.weight.data.reshape(f, -1)
+        (ho, wo), k = self._out_hw, self.in_channels * kh * kw
+        p = ho * wo
+        w2d = self.weight.data.reshape(f, k)
+        chunks = self._chunks(n, p, k, x.itemsize)
         if param_grads:
-            self.weight.accumulate((g @ self._cols.T).reshape(self.weight.shape))
+            if self._cached:                       # dL/dW = g @ cols^T, one GEMM over the batch
+                dw = g @ self._cols.T
+            else:                                  # rebuild the columns chunk by chunk
+                dw = np.zeros((f, k), dtype=x.dtype)
+                for a, b in chunks:
+                    c = self._cols[:, :(b - a) * p]
+                    kernels.im2col(x[a:b], kh, kw, sh, sw, ph, pw, ho, wo, c)
+                    dw += g[:, a * p:b * p] @ c.T
+            self.weight.accumulate(dw.reshape(self.weight.shape), owned=True)
             if self.bias is not None:
-                self.bias.accumulate(g.sum(axis=1))
-        dcols = w2d.T @ g
-        dx = np.empty(self._x_shape, dtype=grad_out.dtype)
-        kernels.col2im(dcols, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+                self.bias.accumulate(g.sum(axis=1), owned=True)
+        dx = np.empty(x.shape, dtype=x.dtype)
+        dcols = self._buffer("_dcols", (k, (chunks[0][1] - chunks[0][0]) * p), x.dtype)
+        for a, b in chunks:                        # dL/dcols = W^T @ g, scattered back by col2im
+            d = dcols[:, :(b - a) * p]
+            np.matmul(w2d.T, g[:, a * p:b * p], out=d)
+            kernels.col2im(d, kh, kw, sh, sw, ph, pw, ho, wo, dx[a:b])
         return dx

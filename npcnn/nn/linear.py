@@ -45,9 +45,9 @@ class Linear(Module):
         if param_grads:
             x2 = self._x.reshape(-1, self.in_features)
             g2 = grad_out.reshape(-1, self.out_features)
-            self.weight.accumulate(g2.T @ x2)
+            self.weight.accumulate(g2.T @ x2, owned=True)
             if self.bias is not None:
-                self.bias.accumulate(g2.sum(axis=0))
+                self.bias.accumulate(g2.sum(axis=0), owned=True)
         return grad_out @ self.weight.data
 
 

@@ -43,10 +43,18 @@ class Parameter:
     def size(self):
         return self.data.size
 
-    def accumulate(self, grad):
-        """Add ``grad`` into ``self.grad`` (the first call stores a copy)."""
+    def accumulate(self, grad, owned=False):
+        """Add ``grad`` into ``self.grad`` (the first call stores a copy).
+
+        ``owned=True`` promises that nobody else holds ``grad`` (a fresh
+        result), so the first call may keep it without copying.
+        """
         if self.grad is None:
-            self.grad = np.array(grad, dtype=self.data.dtype, copy=True)
+            if owned and isinstance(grad, np.ndarray) and grad.dtype == self.data.dtype \
+                    and grad.shape == self.data.shape and grad.flags.c_contiguous:
+                self.grad = grad
+            else:
+                self.grad = np.array(grad, dtype=self.data.dtype, copy=True)
         else:
             self.grad += grad
 
@@ -207,14 +215,35 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
+    #: Run each Conv2d -> ReLU -> MaxPool2d triple as one fused step (see
+    #: :mod:`npcnn.nn.fused`); the result is the same, the memory traffic
+    #: lower. Set ``model.fuse = False`` to run every layer on its own.
+    fuse = True
+
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        from . import fused
+
+        layers, steps, i = self.layers, [], 0
+        while i < len(layers):
+            if self.fuse and fused.fusable(layers, i):
+                x = fused.conv_relu_pool_forward(*layers[i:i + 3], x)
+                steps.append(slice(i, i + 3))
+                i += 3
+            else:
+                x = layers[i].forward(x)
+                steps.append(i)
+                i += 1
+        self._steps = steps
         return x
 
     def backward(self, grad_out, param_grads=True):
-        for layer in reversed(self.layers):
-            grad_out = layer.backward(grad_out, param_grads=param_grads)
+        from . import fused
+
+        for step in reversed(getattr(self, "_steps", range(len(self.layers)))):
+            if isinstance(step, slice):
+                grad_out = fused.conv_relu_pool_backward(*self.layers[step], grad_out, param_grads)
+            else:
+                grad_out = self.layers[step].backward(grad_out, param_grads=param_grads)
         return grad_out
 
     def __repr__(self):

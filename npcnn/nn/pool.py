@@ -46,10 +46,17 @@ class MaxPool2d(Module):
             raise ValueError(f"{self!r}: input of spatial size {x.shape[2:]} is smaller than the window")
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         y = np.empty(shape, dtype=x.dtype)
-        self._argmax = np.empty(shape, dtype=np.int32)
-        kernels.maxpool_forward(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, ho, wo, y, self._argmax)
+        argmax = self._argmax_buffer(shape)
+        kernels.maxpool_forward(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, ho, wo, y, argmax)
         self._x_shape = x.shape
         return y
+
+    def _argmax_buffer(self, shape):
+        """The winners' positions, (N, C, Ho, Wo) int32: one buffer reused while the shape stays."""
+        buf = getattr(self, "_argmax", None)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._argmax = np.empty(shape, dtype=np.int32)
+        return buf
 
     def backward(self, grad_out, param_grads=True):
         dx = np.empty(self._x_shape, dtype=grad_out.dtype)

@@ -1,0 +1,124 @@
+"""Where a training step of the reference net spends its time, layer by layer.
+
+    python benchmarks/profile_layers.py [--batch 64] [--batchnorm] [--repeats 50] [--dtype float32]
+
+Prints a markdown table: for each layer its forward and backward time
+(median over ``--repeats`` steps, milliseconds) and its share of the sum.
+Layers are timed one by one (``Sequential.fuse`` off). Below the table, the
+Conv2d -> ReLU -> MaxPool2d triples as :class:`~npcnn.nn.Sequential` really
+runs them (fused), the loss, Adam, and a whole training step
+(forward + loss + backward + Adam, fused) for comparison.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from npcnn import NLLLoss, seed_cnn  # noqa: E402
+from npcnn.nn import fused  # noqa: E402
+from npcnn.optim import Adam  # noqa: E402
+
+
+def _median_ms(samples):
+    return float(np.median(samples) * 1e3)
+
+
+def profile(batch=64, batchnorm=False, repeats=50, dtype=np.float32, seed=0):
+    """Per-layer forward/backward medians (ms) and the fused/whole-step extras, as dicts."""
+    rng = np.random.default_rng(seed)
+    model = seed_cnn(batchnorm=batchnorm, dtype=dtype, rng=seed)
+    loss_fn = NLLLoss()
+    opt = Adam(model.parameters(), lr=1e-3)
+    x = rng.random((batch, 1, 28, 28)).astype(dtype)
+    t = rng.integers(0, 10, batch)
+    layers = list(model)
+    fwd = [[] for _ in layers]
+    bwd = [[] for _ in layers]
+    triples = [i for i in range(len(layers)) if fused.fusable(layers, i)]
+    fused_f = {i: [] for i in triples}
+    fused_b = {i: [] for i in triples}
+    extras = {"loss (forward+backward)": [], "Adam step": [], "training step (fused)": []}
+    for rep in range(repeats + 3):                 # the first 3 are warm-up (and numba compile)
+        keep = rep >= 3
+        # layer by layer
+        acts = [x]
+        for i, layer in enumerate(layers):
+            t0 = time.perf_counter()
+            acts.append(layer.forward(acts[-1]))
+            if keep:
+                fwd[i].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        loss_fn.forward(acts[-1], t)
+        g = loss_fn.backward()
+        if keep:
+            extras["loss (forward+backward)"].append(time.perf_counter() - t0)
+        model.zero_grad()
+        for i in reversed(range(len(layers))):
+            t0 = time.perf_counter()
+            g = layers[i].backward(g)
+            if keep:
+                bwd[i].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        opt.step()
+        if keep:
+            extras["Adam step"].append(time.perf_counter() - t0)
+        # the fused triples, on the activations of this step
+        for i in triples:
+            t0 = time.perf_counter()
+            out = fused.conv_relu_pool_forward(*layers[i:i + 3], acts[i])
+            t1 = time.perf_counter()
+            fused.conv_relu_pool_backward(*layers[i:i + 3], np.ones_like(out), True)
+            t2 = time.perf_counter()
+            if keep:
+                fused_f[i].append(t1 - t0)
+                fused_b[i].append(t2 - t1)
+        # one whole step as training runs it
+        t0 = time.perf_counter()
+        model.zero_grad()
+        loss_fn.forward(model.forward(x), t)
+        model.backward(loss_fn.backward())
+        opt.step()
+        if keep:
+            extras["training step (fused)"].append(time.perf_counter() - t0)
+    rows = [{"layer": f"{i}: {layer!r}", "forward_ms": _median_ms(fwd[i]), "backward_ms": _median_ms(bwd[i])}
+            for i, layer in enumerate(layers)]
+    fused_rows = [{"layer": f"{i}-{i + 2}: fused {type(layers[i]).__name__}+ReLU+MaxPool2d",
+                   "forward_ms": _median_ms(fused_f[i]), "backward_ms": _median_ms(fused_b[i])} for i in triples]
+    return rows, fused_rows, {k: _median_ms(v) for k, v in extras.items()}
+
+
+def markdown(rows, fused_rows, extras, batch):
+    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
+    out = ["| layer | forward ms | backward ms | share |", "|---|---:|---:|---:|"]
+    for r in rows:
+        share = (r["forward_ms"] + r["backward_ms"]) / total
+        out.append(f"| {r['layer']} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | {share:.0%} |")
+    out.append(f"| **sum of layers (unfused)** | {sum(r['forward_ms'] for r in rows):.2f} | "
+               f"{sum(r['backward_ms'] for r in rows):.2f} | 100% |")
+    for r in fused_rows:
+        out.append(f"| {r['layer']} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | |")
+    for k, v in extras.items():
+        out.append(f"| {k} | {v:.2f} | | |")
+    step = extras["training step (fused)"]
+    out.append(f"\nbatch {batch}: {step:.2f} ms per training step = {batch / step * 1e3:,.0f} images/s "
+               f"(medians; numba threading layer workqueue, {os.cpu_count()} cores)")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batchnorm", action="store_true")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    args = ap.parse_args(argv)
+    rows, fused_rows, extras = profile(args.batch, args.batchnorm, args.repeats, np.dtype(args.dtype))
+    print(markdown(rows, fused_rows, extras, args.batch))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The fast paths against plain NumPy references: numba kernels (serial and threaded copies),
+the fused Conv2d->ReLU->MaxPool2d step, chunked convolution, the Adam kernel, and the
+benchmark's NumPy baseline."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import npcnn.nn as nn
+from npcnn import NLLLoss, kernels, seed_cnn
+from npcnn.optim import Adam
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+
+def ref_im2col(x, kh, kw, s, p):
+    """(C*kh*kw, N*Ho*Wo), column = output pixel, row = (c, i, j)."""
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    out = np.empty((c, kh, kw, n, ho, wo), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i, j] = xp[:, :, i:i + s * ho:s, j:j + s * wo:s].transpose(1, 0, 2, 3)
+    return out.reshape(c * kh * kw, n * ho * wo), ho, wo
+
+
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 1, 2), (1, 1, 0), (3, 3, 2)])
+def test_im2col_col2im_against_reference(variant, dtype, k, s, p):
+    rng = np.random.default_rng(k * 10 + s + p)
+    x = rng.standard_normal((3, 2, 9, 8)).astype(dtype)
+    ref, ho, wo = ref_im2col(x, k, k, s, p)
+    cols = np.full(ref.shape, np.nan, dtype)
+    getattr(kernels.im2col, variant)(x, k, k, s, s, p, p, ho, wo, cols)
+    np.testing.assert_array_equal(cols, ref)
+    # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
+    c = rng.standard_normal(ref.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    getattr(kernels.col2im, variant)(c, k, k, s, s, p, p, ho, wo, dx)
+    assert np.isclose((ref * c).sum(), (x * dx).sum(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1), (2, 1, 0), (3, 3, 0)])
+def test_fused_bias_relu_maxpool_equals_unfused_including_ties_and_nan(pool):
+    k, s, p = pool
+    rng = np.random.default_rng(3)
+    f, n, h, w = 4, 3, 8, 7
+    out_cols = rng.standard_normal((f, n * h * w)).astype(np.float32)
+    out_cols[:, ::5] = 0.0                        # ties
+    out_cols[1, 7] = np.nan
+    bias = rng.standard_normal(f).astype(np.float32)
+    conv = (out_cols.reshape(f, n, h, w).transpose(1, 0, 2, 3) + bias[None, :, None, None])
+    relu = np.maximum(conv, 0)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    ref, ref_arg = np.empty((n, f, ho, wo), np.float32), np.empty((n, f, ho, wo), np.int32)
+    kernels.maxpool_forward(np.ascontiguousarray(relu), k, k, s, s, p, p, ho, wo, ref, ref_arg)
+    out, arg = np.empty_like(ref), np.empty_like(ref_arg)
+    kernels.bias_relu_maxpool(out_cols, bias, h, w, k, k, s, s, p, p, out, arg)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(arg, ref_arg)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dref = np.empty_like(relu)
+    kernels.maxpool_backward(g, ref_arg, dref)
+    dref *= conv > 0
+    g_cols = np.full_like(out_cols, np.nan)
+    kernels.maxpool_relu_backward(g, arg, out, h, w, g_cols)
+    np.testing.assert_allclose(g_cols.reshape(f, n, h, w).transpose(1, 0, 2, 3), dref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fused_sequential_equals_layer_by_layer(batchnorm):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 28, 28)).astype(np.float32)
+    g = rng.standard_normal((5, 10)).astype(np.float32)
+    res = []
+    for fuse in (True, False):
+        m = seed_cnn(batchnorm=batchnorm, rng=1)
+        m.fuse = fuse
+        y = m.forward(x)
+        dx = m.backward(g)
+        res.append((y, dx, [p.grad for p in m.parameters()], m.state_dict()))
+    (y1, d1, p1, s1), (y2, d2, p2, s2) = res
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(d1, d2)
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a, b)
+    assert list(s1) == list(s2)
+
+
+def test_layers_of_a_fused_triple_still_backprop_one_by_one():
+    rng = np.random.default_rng(1)
+    m = seed_cnn(rng=2)
+    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    y = m.forward(x)                                   # fused
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    ref = m.backward(g, param_grads=False)
+    m.forward(x)
+    h = g
+    for layer in reversed(m.layers):                   # one by one, as a learner might
+        h = layer.backward(h, param_grads=False)
+    np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_input_gradient_only_skips_parameter_gradients():
+    m = seed_cnn(rng=3).eval()
+    x = np.random.default_rng(2).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    m.forward(x)
+    dx = m.backward(np.ones((4, 10), np.float32), param_grads=False)
+    assert all(p.grad is None for p in m.parameters())
+    m.forward(x)
+    np.testing.assert_array_equal(dx, m.backward(np.ones((4, 10), np.float32)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunked_conv_matches_unchunked(dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((7, 3, 10, 9)).astype(dtype)
+    g = rng.standard_normal((7, 5, 10, 9)).astype(dtype)
+    outs = []
+    for chunk, cache in [(1 << 30, 1 << 30), (2000, 1 << 30), (2000, 100)]:
+        conv = nn.Conv2d(3, 5, 3, padding=1, dtype=dtype, rng=0)
+        conv._CHUNK_BYTES, conv._CACHE_BYTES = chunk, cache
+        y = conv.forward(x)
+        outs.append((y, conv.backward(g), conv.weight.grad, conv.bias.grad))
+    for o in outs[1:]:
+        for a, b in zip(o, outs[0]):             # the weight gradient sums in a different order
+            assert np.abs(a - b).max() <= (1e-5 if dtype == np.float32 else 1e-12) * np.abs(b).max()
+            assert a.dtype == dtype
+
+
+@pytest.mark.parametrize("maximize,wd", [(False, 0.0), (True, 0.1)])
+def test_adam_kernel_matches_numpy_path(maximize, wd):
+    rng = np.random.default_rng(5)
+    a = nn.Parameter(rng.standard_normal((30, 7)))
+    b = nn.Parameter(a.data.copy())
+    oa = Adam([a], lr=0.01, maximize=maximize, weight_decay=wd)
+    ob = Adam([b], lr=0.01, maximize=maximize, weight_decay=wd)
+    for _ in range(5):
+        g = rng.standard_normal(a.shape)
+        a.grad, b.grad = g.copy(), g.copy()
+        oa.step()
+        # the reference: the plain-numpy update of the same step
+        ob.t += 1
+        ob.steps[0] += 1
+        t = ob.steps[0]
+        if ob.state[0] is None:
+            ob.state[0] = (np.zeros_like(b.data), np.zeros_like(b.data), np.empty_like(b.data))
+        ob._numpy_step(b, *ob.state[0], 0.9, 0.999, 0.01 / (1 - 0.9 ** t), np.sqrt(1 - 0.999 ** t))
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-14)
+
+
+def test_numpy_baseline_matches_npcnn():
+    from numpy_baseline import NumpyNet
+    m = seed_cnn(dtype=np.float64, rng=4)
+    net = NumpyNet(m.state_dict())
+    rng = np.random.default_rng(6)
+    x, t = rng.random((4, 1, 28, 28)), rng.integers(0, 10, 4)
+    loss, glogp = net.loss(x, t)
+    dx = net.backward(glogp)
+    loss_fn = NLLLoss()
+    assert np.isclose(loss, loss_fn.forward(m.forward(x), t))
+    np.testing.assert_allclose(dx, m.backward(loss_fn.backward()), rtol=1e-10, atol=1e-14)
+    for k, p in m.named_parameters():
+        np.testing.assert_allclose(net.grads[k], p.grad, rtol=1e-10, atol=1e-14)
