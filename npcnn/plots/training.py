@@ -67,7 +67,7 @@ def sample_predictions(images, labels, predicted, probability, class_names, titl
     n = len(images)
     cols = min(n, 5)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.75 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t, p, q in zip(axes.flat, images, labels, predicted, probability):
