@@ -73,11 +73,12 @@ def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=p
     parser = build_parser()
     total = time.perf_counter()
     for stage in stages(out, dataset, quick, data_dir, seed):
-        if done.get(stage.name) == {**stage.key(), "done": True} and os.path.exists(stage.output):
+        previous = done.get(stage.name) or {}
+        if previous.get("done") and previous.get("argv") == stage.key()["argv"] and os.path.exists(stage.output):
             log(f"[{stage.name}] reused: its outputs exist and its settings match")
             continue
-        if stage.name == "train":
-            _clear_stale_training(out, done.get(stage.name))
+        if stage.name == "train" and previous and previous.get("argv") != stage.key()["argv"]:
+            _clear_stale_training(out)  # other training settings: the old runs (and all built on them) go
         start = time.perf_counter()
         argv = [str(a) for a in stage.argv]
         log(f"[{stage.name}] npcnn {' '.join(argv)}")
@@ -94,10 +95,8 @@ def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=p
     return path
 
 
-def _clear_stale_training(out, previous):
+def _clear_stale_training(out):
     """Training settings changed: the old runs (and everything computed from them) must go."""
-    if previous is None:
-        return
     for name in ("plain", "batchnorm"):
         folder = os.path.join(out, name)
         if os.path.isdir(folder):

@@ -132,6 +132,20 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     history = history if history is not None else History()
+    try:
+        _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed,
+                    history, start_epoch, checkpoint, progress, log)
+    except SystemError as e:
+        # Ctrl-C landing inside a numba kernel call surfaces as SystemError("... returned a result
+        # with an exception set") chained to the KeyboardInterrupt: report it as the interrupt it is.
+        if isinstance(e.__cause__, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    return history
+
+
+def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed, history,
+                start_epoch, checkpoint, progress, log):
     train_x, train_y = train_data
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -168,4 +182,3 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
                 f"({seen / seconds:,.0f} img/s)")
         if not math.isfinite(test.loss):
             raise NonFiniteLossError(f"epoch {epoch + 1}: test loss is {test.loss}")
-    return history

@@ -80,7 +80,8 @@ def test_interrupted_run_resumes_to_identical_weights(quick_run, tmp_path):
     reference, _ = quick_run
     out = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, str(EXAMPLE), *QUICK, "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # see each epoch line as it happens
     for line in proc.stdout:
         if line.startswith("epoch  1/2"):
             proc.send_signal(signal.SIGINT)
