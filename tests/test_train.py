@@ -81,7 +81,10 @@ def test_interrupted_run_resumes_to_identical_weights(quick_run, tmp_path):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, str(EXAMPLE), *QUICK, "--out", str(out)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # see each epoch line as it happens
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # see each epoch line as it happens
+                            # a shell running us in the background ignores SIGINT, and the child would
+                            # inherit that; a user's terminal delivers it, so restore the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("epoch  1/2"):
             proc.send_signal(signal.SIGINT)
