@@ -99,8 +99,14 @@ def smoothgrad(classifier, x, target=None, output="logit", samples=25, stdev=0.1
         img = flat % n
         noisy = x[img] + rng.normal(0.0, stdev, (len(flat),) + x.shape[1:]).astype(x.dtype)
         g = _gradients(classifier, noisy, target[img], output, batch_size)
-        np.add.at(acc, img, np.abs(g) if abs else g)
+        _sum_by_image(acc, img, np.abs(g) if abs else g)
     return (acc / int(samples)).astype(classifier.dtype)
+
+
+def _sum_by_image(acc, img, values):
+    """``acc[img[k]] += values[k]`` for every k, as one GEMM with a one-hot matrix (images repeat in a batch)."""
+    onehot = (np.arange(len(acc))[:, None] == img[None, :]).astype(np.float64)   # (N, B)
+    acc += (onehot @ values.reshape(len(img), -1).astype(np.float64)).reshape(acc.shape)
 
 
 def ig_points(steps, method="gausslegendre"):
@@ -156,5 +162,5 @@ def integrated_gradients(classifier, x, target=None, output="logit", baseline=0.
         step, img = flat // n, flat % n
         a = alphas[step].astype(x.dtype)[:, None, None]
         g = _gradients(classifier, x0[img] + a * (x[img] - x0[img]), target[img], output, batch_size)
-        np.add.at(acc, img, g * weights[step][:, None, None])
+        _sum_by_image(acc, img, g * weights[step][:, None, None])
     return ((x - x0) * acc).astype(classifier.dtype)
