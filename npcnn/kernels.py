@@ -22,7 +22,7 @@ separately. That lets LLVM vectorise them.
 
 The loops are parallel over the batch (``prange``): each image writes a
 disjoint slice of the output, so no two threads ever touch the same element,
-and the scatter in ``col2im`` needs no atomics and no ``np.add.at``.
+and the scatter in ``col2im`` needs no atomics and no numpy unbuffered scatter-add.
 """
 import functools
 import os
