@@ -39,6 +39,7 @@ def parse():
 
 def main():
     args = parse()
+    import npcnn.kernels  # noqa: F401  (first: it picks numba's threading layer before numba starts one)
     import numba
     import threadpoolctl
     import torch

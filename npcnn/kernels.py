@@ -38,6 +38,15 @@ from numba import njit, prange
 # (a training step measured 7x slower). The workqueue layer sleeps instead.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
+    try:  # too late if something already started numba's threads (numba.get_num_threads() does)
+        _started = numba.threading_layer()
+    except ValueError:  # not started yet: the usual case
+        _started = None
+    if _started not in (None, "workqueue"):
+        import warnings
+        warnings.warn(f"numba's threads were started with the {_started!r} layer before npcnn was "
+                      "imported; npcnn's kernels may run several times slower. Import npcnn first, "
+                      "or set NUMBA_THREADING_LAYER=workqueue.", RuntimeWarning, stacklevel=2)
 
 _OPTS = dict(cache=True, nogil=True)
 

@@ -165,3 +165,22 @@ def test_numpy_baseline_matches_npcnn():
     np.testing.assert_allclose(dx, m.backward(loss_fn.backward()), rtol=1e-10, atol=1e-14)
     for k, p in m.named_parameters():
         np.testing.assert_allclose(net.grads[k], p.grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("numba_first", [False, True])
+def test_threading_layer_is_workqueue_or_a_warning_says_why_not(numba_first):
+    """npcnn picks numba's workqueue layer; if numba's threads already run another, it warns."""
+    import subprocess
+    start = "import numba; numba.get_num_threads()\n" if numba_first else ""
+    code = start + ("import warnings, numba\nwith warnings.catch_warnings(record=True) as w:\n"
+                    "    warnings.simplefilter('always')\n    import npcnn\n"
+                    "numba.get_num_threads()\n"
+                    "print(numba.threading_layer(), sum('threading' in str(x.message) or 'layer' in "
+                    "str(x.message) for x in w))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    if numba_first:
+        assert out[0] != "workqueue" and out[1] == "1"
+    else:
+        assert out == ["workqueue", "0"]
