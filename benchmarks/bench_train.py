@@ -80,7 +80,7 @@ class NpcnnPeer:
         self.model.train()
         self.opt.zero_grad()
         loss = self.loss.forward(self.model.forward(x), t)
-        self.model.backward(self.loss.backward())
+        self.model.backward(self.loss.backward(), input_grad=False)  # as npcnn.train does
         self.opt.step()
         return float(loss)
 

@@ -71,7 +71,7 @@ def profile(batch=64, batchnorm=False, repeats=50, dtype=np.float32, seed=0):
             t0 = time.perf_counter()
             out = fused.conv_relu_pool_forward(*layers[i:i + 3], acts[i])
             t1 = time.perf_counter()
-            fused.conv_relu_pool_backward(*layers[i:i + 3], np.ones_like(out), True)
+            fused.conv_relu_pool_backward(*layers[i:i + 3], np.ones_like(out), True, input_grad=i > 0)
             t2 = time.perf_counter()
             if keep:
                 fused_f[i].append(t1 - t0)
@@ -80,7 +80,7 @@ def profile(batch=64, batchnorm=False, repeats=50, dtype=np.float32, seed=0):
         t0 = time.perf_counter()
         model.zero_grad()
         loss_fn.forward(model.forward(x), t)
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), input_grad=False)   # as npcnn.train does
         opt.step()
         if keep:
             extras["training step (fused)"].append(time.perf_counter() - t0)

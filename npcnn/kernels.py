@@ -57,31 +57,36 @@ _OPTS = dict(cache=True, nogil=True)
 PARALLEL_MIN_SIZE = 1 << 18
 
 
-def _kernel(size_arg):
+def _kernel(size_arg, fma=False, min_size=None):
     """Compile ``fn`` twice: with threads over ``prange`` and serially; pick by the size of one argument.
 
-    The serial copy gets its own name so numba's on-disk cache keeps the two apart.
+    The serial copy gets its own name so numba's on-disk cache keeps the two apart; ``min_size``
+    (default :data:`PARALLEL_MIN_SIZE`) is the size from which threads pay. ``fma=True``
+    lets LLVM fuse ``a += b * c`` into one fused multiply-add (numba's ``fastmath={"contract"}``:
+    one rounding instead of two, nothing else about IEEE arithmetic changes).
     """
+    opts = dict(_OPTS, fastmath={"contract"}) if fma else _OPTS
+
     def wrap(fn):
-        parallel = njit(parallel=True, **_OPTS)(fn)
+        parallel = njit(parallel=True, **opts)(fn)
         serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                                        fn.__defaults__, fn.__closure__)
         serial_fn.__qualname__ = fn.__qualname__ + "_serial"
-        serial = njit(**_OPTS)(serial_fn)
+        serial = njit(**opts)(serial_fn)
 
-        return _Dispatch(fn, parallel, serial, size_arg)
+        return _Dispatch(fn, parallel, serial, size_arg, min_size)
     return wrap
 
 
 class _Dispatch:
     """Calls the threaded or the serial compilation; looks like a numba dispatcher otherwise."""
 
-    def __init__(self, fn, parallel, serial, size_arg):
+    def __init__(self, fn, parallel, serial, size_arg, min_size):
         functools.update_wrapper(self, fn)
-        self.parallel, self.serial, self.size_arg = parallel, serial, size_arg
+        self.parallel, self.serial, self.size_arg, self.min_size = parallel, serial, size_arg, min_size
 
     def __call__(self, *args):
-        big = args[self.size_arg].size >= PARALLEL_MIN_SIZE
+        big = args[self.size_arg].size >= (PARALLEL_MIN_SIZE if self.min_size is None else self.min_size)
         return (self.parallel if big else self.serial)(*args)
 
     @property
@@ -317,6 +322,204 @@ def maxpool_relu_backward(grad_out, argmax, out, hc, wc, g_cols):
                 if out[n, f, oy, ox] > 0:
                     g_cols[f, base + argmax[n, f, oy, ox]] += grad_out[n, f, oy, ox]
     return g_cols
+
+
+# --------------------------------------------------------------------------- small convs, computed directly
+# A conv with few weights per filter (the first layer: 1 channel x 3x3 = 9) gains nothing from
+# im2col + GEMM: the GEMM's inner dimension is 9, so it is a pass over memory, and the column
+# matrix (9 rows, N*28*28 columns) and the conv output (32 x N*28*28) are written and read again
+# only to be max-pooled. These two kernels compute the conv, bias, ReLU and 2x2 max-pool at once,
+# and in backward visit only the pool's winners (a quarter of the conv outputs; the rest have
+# zero gradient). Their inner loops run over the filters, so they vectorise.
+@_kernel(size_arg=0, fma=True)
+def direct_conv_bias_relu_maxpool_2x2(x, wt, bias, kh, kw, sh, sw, ph, pw, wc, out, argmax, zero):
+    """``out = maxpool2x2(relu(conv(x) + bias))`` without the conv output ever being stored.
+
+    ``x`` (N, C, H, W); ``wt`` (C*kh*kw, F), the weight as a (F, C*kh*kw) matrix, transposed;
+    ``out`` and ``argmax`` (N, F, Ho, Wo) as :func:`bias_relu_maxpool` writes them (winner's
+    flat index ``y*wc + x`` in the conv output, first maximum in row-major order, NaN wins).
+    Each conv value is summed tap by tap in the weight's order, then the bias is added.
+    """
+    n_img, n_ch, h, w = x.shape
+    f_out, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    for n in prange(n_img):
+        acc = np.empty((4, f_out), dtype=x.dtype)
+        for oy in range(ho):
+            for ox in range(wo):
+                for q in range(4):                      # the window's four conv outputs
+                    y = (2 * oy + (q >> 1)) * sh - ph
+                    xx = (2 * ox + (q & 1)) * sw - pw
+                    for f in range(f_out):
+                        acc[q, f] = zero
+                    for c in range(n_ch):
+                        for i in range(kh):
+                            if y + i < 0 or y + i >= h:
+                                continue
+                            for j in range(kw):
+                                if xx + j < 0 or xx + j >= w:
+                                    continue
+                                v = x[n, c, y + i, xx + j]
+                                k = (c * kh + i) * kw + j
+                                for f in range(f_out):
+                                    acc[q, f] += wt[k, f] * v
+                for f in range(f_out):
+                    b = bias[f]
+                    best = acc[0, f] + b
+                    if not (best > 0 or best != best):   # relu; NaN passes through
+                        best = zero
+                    idx = 0
+                    for q in range(1, 4):
+                        v = acc[q, f] + b
+                        if not (v > 0 or v != v):
+                            v = zero
+                        if v > best or v != v:
+                            best = v
+                            idx = q
+                    out[n, f, oy, ox] = best
+                    argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
+    return out
+
+
+@_kernel(size_arg=0, fma=True)
+def direct_conv_relu_maxpool_param_grads_2x2(grad_out, argmax, out, x, kh, kw, sh, sw, ph, pw, wc,
+                                             dw_part, db_part):
+    """Weight and bias gradients of :func:`direct_conv_bias_relu_maxpool_2x2`.
+
+    A pooled gradient ``g = grad_out[n, f, oy, ox]`` reaches the conv output only at its
+    window's winner, and only if the pooled value is > 0 (the ReLU's mask). So for each window
+    the conv-output gradient is a (4, F) block ``gq``, zero but at the winners, and with
+    ``(yi, xi)`` the input pixel under tap ``k = (c, i, j)`` of window position ``q``:
+    ``dW[k, :] += gq[q, :] * x[n, c, yi, xi]`` and ``db += gq[q, :]`` (the inner loop runs
+    over the F filters). Per-image partial sums ``dw_part`` (N, K, F) and ``db_part`` (N, F)
+    keep the threads apart; the caller adds them up. (dL/dx takes the GEMM route: W^T @ G,
+    then col2im, which is faster for it.)
+    """
+    n_img, f_out, ho, wo = grad_out.shape
+    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for n in prange(n_img):
+        gq = np.empty((4, f_out), dtype=x.dtype)
+        dw_part[n] = 0.0
+        db_part[n] = 0.0
+        for oy in range(ho):
+            for ox in range(wo):
+                gq[:] = 0.0
+                for f in range(f_out):
+                    if out[n, f, oy, ox] > 0:
+                        pos = argmax[n, f, oy, ox]
+                        gq[2 * (pos // wc - 2 * oy) + pos % wc - 2 * ox, f] = grad_out[n, f, oy, ox]
+                        db_part[n, f] += grad_out[n, f, oy, ox]
+                for q in range(4):
+                    y = (2 * oy + (q >> 1)) * sh - ph
+                    xx = (2 * ox + (q & 1)) * sw - pw
+                    for c in range(n_ch):
+                        for i in range(kh):
+                            if y + i < 0 or y + i >= h:
+                                continue
+                            for j in range(kw):
+                                if xx + j < 0 or xx + j >= w:
+                                    continue
+                                k = (c * kh + i) * kw + j
+                                v = x[n, c, y + i, xx + j]
+                                for f in range(f_out):
+                                    dw_part[n, k, f] += gq[q, f] * v
+    return dw_part
+
+
+# --------------------------------------------------------------------------- convs with many channels, channels last
+# For a conv with many input channels (the second layer: 32 x 3x3 = 288 weights per filter) the
+# fused path works on a zero-padded channels-last copy of the input, ``xp`` (N, H+2p, W+2p, C):
+# im2col then copies C contiguous values per tap instead of one short image row at a time, the
+# GEMM gives a channels-last conv output that the pooling kernel reads filter by filter, and the
+# backward visits only the pool's winners, with contiguous loops over channels (no col2im).
+@_kernel(size_arg=7)
+def im2col_nhwc(xp, kh, kw, sh, sw, ho, wo, cols):
+    """Receptive fields of the padded channels-last ``xp`` (N, Hp, Wp, C) as rows of ``cols``
+    (N*ho*wo, kh*kw*C), taps in (i, j, c) order: each tap is one contiguous copy of C values."""
+    n_img, n_ch = xp.shape[0], xp.shape[3]
+    for n in prange(n_img):
+        for oy in range(ho):
+            for ox in range(wo):
+                row = (n * ho + oy) * wo + ox
+                for i in range(kh):
+                    for j in range(kw):
+                        base = (i * kw + j) * n_ch
+                        for c in range(n_ch):
+                            cols[row, base + c] = xp[n, oy * sh + i, ox * sw + j, c]
+    return cols
+
+
+@_kernel(size_arg=0)
+def bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero):
+    """:func:`bias_relu_maxpool` (2x2 windows, stride 2) from a channels-last conv output ``rows``
+    (N*hc*wc, F) before the bias. ``out`` and ``argmax`` (N, F, Ho, Wo) as there."""
+    n_img, f_out, ho, wo = out.shape
+    for n in prange(n_img):
+        for oy in range(ho):
+            for ox in range(wo):
+                r0 = (n * hc + 2 * oy) * wc + 2 * ox
+                for f in range(f_out):
+                    b = bias[f]
+                    best = rows[r0, f] + b
+                    if not (best > 0 or best != best):   # relu; NaN passes through
+                        best = zero
+                    idx = 0
+                    for q in range(1, 4):               # row-major; later wins if larger, or NaN
+                        v = rows[r0 + (q >> 1) * wc + (q & 1), f] + b
+                        if not (v > 0 or v != v):
+                            v = zero
+                        if v > best or v != v:
+                            best = v
+                            idx = q
+                    out[n, f, oy, ox] = best
+                    argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
+    return out
+
+
+@_kernel(size_arg=3, fma=True, min_size=1 << 15)   # much work per element: threads pay early
+def nhwc_conv_relu_maxpool_backward(grad_out, argmax, out, xp, wf, sh, sw, wc, dw_part, db_part, dxp,
+                                    param_grads, input_grad):
+    """Backward of :func:`nhwc_conv_bias_relu_maxpool_2x2`, visiting only the pool's winners.
+
+    A pooled gradient ``g = grad_out[n, f, oy, ox]`` reaches the conv output only at its
+    window's winner ``(y, x)``, and only if the pooled value is > 0 (the ReLU's mask); the other
+    three quarters of the conv outputs have zero gradient. From the winner, for each tap (i, j):
+    ``dW[f, i, j, :] += g * xp[n, y*sh+i, x*sw+j, :]`` and
+    ``dxp[n, y*sh+i, x*sw+j, :] += g * wf[f, i, j, :]`` (both over channels), ``db[f] += g``.
+    ``wf`` is the weight as (F, kh, kw, C). The images are dealt round-robin to
+    ``len(dw_part)`` blocks, each with its own partial ``dw_part[b]`` (F, kh, kw, C) and
+    ``db_part[b]`` (F): the caller adds them up. ``dxp`` (N, Hp, Wp, C) is the padded input's
+    gradient.
+    """
+    n_img, f_out, ho, wo = grad_out.shape
+    kh, kw, n_ch = wf.shape[1], wf.shape[2], wf.shape[3]
+    n_blocks = dw_part.shape[0] if param_grads else min(n_img, 64)
+    for blk in prange(n_blocks):
+        if param_grads:
+            dw_part[blk] = 0.0
+            db_part[blk] = 0.0
+        for n in range(blk, n_img, n_blocks):
+            if input_grad:
+                dxp[n] = 0.0
+            for f in range(f_out):
+                for oy in range(ho):
+                    for ox in range(wo):
+                        if not out[n, f, oy, ox] > 0:
+                            continue
+                        g = grad_out[n, f, oy, ox]
+                        pos = argmax[n, f, oy, ox]
+                        y = (pos // wc) * sh
+                        x = (pos % wc) * sw
+                        if param_grads:
+                            db_part[blk, f] += g
+                        for i in range(kh):
+                            for j in range(kw):
+                                if param_grads:
+                                    for c in range(n_ch):
+                                        dw_part[blk, f, i, j, c] += g * xp[n, y + i, x + j, c]
+                                if input_grad:
+                                    for c in range(n_ch):
+                                        dxp[n, y + i, x + j, c] += g * wf[f, i, j, c]
+    return dxp
 
 
 # --------------------------------------------------------------------------- optimiser

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from .data import batches
 from .io import load_npz, save_npz
 from .nn.loss import NonFiniteLossError
+from .nn.module import Sequential
 
 FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
 
@@ -162,7 +163,7 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"epoch {epoch + 1}, batch {step + 1}: {e}") from None
             optimizer.zero_grad()
-            model.backward(loss.backward())
+            _backward(model, loss.backward())
             optimizer.step()
             total_loss += float(value) * len(y)
             correct += int((out.argmax(axis=1) == y).sum())
@@ -182,3 +183,11 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
                 f"({seen / seconds:,.0f} img/s)")
         if not math.isfinite(test.loss):
             raise NonFiniteLossError(f"epoch {epoch + 1}: test loss is {test.loss}")
+
+
+def _backward(model, grad):
+    """Backpropagate a training step; a :class:`Sequential` is told that dL/dx is not needed."""
+    if isinstance(model, Sequential):
+        model.backward(grad, input_grad=False)
+    else:
+        model.backward(grad)

@@ -83,11 +83,48 @@ def test_fused_sequential_equals_layer_by_layer(batchnorm):
         dx = m.backward(g)
         res.append((y, dx, [p.grad for p in m.parameters()], m.state_dict()))
     (y1, d1, p1, s1), (y2, d2, p2, s2) = res
-    np.testing.assert_array_equal(y1, y2)
-    np.testing.assert_array_equal(d1, d2)
-    for a, b in zip(p1, p2):
-        np.testing.assert_array_equal(a, b)
+    # Same math; the direct first conv sums in another order than the GEMM, hence float32 rounding.
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-7)
+    for a, b in zip(p1, p2):                 # sums over thousands of float32 terms
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
     assert list(s1) == list(s2)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
+    """A fused conv -> ReLU -> 2x2 pool computed directly ('small' and 'nhwc' kernels) equals
+    the same triple through im2col + GEMM: outputs, winners, dL/dx, dL/dW, dL/db (float64)."""
+    from npcnn.nn import fused
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(1, 5))
+    k = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    stride, pad = (int(rng.integers(1, 3)), int(rng.integers(1, 3))), (int(rng.integers(0, 3)), int(rng.integers(0, 2)))
+    f = int(rng.integers(1, 9))
+    x = rng.standard_normal((int(rng.integers(1, 5)), c, int(rng.integers(6, 13)), int(rng.integers(6, 13))))
+    if rng.random() < 0.3:                                  # ties in the pooling windows, and exact zeros
+        x = np.round(x)
+    results = []
+    for path in ("gemm", "small", "nhwc"):
+        monkeypatch.setattr(fused, "_path", lambda conv, pool, path=path: path)
+        layers = [nn.Conv2d(c, f, k, stride=stride, padding=pad, dtype=np.float64, rng=seed), nn.ReLU(),
+                  nn.MaxPool2d(2)]
+        y = fused.conv_relu_pool_forward(*layers, x)
+        g = np.random.default_rng(seed + 100).standard_normal(y.shape)
+        dx = fused.conv_relu_pool_backward(*layers, g, True)
+        results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad.copy(), layers[0].bias.grad.copy()))
+        assert fused.conv_relu_pool_backward(*layers, g, True, input_grad=False) is None
+        dx_only = fused.conv_relu_pool_backward(*layers, g, False)
+        np.testing.assert_allclose(dx_only, dx, rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_net_takes_the_direct_paths():
+    from npcnn.nn import fused
+    layers = list(seed_cnn(rng=0))
+    assert fused._path(layers[0], layers[2]) == "small" and fused._path(layers[3], layers[5]) == "nhwc"
 
 
 def test_layers_of_a_fused_triple_still_backprop_one_by_one():

@@ -141,8 +141,11 @@ class Conv2d(Module):
         kernels.nchw_to_cols(np.ascontiguousarray(grad_out).reshape(n, f, ho * wo), g)
         return self._backward_cols(g, param_grads)
 
-    def _backward_cols(self, g, param_grads=True):
-        """Backward from the output gradient in GEMM layout ``g`` (F, N*Ho*Wo); returns dL/dx (NCHW)."""
+    def _backward_cols(self, g, param_grads=True, input_grad=True):
+        """Backward from the output gradient in GEMM layout ``g`` (F, N*Ho*Wo); returns dL/dx (NCHW).
+
+        With ``input_grad=False`` (the first layer in training) dL/dx is not computed: None.
+        """
         x = self._x
         n = x.shape[0]
         f = self.out_channels
@@ -156,13 +159,16 @@ class Conv2d(Module):
                 dw = g @ self._cols.T
             else:                                  # rebuild the columns chunk by chunk
                 dw = np.zeros((f, k), dtype=x.dtype)
+                cols = self._buffer("_cols", (k, (chunks[0][1] - chunks[0][0]) * p), x.dtype)
                 for a, b in chunks:
-                    c = self._cols[:, :(b - a) * p]
+                    c = cols[:, :(b - a) * p]
                     kernels.im2col(x[a:b], kh, kw, sh, sw, ph, pw, ho, wo, c)
                     dw += g[:, a * p:b * p] @ c.T
             self.weight.accumulate(dw.reshape(self.weight.shape), owned=True)
             if self.bias is not None:
                 self.bias.accumulate(g.sum(axis=1), owned=True)
+        if not input_grad:
+            return None
         dx = np.empty(x.shape, dtype=x.dtype)
         dcols = self._buffer("_dcols", (k, (chunks[0][1] - chunks[0][0]) * p), x.dtype)
         for a, b in chunks:                        # dL/dcols = W^T @ g, scattered back by col2im

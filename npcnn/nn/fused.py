@@ -12,11 +12,20 @@ net: 32x28x28 per image after conv1) is never written to memory:
   layout the conv's GEMMs read.
 
 That saves the bias/layout pass, the ReLU forward and backward passes, the
-mask, and the layout pass of the conv backward. The three layer objects keep
+mask, and the layout pass of the conv backward.
+
+When the pool is 2x2 with stride 2 (the reference net's), the conv itself
+skips im2col and the GEMM: it is computed inside the pooling kernel, from a
+channels-last copy of the input, and its backward visits only the pool's
+winners (``kernels.nhwc_conv_*``; a conv with a handful of weights per
+filter, like the first layer's 9, has its own pair, ``kernels.direct_conv_*``).
+Any other triple takes im2col + GEMM, as :class:`Conv2d` alone does. A conv with few weights per
+filter (the first layer: 9) skips im2col and the GEMM too: see ``_direct``. The three layer objects keep
 their state as if they had run one after another, so the state dict, the
 parameters and even calling their ``backward`` one by one stay exactly as in
 the unfused net (the ReLU recomputes its mask only if asked).
 """
+import numba
 import numpy as np
 
 from .. import kernels
@@ -31,8 +40,27 @@ def fusable(layers, i):
             and type(layers[i + 2]) is MaxPool2d)
 
 
+#: Convs with at most this many weights per filter (C*kh*kw) take the ``small`` path.
+DIRECT_MAX_WEIGHTS = 16
+
+
+def _path(conv, pool):
+    """'small', 'nhwc' (both need a 2x2 / stride 2 pool) or 'gemm'."""
+    if not (pool.kernel_size == (2, 2) and pool.stride == (2, 2) and pool.padding == (0, 0)):
+        return "gemm"
+    if conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= DIRECT_MAX_WEIGHTS:
+        return "small"
+    return "nhwc"
+
+
 def conv_relu_pool_forward(conv, relu, pool, x):
-    out_cols = conv._forward_cols(x)                   # (F, N*Ho*Wo), bias not added
+    path = _path(conv, pool)
+    if path == "gemm":
+        out_cols = conv._forward_cols(x)               # (F, N*Ho*Wo), bias not added
+    else:                                              # the conv is computed inside the pooling kernel
+        _, hc, wc = conv._geometry(x)
+        x = np.ascontiguousarray(x)
+        conv._x, conv._cached, conv._out_hw = x, False, (hc, wc)
     n, f, (hc, wc) = x.shape[0], conv.out_channels, conv._out_hw
     conv_shape = (n, f, hc, wc)
     shape = pool.output_shape(conv_shape)
@@ -42,14 +70,100 @@ def conv_relu_pool_forward(conv, relu, pool, x):
     bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
     out = np.empty(shape, dtype=x.dtype)
     argmax = pool._argmax_buffer(shape)
-    kernels.bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
-    pool._x_shape, pool._out = conv_shape, out
+    zero = x.dtype.type(0)
+    (ckh, ckw), (csh, csw), (cph, cpw) = conv.kernel_size, conv.stride, conv.padding
+    if path == "gemm":
+        kernels.bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
+    elif path == "small":
+        wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
+        kernels.direct_conv_bias_relu_maxpool_2x2(x, wt, bias, ckh, ckw, csh, csw, cph, cpw, wc, out, argmax, zero)
+    else:
+        rows = _conv_channels_last(conv, x, hc, wc)
+        kernels.bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero)
+    pool._x_shape, pool._out, pool._path = conv_shape, out, path
     relu._mask, relu._mask_from = None, (conv, x)     # recomputed only if relu.backward is called alone
     return out
 
 
-def conv_relu_pool_backward(conv, relu, pool, grad_out, param_grads):
+#: The channels-last column matrix is built and multiplied this many bytes at a time, so that
+#: it stays in the CPU's cache between im2col writing it and the GEMM reading it.
+NHWC_CHUNK_BYTES = 1 << 20
+
+
+def _conv_channels_last(conv, x, hc, wc):
+    """The conv without bias as ``rows`` (N*hc*wc, F), channels last: im2col on the padded
+    channels-last input, then ``rows = cols @ W`` with W as (kh*kw*C, F), chunk by chunk."""
+    n, c = x.shape[:2]
+    (kh, kw), (sh, sw), f = conv.kernel_size, conv.stride, conv.out_channels
+    xp = _padded_channels_last(conv, x)
+    w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
+    p, k = hc * wc, kh * kw * c
+    step = max(1, NHWC_CHUNK_BYTES // (p * k * x.itemsize))
+    rows = conv._buffer("_rows", (n * p, f), x.dtype)
+    cols = conv._buffer("_cols_nhwc", (min(n, step) * p, k), x.dtype)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        chunk = cols[:(b - a) * p]
+        kernels.im2col_nhwc(xp[a:b], kh, kw, sh, sw, hc, wc, chunk)
+        np.matmul(chunk, w_mat, out=rows[a * p:b * p])
+    return rows
+
+
+def _padded_channels_last(conv, x):
+    """``x`` (N, C, H, W) as a zero-padded (N, H+2p, W+2p, C) buffer kept on the conv for backward."""
+    n, c, h, w = x.shape
+    ph, pw = conv.padding
+    xp = conv._buffer("_xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+    if ph or pw:
+        xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:] = 0, 0, 0, 0
+    xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    return xp
+
+
+def conv_relu_pool_backward(conv, relu, pool, grad_out, param_grads, input_grad=True):
+    """Returns dL/dx, or None when ``input_grad`` is False (the first layer of a net in training)."""
     n, f, hc, wc = pool._x_shape
+    grad_out = np.ascontiguousarray(grad_out)
+    if pool._path == "nhwc":
+        return _nhwc_backward(conv, pool, grad_out, param_grads, input_grad)
+    if pool._path == "small" and param_grads:
+        _small_param_grads(conv, pool, grad_out)
+        param_grads = False
+        if not input_grad:
+            return None
     g = conv._buffer("_g_cols", (f, n * hc * wc), grad_out.dtype)
-    kernels.maxpool_relu_backward(np.ascontiguousarray(grad_out), pool._argmax, pool._out, hc, wc, g)
-    return conv._backward_cols(g, param_grads)
+    kernels.maxpool_relu_backward(grad_out, pool._argmax, pool._out, hc, wc, g)
+    return conv._backward_cols(g, param_grads, input_grad)
+
+
+def _small_param_grads(conv, pool, grad_out):
+    x, f = conv._x, conv.out_channels
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    n, k = x.shape[0], conv.in_channels * kh * kw
+    dw_part = np.empty((n, k, f), dtype=x.dtype)
+    db_part = np.empty((n, f), dtype=x.dtype)
+    kernels.direct_conv_relu_maxpool_param_grads_2x2(grad_out, pool._argmax, pool._out, x, kh, kw, sh, sw, ph, pw,
+                                                     pool._x_shape[3], dw_part, db_part)
+    conv.weight.accumulate(dw_part.sum(axis=0).T.reshape(conv.weight.shape), owned=True)
+    if conv.bias is not None:
+        conv.bias.accumulate(db_part.sum(axis=0), owned=True)
+
+
+def _nhwc_backward(conv, pool, grad_out, param_grads, input_grad):
+    x, xp, f = conv._x, conv._xp, conv.out_channels
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    blocks = min(n, numba.get_num_threads())
+    dw_part = np.empty((blocks, f, kh, kw, c) if param_grads else (0, 0, 0, 0, 0), dtype=x.dtype)
+    db_part = np.empty((blocks, f) if param_grads else (0, 0), dtype=x.dtype)
+    dxp = conv._buffer("_dxp", xp.shape, x.dtype) if input_grad else np.empty((0, 0, 0, 0), dtype=x.dtype)
+    wf = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1))          # (F, kh, kw, C)
+    kernels.nhwc_conv_relu_maxpool_backward(grad_out, pool._argmax, pool._out, xp, wf, sh, sw, pool._x_shape[3],
+                                            dw_part, db_part, dxp, param_grads, input_grad)
+    if param_grads:
+        conv.weight.accumulate(dw_part.sum(axis=0).transpose(0, 3, 1, 2), owned=False)
+        if conv.bias is not None:
+            conv.bias.accumulate(db_part.sum(axis=0), owned=True)
+    if not input_grad:
+        return None
+    return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))

@@ -236,12 +236,20 @@ class Sequential(Module):
         self._steps = steps
         return x
 
-    def backward(self, grad_out, param_grads=True):
+    def backward(self, grad_out, param_grads=True, input_grad=True):
+        """dL/dx of the whole net (parameter gradients added on the way, unless ``param_grads`` is False).
+
+        ``input_grad=False`` says nobody needs dL/dx (training): a fused first step then skips it
+        and None is returned.
+        """
         from . import fused
 
-        for step in reversed(getattr(self, "_steps", range(len(self.layers)))):
+        steps = getattr(self, "_steps", range(len(self.layers)))
+        for step in reversed(steps):
             if isinstance(step, slice):
-                grad_out = fused.conv_relu_pool_backward(*self.layers[step], grad_out, param_grads)
+                first = step is steps[0]
+                grad_out = fused.conv_relu_pool_backward(*self.layers[step], grad_out, param_grads,
+                                                         input_grad or not first)
             else:
                 grad_out = self.layers[step].backward(grad_out, param_grads=param_grads)
         return grad_out
