@@ -326,11 +326,11 @@ def maxpool_relu_backward(grad_out, argmax, out, hc, wc, g_cols):
 
 # --------------------------------------------------------------------------- small convs, computed directly
 # A conv with few weights per filter (the first layer: 1 channel x 3x3 = 9) gains nothing from
-# im2col + GEMM: the GEMM's inner dimension is 9, so it is a pass over memory, and the column
-# matrix (9 rows, N*28*28 columns) and the conv output (32 x N*28*28) are written and read again
-# only to be max-pooled. These two kernels compute the conv, bias, ReLU and 2x2 max-pool at once,
-# and in backward visit only the pool's winners (a quarter of the conv outputs; the rest have
-# zero gradient). Their inner loops run over the filters, so they vectorise.
+# im2col + GEMM in forward: the GEMM's inner dimension is 9, so it is a pass over memory, and the
+# column matrix (9 rows, N*28*28 columns) and the conv output (32 x N*28*28) are written and read
+# again only to be max-pooled. This kernel computes the conv, bias, ReLU and 2x2 max-pool at
+# once; its inner loop runs over the filters, so it vectorises. (Its backward takes the GEMM
+# route, which is as fast here.)
 @_kernel(size_arg=0, fma=True)
 def direct_conv_bias_relu_maxpool_2x2(x, wt, bias, kh, kw, sh, sw, ph, pw, wc, out, argmax, zero):
     """``out = maxpool2x2(relu(conv(x) + bias))`` without the conv output ever being stored.
@@ -378,51 +378,6 @@ def direct_conv_bias_relu_maxpool_2x2(x, wt, bias, kh, kw, sh, sw, ph, pw, wc, o
                     out[n, f, oy, ox] = best
                     argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
     return out
-
-
-@_kernel(size_arg=0, fma=True)
-def direct_conv_relu_maxpool_param_grads_2x2(grad_out, argmax, out, x, kh, kw, sh, sw, ph, pw, wc,
-                                             dw_part, db_part):
-    """Weight and bias gradients of :func:`direct_conv_bias_relu_maxpool_2x2`.
-
-    A pooled gradient ``g = grad_out[n, f, oy, ox]`` reaches the conv output only at its
-    window's winner, and only if the pooled value is > 0 (the ReLU's mask). So for each window
-    the conv-output gradient is a (4, F) block ``gq``, zero but at the winners, and with
-    ``(yi, xi)`` the input pixel under tap ``k = (c, i, j)`` of window position ``q``:
-    ``dW[k, :] += gq[q, :] * x[n, c, yi, xi]`` and ``db += gq[q, :]`` (the inner loop runs
-    over the F filters). Per-image partial sums ``dw_part`` (N, K, F) and ``db_part`` (N, F)
-    keep the threads apart; the caller adds them up. (dL/dx takes the GEMM route: W^T @ G,
-    then col2im, which is faster for it.)
-    """
-    n_img, f_out, ho, wo = grad_out.shape
-    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
-    for n in prange(n_img):
-        gq = np.empty((4, f_out), dtype=x.dtype)
-        dw_part[n] = 0.0
-        db_part[n] = 0.0
-        for oy in range(ho):
-            for ox in range(wo):
-                gq[:] = 0.0
-                for f in range(f_out):
-                    if out[n, f, oy, ox] > 0:
-                        pos = argmax[n, f, oy, ox]
-                        gq[2 * (pos // wc - 2 * oy) + pos % wc - 2 * ox, f] = grad_out[n, f, oy, ox]
-                        db_part[n, f] += grad_out[n, f, oy, ox]
-                for q in range(4):
-                    y = (2 * oy + (q >> 1)) * sh - ph
-                    xx = (2 * ox + (q & 1)) * sw - pw
-                    for c in range(n_ch):
-                        for i in range(kh):
-                            if y + i < 0 or y + i >= h:
-                                continue
-                            for j in range(kw):
-                                if xx + j < 0 or xx + j >= w:
-                                    continue
-                                k = (c * kh + i) * kw + j
-                                v = x[n, c, y + i, xx + j]
-                                for f in range(f_out):
-                                    dw_part[n, k, f] += gq[q, f] * v
-    return dw_part
 
 
 # --------------------------------------------------------------------------- convs with many channels, channels last

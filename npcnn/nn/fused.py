@@ -2,28 +2,31 @@
 
 Nothing here is new math; it is the three layers' own forward and backward,
 reordered so that the conv output (the largest activation of the reference
-net: 32x28x28 per image after conv1) is never written to memory:
+net: 32x28x28 per image after conv1) is never stored in NCHW:
 
-* forward: the conv GEMM result (pixel-major, no bias yet) goes straight into
-  one kernel that adds the bias, applies the ReLU and max-pools
-  (``max(relu(v)) = relu(max(v))``, ReLU being monotone);
-* backward: one kernel routes each pooled gradient to its window's winner if
-  the pooled value is > 0 (the ReLU mask at the winner) and writes it in the
-  layout the conv's GEMMs read.
+* forward: the conv result (no bias yet) goes straight into one kernel that
+  adds the bias, applies the ReLU and max-pools (``max(relu(v)) =
+  relu(max(v))``, ReLU being monotone);
+* backward: a pooled gradient reaches only its window's winner, and only if
+  the pooled value is > 0 (the ReLU's mask at the winner).
 
-That saves the bias/layout pass, the ReLU forward and backward passes, the
-mask, and the layout pass of the conv backward.
+That saves the bias/layout pass, the ReLU forward and backward passes and
+the mask. How the conv itself is computed depends on the triple (``_path``):
 
-When the pool is 2x2 with stride 2 (the reference net's), the conv itself
-skips im2col and the GEMM: it is computed inside the pooling kernel, from a
-channels-last copy of the input, and its backward visits only the pool's
-winners (``kernels.nhwc_conv_*``; a conv with a handful of weights per
-filter, like the first layer's 9, has its own pair, ``kernels.direct_conv_*``).
-Any other triple takes im2col + GEMM, as :class:`Conv2d` alone does. A conv with few weights per
-filter (the first layer: 9) skips im2col and the GEMM too: see ``_direct``. The three layer objects keep
-their state as if they had run one after another, so the state dict, the
-parameters and even calling their ``backward`` one by one stay exactly as in
-the unfused net (the ReLU recomputes its mask only if asked).
+* ``"small"`` (few weights per filter, like the first layer's 1x3x3, and a
+  2x2 / stride-2 pool): the conv is computed inside the pooling kernel,
+  tap by tap (``kernels.direct_conv_bias_relu_maxpool_2x2``); backward as ``"gemm"``;
+* ``"nhwc"`` (any other conv before a 2x2 / stride-2 pool, like the second
+  layer): im2col + GEMM on a channels-last copy of the input, and a backward
+  that visits only the winners (``kernels.im2col_nhwc``,
+  ``kernels.nhwc_conv_relu_maxpool_backward``): no col2im;
+* ``"gemm"`` (anything else): im2col + GEMM as :class:`Conv2d` alone does it.
+
+The three layer objects keep their state as if they had run one after
+another, so the state dict, the parameters and even calling their
+``backward`` one by one stay as in the unfused net (the ReLU recomputes its
+mask only if asked). The paths sum in different orders, so they agree to
+rounding, not to the bit.
 """
 import numba
 import numpy as np
@@ -57,7 +60,7 @@ def conv_relu_pool_forward(conv, relu, pool, x):
     path = _path(conv, pool)
     if path == "gemm":
         out_cols = conv._forward_cols(x)               # (F, N*Ho*Wo), bias not added
-    else:                                              # the conv is computed inside the pooling kernel
+    else:                                              # the conv is computed below
         _, hc, wc = conv._geometry(x)
         x = np.ascontiguousarray(x)
         conv._x, conv._cached, conv._out_hw = x, False, (hc, wc)
@@ -126,27 +129,9 @@ def conv_relu_pool_backward(conv, relu, pool, grad_out, param_grads, input_grad=
     grad_out = np.ascontiguousarray(grad_out)
     if pool._path == "nhwc":
         return _nhwc_backward(conv, pool, grad_out, param_grads, input_grad)
-    if pool._path == "small" and param_grads:
-        _small_param_grads(conv, pool, grad_out)
-        param_grads = False
-        if not input_grad:
-            return None
     g = conv._buffer("_g_cols", (f, n * hc * wc), grad_out.dtype)
     kernels.maxpool_relu_backward(grad_out, pool._argmax, pool._out, hc, wc, g)
     return conv._backward_cols(g, param_grads, input_grad)
-
-
-def _small_param_grads(conv, pool, grad_out):
-    x, f = conv._x, conv.out_channels
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    n, k = x.shape[0], conv.in_channels * kh * kw
-    dw_part = np.empty((n, k, f), dtype=x.dtype)
-    db_part = np.empty((n, f), dtype=x.dtype)
-    kernels.direct_conv_relu_maxpool_param_grads_2x2(grad_out, pool._argmax, pool._out, x, kh, kw, sh, sw, ph, pw,
-                                                     pool._x_shape[3], dw_part, db_part)
-    conv.weight.accumulate(dw_part.sum(axis=0).T.reshape(conv.weight.shape), owned=True)
-    if conv.bias is not None:
-        conv.bias.accumulate(db_part.sum(axis=0), owned=True)
 
 
 def _nhwc_backward(conv, pool, grad_out, param_grads, input_grad):
