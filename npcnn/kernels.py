@@ -477,6 +477,66 @@ def nhwc_conv_relu_maxpool_backward(grad_out, argmax, out, xp, wf, sh, sw, wc, d
     return dxp
 
 
+# --------------------------------------------------------------------------- batch normalisation
+# One pass per quantity, per channel, over the (N, C, L) view; sums in float64. NumPy's version
+# made a temporary array for every intermediate (centred, squared, xhat, y, and as many again in
+# backward) and reduced over the non-contiguous axes (0, 2).
+@_kernel(size_arg=0)
+def batchnorm_stats(x3, mean, var):
+    """Per channel of ``x3`` (N, C, L): the mean and the biased variance (two passes)."""
+    n_img, n_ch, length = x3.shape
+    m = n_img * length
+    for c in prange(n_ch):
+        s = 0.0
+        for i in range(n_img):
+            for j in range(length):
+                s += x3[i, c, j]
+        mu = s / m
+        s2 = 0.0
+        for i in range(n_img):
+            for j in range(length):
+                d = x3[i, c, j] - mu
+                s2 += d * d
+        mean[c] = mu
+        var[c] = s2 / m
+
+
+@_kernel(size_arg=0)
+def batchnorm_apply(x3, mean, invstd, gamma, beta, xhat, y):
+    """``xhat = (x - mean) * invstd`` and ``y = gamma * xhat + beta``, per channel, in one pass."""
+    n_img, n_ch, length = x3.shape
+    for c in prange(n_ch):
+        mu, s, gm, bt = mean[c], invstd[c], gamma[c], beta[c]
+        for i in range(n_img):
+            for j in range(length):
+                v = (x3[i, c, j] - mu) * s
+                xhat[i, c, j] = v
+                y[i, c, j] = v * gm + bt
+
+
+@_kernel(size_arg=0)
+def batchnorm_backward(g3, xhat, scale, batch_stats, sum_g, sum_gx, dx):
+    """``sum(g)`` and ``sum(g * xhat)`` per channel, then ``dx``: with batch statistics
+    ``scale * (g - sum(g)/m - xhat * sum(g*xhat)/m)``, else ``scale * g``."""
+    n_img, n_ch, length = g3.shape
+    m = n_img * length
+    for c in prange(n_ch):
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(n_img):
+            for j in range(length):
+                s1 += g3[i, c, j]
+                s2 += g3[i, c, j] * xhat[i, c, j]
+        sum_g[c] = s1
+        sum_gx[c] = s2
+        k = scale[c]
+        a = s1 / m if batch_stats else 0.0
+        b = s2 / m if batch_stats else 0.0
+        for i in range(n_img):
+            for j in range(length):
+                dx[i, c, j] = (g3[i, c, j] - a - xhat[i, c, j] * b) * k
+
+
 # --------------------------------------------------------------------------- optimiser
 @_kernel(size_arg=0)
 def adam_update(p, g, m, v, sign, weight_decay, b1, b2, step_size, bc2_sqrt, eps):

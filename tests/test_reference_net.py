@@ -82,8 +82,6 @@ def test_five_adam_steps_match_torch(batchnorm, dtype):
     net = seed_cnn(batchnorm=batchnorm, dtype=dtype, rng=7)
     init = net.state_dict()
     twin = to_torch(net)
-    # float32 only: the same start in float64 torch is the "truth" both float32 runs are measured against
-    twin64 = to_torch(net, np.float64) if dtype == np.float32 else None
     batches = _batches(dtype, steps)
     losses = _train_npcnn(net, batches)
     losses_t = _train_torch(twin, batches, dtype)
@@ -115,17 +113,38 @@ def test_five_adam_steps_match_torch(batchnorm, dtype):
         for k in params + stats:
             err = rel_err(state[k], state_t[k])
             assert err < tol, f"{k}: relative difference {err:.3e} >= {tol:.0e}"
-    else:
-        # Per tensor, float32 Adam is only as exact as float32 allows: an entry whose gradient is ~0
-        # takes a step of sign(rounding noise) * lr, so even torch float32 sits ~1e-3 (of the tensor's
-        # largest entry) away from torch float64 on fc1. npcnn float32 must be no further from that
-        # float64 result than torch float32 is (with a 3x margin).
-        _train_torch(twin64, batches, np.float64)
-        state64 = twin64.state_dict()
-        for k in params + stats:
-            ours, theirs = rel_err(state[k], state64[k]), rel_err(state_t[k], state64[k])
-            assert ours <= max(tol, 3 * theirs), (
-                f"{k}: npcnn float32 is {ours:.3e} from the float64 result, torch float32 {theirs:.3e}")
+    # float32, per tensor: not compared after Adam steps. An entry whose gradient is ~0 takes a step
+    # of sign(rounding noise) * lr, so which entries of a tensor end up lr-sized apart is luck (even
+    # torch float32 sits ~1e-3 of fc1's largest entry away from torch float64, and a conv's 288
+    # weights may or may not have such an entry). The whole model is compared above; the float32
+    # accuracy of the gradients themselves, per tensor, is tested below against float64.
+
+
+def _norm_err(a, b):
+    a, b = np.asarray(to_numpy(a), np.float64), np.asarray(to_numpy(b), np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_float32_gradients_are_as_accurate_as_torch(batchnorm):
+    """One backward of the whole net in float32, ours and torch's, against ours in float64 (= torch's
+    float64, see above): per parameter, ours is no further from it than torch's (3x margin)."""
+    rng = np.random.default_rng(3)
+    x, t = rng.standard_normal((64, 1, 28, 28)), rng.integers(0, 10, 64)
+    net = seed_cnn(batchnorm=batchnorm, dtype=np.float32, rng=7)
+    net64 = seed_cnn(batchnorm=batchnorm, dtype=np.float64, rng=7)
+    net64.load_state_dict({k: np.asarray(v, np.float64) for k, v in net.state_dict().items()})
+    twin = to_torch(net).train()
+    grads = []
+    for model, xx in ((net, x.astype(np.float32)), (net64, x)):
+        loss = NLLLoss()
+        loss.forward(model.forward(xx), t)
+        model.backward(loss.backward())
+        grads.append([p.grad for p in model.parameters()])
+    torch.nn.functional.nll_loss(twin(torch.from_numpy(x.astype(np.float32))), torch.from_numpy(t)).backward()
+    for (name, _), ours, exact, theirs in zip(net.named_parameters(), grads[0], grads[1], twin.parameters()):
+        e_ours, e_torch = _norm_err(ours, exact), _norm_err(theirs.grad, exact)
+        assert e_ours <= max(1e-6, 3 * e_torch), f"{name}: npcnn float32 {e_ours:.2e}, torch float32 {e_torch:.2e}"
 
 
 def test_reference_net_eval_after_training_matches_torch():

@@ -1,6 +1,7 @@
 """Batch normalisation, per channel."""
 import numpy as np
 
+from .. import kernels
 from .module import Module, Parameter, check_dtype, check_input
 
 
@@ -54,27 +55,26 @@ class _BatchNorm(Module):
     def forward(self, x):
         check_input(self, x, self._ndims, self.num_features)
         check_dtype(self, x, self._dtype)
-        x3 = self._channel_view(x)
+        x3 = np.ascontiguousarray(self._channel_view(x))
         m = x3.shape[0] * x3.shape[2]
         if self.training:
             if m <= 1:
                 raise ValueError(
                     f"{self!r}: expected more than 1 value per channel when training, got input shape {x.shape}"
                 )
-            mean = x3.mean(axis=(0, 2))
-            centred = x3 - mean[:, None]
-            var = np.mean(centred * centred, axis=(0, 2))
+            mean = np.empty(self.num_features, dtype=np.float64)
+            var = np.empty(self.num_features, dtype=np.float64)
+            kernels.batchnorm_stats(x3, mean, var)
             self._update_running(mean, var, m)
         else:
             mean, var = self.running_mean, self.running_var
-            centred = x3 - mean[:, None]
         self._invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        self._xhat = centred * self._invstd[:, None]
         self._batch_stats = self.training
-        if self.affine:
-            y = self._xhat * self.weight.data[:, None] + self.bias.data[:, None]
-        else:
-            y = self._xhat.copy()
+        ones, zeros = np.ones(self.num_features, x.dtype), np.zeros(self.num_features, x.dtype)
+        gamma, beta = (self.weight.data, self.bias.data) if self.affine else (ones, zeros)
+        self._xhat = np.empty_like(x3)
+        y = np.empty_like(x3)
+        kernels.batchnorm_apply(x3, mean.astype(x.dtype), self._invstd, gamma, beta, self._xhat, y)
         return y.reshape(x.shape)
 
     def _update_running(self, mean, var, m):
@@ -86,20 +86,16 @@ class _BatchNorm(Module):
         self.running_var += momentum * var * (m / (m - 1))
 
     def backward(self, grad_out, param_grads=True):
-        g = self._channel_view(grad_out)
-        xhat = self._xhat
-        sum_g = g.sum(axis=(0, 2))
-        sum_gx = (g * xhat).sum(axis=(0, 2))
-        if self.affine and param_grads:
-            self.weight.accumulate(sum_gx)
-            self.bias.accumulate(sum_g)
+        g = np.ascontiguousarray(self._channel_view(grad_out))
         scale = self._invstd * (self.weight.data if self.affine else 1)
-        if self._batch_stats:
-            m = g.shape[0] * g.shape[2]
-            dx = (g - (sum_g / m)[:, None] - xhat * (sum_gx / m)[:, None]) * scale[:, None]
-        else:
-            dx = g * scale[:, None]
-        return dx.astype(grad_out.dtype, copy=False).reshape(grad_out.shape)
+        sum_g = np.empty(self.num_features, dtype=np.float64)
+        sum_gx = np.empty(self.num_features, dtype=np.float64)
+        dx = np.empty_like(g)
+        kernels.batchnorm_backward(g, self._xhat, scale.astype(g.dtype), self._batch_stats, sum_g, sum_gx, dx)
+        if self.affine and param_grads:
+            self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
+            self.bias.accumulate(sum_g.astype(g.dtype), owned=True)
+        return dx.reshape(grad_out.shape)
 
 
 class BatchNorm2d(_BatchNorm):
