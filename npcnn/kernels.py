@@ -271,6 +271,24 @@ def _bias_relu_maxpool_generic(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, o
     return out
 
 
+@njit(inline="always")
+def _relu_max4(v0, v1, v2, v3, zero):
+    """ReLU, then max and argmax over a 2x2 window's four conv values in row-major order.
+
+    PyTorch's rule: the first maximum wins a tie, a NaN wins (and ReLU passes NaN through).
+    Returns (max, index 0..3 of the winner).
+    """
+    best = v0 if (v0 > 0 or v0 != v0) else zero
+    idx = 0
+    for q, v in enumerate((v1, v2, v3)):
+        if not (v > 0 or v != v):
+            v = zero
+        if v > best or v != v:
+            best = v
+            idx = q + 1
+    return best, idx
+
+
 @_kernel(size_arg=0)
 def _bias_relu_maxpool_2x2(out_cols, bias, hc, wc, out, argmax, zero):
     """The common case of :func:`bias_relu_maxpool` (2x2 windows, stride 2, no padding),
@@ -285,18 +303,8 @@ def _bias_relu_maxpool_2x2(out_cols, bias, hc, wc, out, argmax, zero):
             r0 = n * p + 2 * oy * wc
             for ox in range(wo):
                 k = r0 + 2 * ox
-                best = out_cols[f, k] + b
-                if not (best > 0 or best != best):   # relu; NaN passes through
-                    best = zero
-                idx = 0
-                # the other three in row-major order; a later value wins only if larger, or NaN (as PyTorch)
-                for q in range(1, 4):
-                    v = out_cols[f, k + (q >> 1) * wc + (q & 1)] + b
-                    if not (v > 0 or v != v):
-                        v = zero
-                    if v > best or v != v:
-                        best = v
-                        idx = q
+                best, idx = _relu_max4(out_cols[f, k] + b, out_cols[f, k + 1] + b, out_cols[f, k + wc] + b,
+                                       out_cols[f, k + wc + 1] + b, zero)
                 out[n, f, oy, ox] = best
                 argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
 
@@ -364,17 +372,7 @@ def direct_conv_bias_relu_maxpool_2x2(x, wt, bias, kh, kw, sh, sw, ph, pw, wc, o
                                     acc[q, f] += wt[k, f] * v
                 for f in range(f_out):
                     b = bias[f]
-                    best = acc[0, f] + b
-                    if not (best > 0 or best != best):   # relu; NaN passes through
-                        best = zero
-                    idx = 0
-                    for q in range(1, 4):
-                        v = acc[q, f] + b
-                        if not (v > 0 or v != v):
-                            v = zero
-                        if v > best or v != v:
-                            best = v
-                            idx = q
+                    best, idx = _relu_max4(acc[0, f] + b, acc[1, f] + b, acc[2, f] + b, acc[3, f] + b, zero)
                     out[n, f, oy, ox] = best
                     argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
     return out
@@ -414,17 +412,8 @@ def bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero):
                 r0 = (n * hc + 2 * oy) * wc + 2 * ox
                 for f in range(f_out):
                     b = bias[f]
-                    best = rows[r0, f] + b
-                    if not (best > 0 or best != best):   # relu; NaN passes through
-                        best = zero
-                    idx = 0
-                    for q in range(1, 4):               # row-major; later wins if larger, or NaN
-                        v = rows[r0 + (q >> 1) * wc + (q & 1), f] + b
-                        if not (v > 0 or v != v):
-                            v = zero
-                        if v > best or v != v:
-                            best = v
-                            idx = q
+                    best, idx = _relu_max4(rows[r0, f] + b, rows[r0 + 1, f] + b, rows[r0 + wc, f] + b,
+                                           rows[r0 + wc + 1, f] + b, zero)
                     out[n, f, oy, ox] = best
                     argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
     return out
@@ -433,7 +422,8 @@ def bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero):
 @_kernel(size_arg=3, fma=True, min_size=1 << 15)   # much work per element: threads pay early
 def nhwc_conv_relu_maxpool_backward(grad_out, argmax, out, xp, wf, sh, sw, wc, dw_part, db_part, dxp,
                                     param_grads, input_grad):
-    """Backward of :func:`nhwc_conv_bias_relu_maxpool_2x2`, visiting only the pool's winners.
+    """Backward of the channels-last fused path (:func:`im2col_nhwc`, GEMM,
+    :func:`bias_relu_maxpool_nhwc_2x2`), visiting only the pool's winners.
 
     A pooled gradient ``g = grad_out[n, f, oy, ox]`` reaches the conv output only at its
     window's winner ``(y, x)``, and only if the pooled value is > 0 (the ReLU's mask); the other
