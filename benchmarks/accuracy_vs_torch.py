@@ -7,6 +7,10 @@ PyTorch's own initialisation and ``torch.optim.Adam(lr=1e-3)``, batch 64, 10 epo
 shuffle every epoch. Prints the test accuracy after every epoch and the final one per seed, so
 npcnn's final accuracy can be read against what PyTorch gets from the same recipe: one run's
 last epoch moves by a few tenths of a percent from seed to seed.
+
+``--npcnn-start`` removes the luck of the draw from the comparison: PyTorch then starts from the
+weights ``npcnn.models.seed_cnn(rng=seed)`` gives and sees the batches in the order ``npcnn train
+--seed`` uses, so a PyTorch run and an npcnn run with the same seed differ only in rounding.
 """
 import argparse
 import json
@@ -20,6 +24,8 @@ def parse():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batchnorm", action="store_true")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--npcnn-start", action="store_true",
+                   help="start from npcnn's initial weights and batch order for each seed")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--data-dir", help="MNIST folder (default: npcnn's search, $NPCNN_DATA first)")
     p.add_argument("--json", help="write the per-seed histories here")
@@ -43,17 +49,37 @@ def accuracy(torch, net, x, y):
     return float((pred == y).float().mean())
 
 
-def train(torch, seed, batchnorm, epochs, data):
+def npcnn_start(torch, net, seed, batchnorm):
+    """Copy the initial weights of ``npcnn.models.seed_cnn(rng=seed)`` into ``net`` (same layer indices)."""
+    from npcnn.models import seed_cnn
+    state = seed_cnn(batchnorm=batchnorm, rng=seed).state_dict()
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+
+
+def epoch_order(seed, epoch, n, npcnn_order, rng):
+    """The indices of one epoch: npcnn's order for (seed, epoch), or a fresh permutation from ``rng``."""
+    if npcnn_order:
+        from npcnn.data import batches
+        from npcnn.train import epoch_order_seed
+        labels = np.arange(n)                     # batches() yields the labels: here, the indices
+        return np.concatenate([y for _, y in batches(np.zeros((n, 1, 1, 1), np.float32), labels, 64,
+                                                     seed=epoch_order_seed(seed, epoch))])
+    return rng.permutation(n)
+
+
+def train(torch, seed, batchnorm, epochs, data, npcnn_order=False):
     (xtr, ytr), (xte, yte) = data
     torch.manual_seed(seed)
     net = reference_net(torch, batchnorm)
+    if npcnn_order:
+        npcnn_start(torch, net, seed, batchnorm)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = torch.nn.NLLLoss()
     rng = np.random.default_rng(seed)
     accs = []
     t0 = time.perf_counter()
     for epoch in range(epochs):
-        order = torch.from_numpy(rng.permutation(len(ytr)))
+        order = torch.from_numpy(epoch_order(seed, epoch, len(ytr), npcnn_order, rng))
         for i in range(0, len(order), 64):
             idx = order[i:i + 64]
             opt.zero_grad()
@@ -81,15 +107,16 @@ def main():
     data = (tensors(xtr, ytr), tensors(xte, yte))
     runs = []
     for seed in args.seeds:
-        runs.append(train(torch, seed, args.batchnorm, args.epochs, data))
+        runs.append(train(torch, seed, args.batchnorm, args.epochs, data, args.npcnn_start))
         print(f"seed {seed}: final {runs[-1]['test_accuracy'][-1]:.2%} "
               f"({runs[-1]['seconds']:.0f} s)", flush=True)
     finals = [r["test_accuracy"][-1] for r in runs]
-    print(f"PyTorch, {'with' if args.batchnorm else 'without'} BatchNorm, seeds {args.seeds}: final test "
+    start = " from npcnn's start" if args.npcnn_start else ""
+    print(f"PyTorch{start}, {'with' if args.batchnorm else 'without'} BatchNorm, seeds {args.seeds}: final test "
           f"accuracy mean {np.mean(finals):.2%}, min {min(finals):.2%}, max {max(finals):.2%}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"batchnorm": args.batchnorm, "runs": runs, "torch": torch.__version__}, f, indent=1)
+            json.dump({"batchnorm": args.batchnorm, "npcnn_start": args.npcnn_start, "runs": runs, "torch": torch.__version__}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end in their quick modes (they assert nothing about speed)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_train_quick_runs_every_task_and_writes_its_json(tmp_path):
+    out = tmp_path / "bench.json"
+    # JAX is an optional [bench] extra: leave it out so the test does not depend on it.
+    result = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--quick", "--peers", "npcnn,torch,numpy",
+                             "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "torch: ok" in result.stdout and "numpy: ok" in result.stdout   # same numbers from the same weights
+    res = json.loads(out.read_text())
+    summary = res["summary"]["default"]
+    for task in ("train", "train_bn", "infer", "attack"):
+        assert summary[task]["npcnn"], task
+    assert summary["train"]["npcnn"]["images_per_s"] > 0
+    assert summary["train"]["torch"]["images_per_s_npcnn_ratio"] > 0
+    assert {f"steps_per_s_{s}" for s in (1, 10, 90)} <= set(summary["attack"]["npcnn"])
+    extras = res["extras"]
+    assert extras["input_grad_speedup_10"] > 0 and extras["gemm_floor_ms"] > 0
+    assert res["compile"]["warm_cache_s"] is not None
+
+
+def test_profile_layers_prints_the_per_layer_table():
+    result = subprocess.run([sys.executable, "benchmarks/profile_layers.py", "--repeats", "2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| layer | forward ms | backward ms | share |" in result.stdout
+    assert "fused Conv2d+ReLU+MaxPool2d" in result.stdout and "training step (fused)" in result.stdout
