@@ -5,12 +5,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .data import batches
 from .io import load_npz, save_npz
 from .nn.loss import NonFiniteLossError
 from .nn.module import Sequential
+from .progress import progress_bar
 
 FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
 
@@ -153,7 +153,7 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
         order = batches(train_x, train_y, batch_size, shuffle=True, seed=epoch_order_seed(seed, epoch),
                         normalization=normalization)
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(order, total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+        bar = progress_bar(order, total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
         start = time.perf_counter()
         for step, (x, y) in enumerate(bar):

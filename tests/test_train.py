@@ -211,3 +211,20 @@ def test_fit_rejects_bad_batch_size():
     model = seed_cnn(rng=0)
     with pytest.raises(ValueError, match="batch_size"):
         fit(model, NLLLoss(), Adam(model.parameters()), (images, labels), (images, labels), 1, 0, log=None)
+
+
+def test_progress_bars_redraw_rarely_when_written_to_a_log():
+    import io
+
+    from npcnn.progress import LOG_INTERVAL, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log, term = io.StringIO(), Terminal()
+    to_log = progress_bar(range(3), file=log, mininterval=0.5)
+    to_term = progress_bar(range(3), file=term, mininterval=0.5)
+    assert to_log.mininterval == LOG_INTERVAL and to_term.mininterval == 0.5
+    assert list(to_log) == list(to_term) == [0, 1, 2]
+    assert log.getvalue().count("\r") <= 3   # start, (at most one redraw), close

@@ -32,11 +32,11 @@ in, and ``probabilities`` are exactly ``clf.predict_proba(result.images)``.
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..classifier import softmax
 from ..nn.module import Parameter
 from ..optim import Adam
+from ..progress import progress_bar
 
 SPACES = ("normalized", "pixel")
 NORMS = ("linf", "l2")
@@ -307,7 +307,7 @@ def _adam_loop(clf, what, param, point, objective, steps, lr, space, progress, p
         box["value"], dlogits, box["extra"] = objective(logits, box["v"])
         return dlogits
 
-    for t in tqdm(range(steps), desc=what, disable=not progress, leave=False, mininterval=0.5):
+    for t in progress_bar(range(steps), desc=what, disable=not progress, leave=False, mininterval=0.5):
         with np.errstate(over="ignore", invalid="ignore"):
             box["v"] = point()
             _, gx = clf.forward_backward(space.to_pixel(box["v"]), grad_fn)
@@ -467,7 +467,7 @@ def transfer_noise(clf, noise, images, labels, target, *, bounds=None, batch_siz
     labels = np.asarray(labels, dtype=np.int64)
     images = np.asarray(images)
     clean, noisy, prob = [], [], []
-    for i in tqdm(range(0, len(images), batch_size), desc="noise on the test set", disable=not progress,
+    for i in progress_bar(range(0, len(images), batch_size), desc="noise on the test set", disable=not progress,
                   leave=False):
         x = images[i:i + batch_size]
         x = x.astype(clf.dtype) / clf.dtype.type(255) if x.dtype == np.uint8 else x.astype(clf.dtype)
@@ -572,7 +572,7 @@ def pgd(clf, images, labels, eps, *, norm="linf", step_size=None, steps=10, targ
     objective = _ce_objective(labels, targets)
     history = np.empty((steps, n), dtype=np.float64)
     name = "pgd" if norm == "linf" else "pgd-l2"
-    for t in tqdm(range(steps), desc=name, disable=not progress, leave=False):
+    for t in progress_bar(range(steps), desc=name, disable=not progress, leave=False):
         with np.errstate(over="ignore", invalid="ignore"):
             history[t], g = _ce_gradient(clf, adv, objective)
         _check_finite(name, t + 1, steps, history[t], g)
@@ -625,7 +625,7 @@ def robustness_curve(clf, images, labels, eps, *, attack="fgsm", steps=10, step_
     images = np.asarray(images)
     correct = np.zeros(len(eps), dtype=np.int64)
     starts = range(0, len(images), batch_size)
-    bar = tqdm(total=len(eps) * len(starts), desc=desc or f"robustness ({attack})", disable=not progress,
+    bar = progress_bar(total=len(eps) * len(starts), desc=desc or f"robustness ({attack})", disable=not progress,
                leave=False)
     for b, i in enumerate(starts):
         x = images[i:i + batch_size]

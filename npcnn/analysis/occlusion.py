@@ -145,8 +145,8 @@ def occlusion(classifier, x, target=None, patch=10, stride=2, fill=0.0, batch_si
     fill_value = dtype.type(fill)
     chunks = range(0, total, int(batch_size))
     if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc="occlusion", unit="batch", leave=False)
+        from ..progress import progress_bar
+        chunks = progress_bar(chunks, desc="occlusion", unit="batch", leave=False)
     for start in chunks:
         flat = np.arange(start, min(start + int(batch_size), total))   # (image, position) pairs, row-major
         img, pos = flat // positions, flat % positions

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 #: Defaults, read at call time (tests make them tiny).
 DEFAULT_RETRIES = 2        # further attempts per mirror after the first, on transient failures
@@ -145,7 +145,7 @@ def _fetch(url, dest, accepted, timeout, progress):
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.strip().isdigit() else None
                 digest, got = hashlib.sha256(), 0
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
                           disable=not progress, leave=False) as bar:
                     while chunk := response.read(_CHUNK):
                         out.write(chunk)
