@@ -263,13 +263,44 @@ def section_beyond(directory, runs):
 
     parts.append("<h3>Speed against PyTorch</h3>")
     bench = _json(os.path.join(directory, "benchmark.json"))
-    if bench and bench.get("rows"):
-        header = bench.get("header") or list(bench["rows"][0].keys())
-        parts.append(table(header, [[r.get(h, "") for h in header] for r in bench["rows"]]))
+    if bench and bench.get("summary"):
+        config = bench.get("config", {})
+        parts.append(f"<p>{esc(BENCH_NOTE)} {config.get('rounds', '?')} round(s)"
+                     f"{' (--quick: a few steps, not a measurement)' if config.get('quick') else ''}; "
+                     f"{config.get('cpus', '?')} CPUs.</p>")
+        parts.append(table(SPEED_HEADER, speed_rows(bench["summary"])))
     else:
         parts.append(not_run("the speed benchmark",
                              f"python benchmarks/bench_train.py --json {os.path.join(directory, 'benchmark.json')}"))
     return "\n".join(parts)
+
+
+BENCH_NOTE = ("From benchmark.json, written by benchmarks/bench_train.py: medians over rounds; in brackets "
+              "npcnn / peer in the same round (> 1: npcnn is faster).")
+SPEED_HEADER = ["environment", "peer", "train img/s (batch 64)", "train + BatchNorm", "inference img/s (batch 1000)",
+                "attack steps/s, 1 image", "10 images", "90 images"]
+_SPEED_CELLS = [("train", "images_per_s"), ("train_bn", "images_per_s"), ("infer", "images_per_s"),
+                ("attack", "steps_per_s_1"), ("attack", "steps_per_s_10"), ("attack", "steps_per_s_90")]
+
+
+def speed_rows(summary):
+    """One row per (environment, peer) of bench_train.py's ``summary``: the medians and npcnn's ratios."""
+    rows = []
+    for env, by_task in summary.items():
+        peers = list(dict.fromkeys(p for task in by_task.values() for p in task))
+        peers.sort(key=lambda p: p != "npcnn")                 # npcnn first, the peers as measured
+        for peer in peers:
+            cells = []
+            for task, metric in _SPEED_CELLS:
+                d = by_task.get(task, {}).get(peer, {})
+                if metric not in d:
+                    cells.append("-")
+                    continue
+                cell = f"{d[metric]:,.1f}" if d[metric] < 100 else f"{d[metric]:,.0f}"
+                ratio = d.get(metric + "_npcnn_ratio")
+                cells.append(cell + (f" (x{ratio:.2f})" if peer != "npcnn" and ratio is not None else ""))
+            rows.append([env, peer, *cells])
+    return rows
 
 
 STYLE = """

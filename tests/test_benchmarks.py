@@ -7,8 +7,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_train_quick_runs_every_task_and_writes_its_json(tmp_path):
-    out = tmp_path / "bench.json"
+def test_bench_train_quick_runs_every_task_and_its_json_feeds_the_report(tmp_path):
+    from npcnn.experiment import TrainConfig, train_run
+    from npcnn.report import build_report
+
+    run = tmp_path / "run"
+    train_run(TrainConfig(limit=500, epochs=1), run, progress=False, log=None)
+    out = run / "benchmark.json"                     # where `npcnn report` looks for it
     # JAX is an optional [bench] extra: leave it out so the test does not depend on it.
     result = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--quick", "--peers", "npcnn,torch,numpy",
                              "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -24,6 +29,11 @@ def test_bench_train_quick_runs_every_task_and_writes_its_json(tmp_path):
     extras = res["extras"]
     assert extras["input_grad_speedup_10"] > 0 and extras["gemm_floor_ms"] > 0
     assert res["compile"]["warm_cache_s"] is not None
+    # the report's speed table is read from that file, number for number
+    page = build_report(run)
+    assert "not run:</strong> the speed benchmark" not in page
+    assert f"{summary['train']['npcnn']['images_per_s']:,.0f}" in page
+    assert f"(x{summary['train']['torch']['images_per_s_npcnn_ratio']:.2f})" in page
 
 
 def test_profile_layers_prints_the_per_layer_table():
