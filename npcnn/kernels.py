@@ -203,13 +203,14 @@ def nchw_to_cols(g, out_cols):
 
 # --------------------------------------------------------------------------- conv -> ReLU -> max-pool, fused
 def bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax):
-    """``out = maxpool(relu(conv + bias))`` straight from the conv GEMM result, in one pass.
+    """``out = maxpool(relu(conv + bias))`` straight from the conv GEMM result.
 
     ``out_cols`` (F, N*hc*wc) is the conv output before the bias (the GEMM
     layout, see the module docstring); ``out`` and ``argmax`` are
-    (N, F, Ho, Wo). The conv output itself is never written out in NCHW,
-    which saves the bias, layout and ReLU passes over the largest
-    activation of the net.
+    (N, F, Ho, Wo). For the common 2x2 / stride-2 window this is one pass and
+    the conv output is never written out in NCHW, which saves the bias,
+    layout and ReLU passes over the largest activation of the net; any other
+    window takes those passes and then :func:`maxpool_forward`.
 
     ``argmax`` is exactly what :func:`maxpool_forward` records on the ReLU's
     output (PyTorch's rule: first maximum in row-major window order, NaN
@@ -219,55 +220,11 @@ def bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argma
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
         _bias_relu_maxpool_2x2(out_cols, bias, hc, wc, out, argmax, out_cols.dtype.type(0))
     else:
-        _bias_relu_maxpool_generic(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
-    return out
-
-
-@_kernel(size_arg=0)
-def _bias_relu_maxpool_generic(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax):
-    """:func:`bias_relu_maxpool` for any window, stride and padding.
-
-    ``out_cols`` (F, N*hc*wc) is the conv output before the bias (the GEMM
-    layout, see the module docstring); ``out`` and ``argmax`` are
-    (N, F, Ho, Wo). The conv output itself is never written out in NCHW,
-    which saves the bias, layout and ReLU passes over the largest
-    activation of the net.
-
-    ``argmax`` is exactly what :func:`maxpool_forward` records on the ReLU's
-    output (PyTorch's rule: first maximum in row-major window order, NaN
-    wins), so the unfused backward of MaxPool2d still works. ReLU is
-    monotone, so ``max(relu(v)) = relu(max(v))``.
-    """
-    n_img, f_out, ho, wo = out.shape
-    p = hc * wc
-    zero = out_cols.dtype.type(0)
-    for nf in prange(n_img * f_out):
-        n = nf // f_out
-        f = nf % f_out
-        b = bias[f]
-        base = n * p
-        for oy in range(ho):
-            y0 = oy * sh - ph
-            for ox in range(wo):
-                x0 = ox * sw - pw
-                best = -np.inf
-                best_idx = max(y0, 0) * wc + max(x0, 0)
-                for i in range(kh):
-                    y = y0 + i
-                    if y < 0 or y >= hc:
-                        continue
-                    for j in range(kw):
-                        xx = x0 + j
-                        if xx < 0 or xx >= wc:
-                            continue
-                        v = out_cols[f, base + y * wc + xx] + b
-                        if not (v > 0 or v != v):   # relu; NaN passes through
-                            v = zero
-                        if v > best or v != v:
-                            best = v
-                            best_idx = y * wc + xx
-                out[n, f, oy, ox] = best
-                argmax[n, f, oy, ox] = best_idx
+        n, f = out.shape[:2]
+        y = np.empty((n, f, hc * wc), dtype=out_cols.dtype)
+        cols_to_nchw(out_cols, bias, n, y)
+        np.maximum(y, 0, out=y)                       # ReLU; NaN passes through
+        maxpool_forward(y.reshape(n, f, hc, wc), kh, kw, sh, sw, ph, pw, out.shape[2], out.shape[3], out, argmax)
     return out
 
 

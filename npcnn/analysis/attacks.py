@@ -383,22 +383,29 @@ def targeted(clf, images, targets, *, labels=None, beta=TARGETED["beta"], steps=
     clean image ``v0``; the penalty is measured in that space. One Adam step per iteration for the whole
     batch; ``images`` [N, H, W] pixel space, ``targets`` [N].
     """
-    steps, lr = _check_steps(steps), _check_lr(lr)
     if not (np.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be >= 0, got {beta}")
-    x0, shape = _as_images(clf, images)
-    targets = check_classes(clf, targets)
-    if len(targets) != len(x0):
-        raise ValueError(f"targeted: {len(x0)} images but {len(targets)} targets")
-    labels = _labels(labels, len(x0))
-    sp = _Space(clf, space, bounds)
-    v0 = sp.from_pixel(x0)
+    steps, lr, x0, shape, targets, labels, sp, v0 = _start_from_images(
+        clf, "targeted", images, targets, labels, steps, lr, space, bounds)
     param = Parameter(sp.clip(v0.copy()))
     history = _adam_loop(clf, "targeted", param, lambda: param.data, _logit_objective(targets, beta, v0),
                          steps, lr, sp, progress, sp.clip)
     adv = sp.final_pixels(param.data)
     settings = {"steps": steps, "lr": lr, "beta": float(beta), "space": space, "bounds": sp.bounds}
     return _finish(clf, "targeted", adv, x0, adv - x0, targets, labels, history, shape, settings)
+
+
+def _start_from_images(clf, what, images, targets, labels, steps, lr, space, bounds):
+    """The checked settings and starting point shared by the attacks that start from real images:
+    ``steps, lr, x0`` (pixel space), the caller's ``shape``, ``targets``, ``labels``, the space and
+    ``v0``, the clean images in that space."""
+    steps, lr = _check_steps(steps), _check_lr(lr)
+    x0, shape = _as_images(clf, images)
+    targets = check_classes(clf, targets)
+    if len(targets) != len(x0):
+        raise ValueError(f"{what}: {len(x0)} images but {len(targets)} targets")
+    sp = _Space(clf, space, bounds)
+    return steps, lr, x0, shape, targets, _labels(labels, len(x0)), sp, sp.from_pixel(x0)
 
 
 def target_pairs(labels, pairs="report", num_classes=10):
@@ -427,14 +434,8 @@ def learn_noise(clf, images, targets, *, labels=None, steps=NOISE["steps"], lr=N
     optimisation space). With ``bounds``, ``v0 + n`` is kept inside them. ``perturbation`` of the
     result is the noise in pixel units; ``images`` are the digits plus their noise.
     """
-    steps, lr = _check_steps(steps), _check_lr(lr)
-    x0, shape = _as_images(clf, images)
-    targets = check_classes(clf, targets)
-    if len(targets) != len(x0):
-        raise ValueError(f"learn_noise: {len(x0)} images but {len(targets)} targets")
-    labels = _labels(labels, len(x0))
-    sp = _Space(clf, space, bounds)
-    v0 = sp.from_pixel(x0)
+    steps, lr, x0, shape, targets, labels, sp, v0 = _start_from_images(
+        clf, "learn_noise", images, targets, labels, steps, lr, space, bounds)
     noise = Parameter(np.zeros_like(v0))
 
     def project(n):  # keep v0 + n inside the bounds
