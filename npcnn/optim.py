@@ -95,8 +95,8 @@ class Adam(Optimizer):
                 dt = p.dtype.type
                 kernels.adam_update(p.data.reshape(-1), np.ascontiguousarray(p.grad, dtype=p.dtype).reshape(-1),
                                     m.reshape(-1), v.reshape(-1), dt(-1.0 if self.maximize else 1.0),
-                                    dt(self.weight_decay), dt(b1), dt(b2), dt(step_size), dt(bc2_sqrt),
-                                    dt(self.eps))
+                                    dt(self.weight_decay), dt(b1), dt(1 - b1), dt(b2), dt(1 - b2), dt(step_size),
+                                    dt(bc2_sqrt), dt(self.eps))
             else:
                 self._numpy_step(p, m, v, tmp, b1, b2, step_size, bc2_sqrt)
 
