@@ -15,11 +15,15 @@ the mask. How the conv itself is computed depends on the triple (``_path``):
 
 * ``"small"`` (few weights per filter, like the first layer's 1x3x3, and a
   2x2 / stride-2 pool): the conv is computed inside the pooling kernel,
-  tap by tap (``kernels.direct_conv_bias_relu_maxpool_2x2``); backward as ``"gemm"``;
+  tap by tap, on a zero-padded copy of the input, and so is its backward
+  (``kernels.direct_conv_relu_maxpool_nhwc`` and the two ``direct_conv_*_grad_nhwc``).
+  The pooled output is stored channels last and returned as an NCHW view of
+  that memory: the next fused conv (``"nhwc"``) wants it channels last
+  anyway, and it returns its input gradient the same way;
 * ``"nhwc"`` (any other conv before a 2x2 / stride-2 pool, like the second
   layer): im2col + GEMM on a channels-last copy of the input, and a backward
   that visits only the winners (``kernels.im2col_nhwc``,
-  ``kernels.nhwc_conv_relu_maxpool_backward``): no col2im;
+  ``kernels.winners_weight_grad_nhwc``, ``kernels.winners_input_grad_nhwc``): no col2im;
 * ``"gemm"`` (anything else): im2col + GEMM as :class:`Conv2d` alone does it.
 
 The three layer objects keep their state as if they had run one after
@@ -62,7 +66,6 @@ def conv_relu_pool_forward(conv, relu, pool, x):
         out_cols = conv._forward_cols(x)               # (F, N*Ho*Wo), bias not added
     else:                                              # the conv is computed below
         _, hc, wc = conv._geometry(x)
-        x = np.ascontiguousarray(x)
         conv._x, conv._cached, conv._out_hw = x, False, (hc, wc)
     n, f, (hc, wc) = x.shape[0], conv.out_channels, conv._out_hw
     conv_shape = (n, f, hc, wc)
@@ -71,21 +74,39 @@ def conv_relu_pool_forward(conv, relu, pool, x):
         raise ValueError(f"{pool!r}: input of spatial size {(hc, wc)} is smaller than the window")
     (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
     bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
-    out = np.empty(shape, dtype=x.dtype)
-    argmax = pool._argmax_buffer(shape)
     zero = x.dtype.type(0)
-    (ckh, ckw), (csh, csw), (cph, cpw) = conv.kernel_size, conv.stride, conv.padding
-    if path == "gemm":
-        kernels.bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
-    elif path == "small":
+    (ckh, ckw), (csh, csw) = conv.kernel_size, conv.stride
+    if path == "small":                                # pooled output channels last, returned as an NCHW view
+        n_, ho, wo, f_ = nhwc = (shape[0], shape[2], shape[3], shape[1])
+        xpad = _padded(conv, x)
         wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
-        kernels.direct_conv_bias_relu_maxpool_2x2(x, wt, bias, ckh, ckw, csh, csw, cph, cpw, wc, out, argmax, zero)
+        out_nhwc = np.empty(nhwc, dtype=x.dtype)
+        argmax_nhwc = pool._argmax_buffer(nhwc, "_argmax_nhwc")
+        kernels.direct_conv_relu_maxpool_nhwc(xpad, wt, bias, ckh, ckw, csh, csw, wc, out_nhwc, argmax_nhwc, zero)
+        out, pool._argmax = out_nhwc.transpose(0, 3, 1, 2), argmax_nhwc.transpose(0, 3, 1, 2)
+        pool._out_nhwc = out_nhwc
     else:
-        rows = _conv_channels_last(conv, x, hc, wc)
-        kernels.bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero)
+        out = np.empty(shape, dtype=x.dtype)
+        argmax = pool._argmax_buffer(shape)
+        if path == "gemm":
+            kernels.bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
+        else:
+            rows = _conv_channels_last(conv, x, hc, wc)
+            kernels.bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero)
     pool._x_shape, pool._out, pool._path = conv_shape, out, path
     relu._mask, relu._mask_from = None, (conv, x)     # recomputed only if relu.backward is called alone
     return out
+
+
+def _padded(conv, x):
+    """``x`` (N, C, H, W) zero-padded as the conv pads it, in a buffer kept on the conv for backward."""
+    n, c, h, w = x.shape
+    ph, pw = conv.padding
+    xpad = conv._buffer("_xpad", (n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+    if ph or pw:
+        xpad[:, :, :ph], xpad[:, :, ph + h:], xpad[:, :, :, :pw], xpad[:, :, :, pw + w:] = 0, 0, 0, 0
+    xpad[:, :, ph:ph + h, pw:pw + w] = x
+    return xpad
 
 
 #: The channels-last column matrix is built and multiplied this many bytes at a time, so that
@@ -119,13 +140,15 @@ def _padded_channels_last(conv, x):
     xp = conv._buffer("_xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype)
     if ph or pw:
         xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:] = 0, 0, 0, 0
-    xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)   # a plain copy when x is a view of NHWC memory
     return xp
 
 
 def conv_relu_pool_backward(conv, relu, pool, grad_out, param_grads, input_grad=True):
     """Returns dL/dx, or None when ``input_grad`` is False (the first layer of a net in training)."""
     n, f, hc, wc = pool._x_shape
+    if pool._path == "small":
+        return _small_backward(conv, pool, grad_out, param_grads, input_grad)
     grad_out = np.ascontiguousarray(grad_out)
     if pool._path == "nhwc":
         return _nhwc_backward(conv, pool, grad_out, param_grads, input_grad)
@@ -134,21 +157,47 @@ def conv_relu_pool_backward(conv, relu, pool, grad_out, param_grads, input_grad=
     return conv._backward_cols(g, param_grads, input_grad)
 
 
-def _nhwc_backward(conv, pool, grad_out, param_grads, input_grad):
-    x, xp, f = conv._x, conv._xp, conv.out_channels
+def _small_backward(conv, pool, grad_out, param_grads, input_grad):
+    x, xpad, f = conv._x, conv._xpad, conv.out_channels
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    blocks = min(n, numba.get_num_threads())
-    dw_part = np.empty((blocks, f, kh, kw, c) if param_grads else (0, 0, 0, 0, 0), dtype=x.dtype)
-    db_part = np.empty((blocks, f) if param_grads else (0, 0), dtype=x.dtype)
-    dxp = conv._buffer("_dxp", xp.shape, x.dtype) if input_grad else np.empty((0, 0, 0, 0), dtype=x.dtype)
-    wf = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1))          # (F, kh, kw, C)
-    kernels.nhwc_conv_relu_maxpool_backward(grad_out, pool._argmax, pool._out, xp, wf, sh, sw, pool._x_shape[3],
-                                            dw_part, db_part, dxp, param_grads, input_grad)
+    wc = pool._x_shape[3]
+    grad = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))          # (N, Ho, Wo, F), as the forward wrote
+    argmax, out = pool._argmax_nhwc, pool._out_nhwc
     if param_grads:
-        conv.weight.accumulate(dw_part.sum(axis=0).transpose(0, 3, 1, 2), owned=False)
+        blocks = min(n, numba.get_num_threads())
+        dw_part = np.empty((blocks, c * kh * kw, f), dtype=x.dtype)
+        db_part = np.empty((blocks, f), dtype=x.dtype)
+        kernels.direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw_part, db_part)
+        conv.weight.accumulate(dw_part.sum(axis=0).T.reshape(conv.weight.shape), owned=True)
         if conv.bias is not None:
             conv.bias.accumulate(db_part.sum(axis=0), owned=True)
     if not input_grad:
         return None
-    return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))
+    wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
+    dxpad = conv._buffer("_dxpad", xpad.shape, x.dtype)
+    kernels.direct_conv_input_grad_nhwc(grad, argmax, out, wt, kh, kw, sh, sw, wc, dxpad)
+    return np.ascontiguousarray(dxpad[:, :, ph:ph + h, pw:pw + w])
+
+
+def _nhwc_backward(conv, pool, grad_out, param_grads, input_grad):
+    x, xp, f = conv._x, conv._xp, conv.out_channels
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    wc = pool._x_shape[3]
+    xp3 = xp.reshape(n, xp.shape[1], -1)                      # (N, Hp, Wp*C): taps j, c as one run
+    if param_grads:
+        blocks = min(n, numba.get_num_threads())
+        dw_part = np.empty((blocks, f, kh, kw * c), dtype=x.dtype)
+        db_part = np.empty((blocks, f), dtype=x.dtype)
+        kernels.winners_weight_grad_nhwc(grad_out, pool._argmax, pool._out, xp3, c, sh, sw, wc, dw_part, db_part)
+        conv.weight.accumulate(dw_part.sum(axis=0).reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
+        if conv.bias is not None:
+            conv.bias.accumulate(db_part.sum(axis=0), owned=True)
+    if not input_grad:
+        return None
+    wf3 = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, kh, kw * c)
+    dxp = conv._buffer("_dxp", xp.shape, x.dtype)
+    kernels.winners_input_grad_nhwc(grad_out, pool._argmax, pool._out, wf3, c, sh, sw, wc, dxp.reshape(xp3.shape))
+    # channels last, returned as an NCHW view (a copy: dxp is reused by the next call)
+    return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w]).transpose(0, 3, 1, 2)
