@@ -425,42 +425,66 @@ def direct_conv_input_grad_nhwc(grad, argmax, out, wt, kh, kw, sh, sw, wc, dxpad
 # im2col then copies C contiguous values per tap instead of one short image row at a time, the
 # GEMM gives a channels-last conv output that the pooling kernel reads filter by filter, and the
 # backward visits only the pool's winners, with contiguous loops over channels (no col2im).
-@_kernel(size_arg=7)
-def im2col_nhwc(xp, kh, kw, sh, sw, ho, wo, cols):
-    """Receptive fields of the padded channels-last ``xp`` (N, Hp, Wp, C) as rows of ``cols``
-    (N*ho*wo, kh*kw*C), taps in (i, j, c) order: each tap is one contiguous copy of C values."""
-    n_img, n_ch = xp.shape[0], xp.shape[3]
+@_kernel(size_arg=0)
+def pad_channels_last(x3, ph, pw, xp3):
+    """Zero-pad channels-last images ``x3`` (N, H, W*C) into ``xp3`` (N, H+2ph, (W+2pw)*C):
+    the border is zeroed and each image row copied as one contiguous run."""
+    n_img, h, run = x3.shape
+    left = (xp3.shape[2] - run) // 2                         # pw*C
+    for n in prange(n_img):
+        xp3[n, :ph] = 0.0
+        xp3[n, ph + h:] = 0.0
+        for y in range(h):
+            dst = xp3[n, ph + y]
+            dst[:left] = 0.0
+            dst[left + run:] = 0.0
+            src = x3[n, y]
+            for k in range(run):
+                dst[left + k] = src[k]
+    return xp3
+
+
+@_kernel(size_arg=8)
+def im2col_nhwc(xp3, n_ch, kh, kw, sh, sw, ho, wo, cols):
+    """Receptive fields of the padded channels-last input, given as ``xp3`` (N, Hp, Wp*C), as rows
+    of ``cols`` (N*ho*wo, kh*kw*C), taps in (i, j, c) order: for each kernel row i, the kw*C values
+    are one contiguous run of the input row, copied as one."""
+    n_img = xp3.shape[0]
+    run = kw * n_ch
     for n in prange(n_img):
         for oy in range(ho):
             for ox in range(wo):
-                row = (n * ho + oy) * wo + ox
+                row = cols[(n * ho + oy) * wo + ox]
+                x0 = ox * sw * n_ch
                 for i in range(kh):
-                    for j in range(kw):
-                        base = (i * kw + j) * n_ch
-                        for c in range(n_ch):
-                            cols[row, base + c] = xp[n, oy * sh + i, ox * sw + j, c]
+                    src = xp3[n, oy * sh + i, x0:x0 + run]
+                    dst = row[i * run:(i + 1) * run]
+                    for k in range(run):
+                        dst[k] = src[k]
     return cols
 
 
 @_kernel(size_arg=0)
 def bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero):
     """:func:`bias_relu_maxpool` (2x2 windows, stride 2) from a channels-last conv output ``rows``
-    (N*hc*wc, F) before the bias. ``out`` and ``argmax`` (N, F, Ho, Wo) as there."""
-    n_img, f_out, ho, wo = out.shape
+    (N*hc*wc, F) before the bias, into channels-last ``out`` and ``argmax`` (N, Ho, Wo, F)."""
+    n_img, ho, wo, f_out = out.shape
     for n in prange(n_img):
         for oy in range(ho):
             for ox in range(wo):
                 r0 = (n * hc + 2 * oy) * wc + 2 * ox
+                top_left = 2 * oy * wc + 2 * ox
                 for f in range(f_out):
                     b = bias[f]
                     best, idx = _relu_max4(rows[r0, f] + b, rows[r0 + 1, f] + b, rows[r0 + wc, f] + b,
                                            rows[r0 + wc + 1, f] + b, zero)
-                    out[n, f, oy, ox] = best
-                    argmax[n, f, oy, ox] = (2 * oy + (idx >> 1)) * wc + 2 * ox + (idx & 1)
+                    out[n, oy, ox, f] = best
+                    argmax[n, oy, ox, f] = top_left + (idx >> 1) * wc + (idx & 1)
     return out
 
 
-# The backward of the channels-last path visits only the pool's winners. A pooled gradient
+# The backward of the channels-last path visits only the pool's winners (``out`` and ``argmax``
+# channels last, (N, Ho, Wo, F), as the forward wrote them; ``grad_out`` NCHW). A pooled gradient
 # ``g = grad_out[n, f, oy, ox]`` reaches the conv output only at its window's winner ``(y, x)``,
 # and only if the pooled value is > 0 (the ReLU's mask); the other three quarters of the conv
 # outputs have zero gradient. From a winner, for each kernel row ``i``, the ``kw*C`` weights
@@ -471,7 +495,7 @@ def bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero):
 @njit(inline="always", error_model="numpy")
 def _winner_start(argmax, n, f, oy, ox, wc, sh, sw, n_ch):
     """Row and flat column (column * n_ch) in ``xp3`` where the winner's receptive field starts."""
-    pos = argmax[n, f, oy, ox]
+    pos = argmax[n, oy, ox, f]
     return (pos // wc) * sh, (pos % wc) * sw * n_ch
 
 
@@ -492,7 +516,7 @@ def winners_weight_grad_nhwc(grad_out, argmax, out, xp3, n_ch, sh, sw, wc, dw_pa
             for f in range(f_out):
                 for oy in range(ho):
                     for ox in range(wo):
-                        if not out[n, f, oy, ox] > 0:
+                        if not out[n, oy, ox, f] > 0:
                             continue
                         g = grad_out[n, f, oy, ox]
                         db_part[blk, f] += g
@@ -516,7 +540,7 @@ def winners_input_grad_nhwc(grad_out, argmax, out, wf3, n_ch, sh, sw, wc, dxp3):
         for f in range(f_out):
             for oy in range(ho):
                 for ox in range(wo):
-                    if not out[n, f, oy, ox] > 0:
+                    if not out[n, oy, ox, f] > 0:
                         continue
                     g = grad_out[n, f, oy, ox]
                     y, x0 = _winner_start(argmax, n, f, oy, ox, wc, sh, sw, n_ch)

@@ -76,23 +76,22 @@ def conv_relu_pool_forward(conv, relu, pool, x):
     bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
     zero = x.dtype.type(0)
     (ckh, ckw), (csh, csw) = conv.kernel_size, conv.stride
-    if path == "small":                                # pooled output channels last, returned as an NCHW view
-        n_, ho, wo, f_ = nhwc = (shape[0], shape[2], shape[3], shape[1])
-        xpad = _padded(conv, x)
-        wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
-        out_nhwc = np.empty(nhwc, dtype=x.dtype)
-        argmax_nhwc = pool._argmax_buffer(nhwc, "_argmax_nhwc")
-        kernels.direct_conv_relu_maxpool_nhwc(xpad, wt, bias, ckh, ckw, csh, csw, wc, out_nhwc, argmax_nhwc, zero)
-        out, pool._argmax = out_nhwc.transpose(0, 3, 1, 2), argmax_nhwc.transpose(0, 3, 1, 2)
-        pool._out_nhwc = out_nhwc
-    else:
+    if path == "gemm":
         out = np.empty(shape, dtype=x.dtype)
         argmax = pool._argmax_buffer(shape)
-        if path == "gemm":
-            kernels.bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
+        kernels.bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argmax)
+    else:                                              # pooled output channels last, returned as an NCHW view
+        nhwc = (shape[0], shape[2], shape[3], shape[1])
+        out_nhwc = np.empty(nhwc, dtype=x.dtype)
+        argmax_nhwc = pool._argmax_buffer(nhwc, "_argmax_nhwc")
+        if path == "small":
+            wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
+            kernels.direct_conv_relu_maxpool_nhwc(_padded(conv, x), wt, bias, ckh, ckw, csh, csw, wc, out_nhwc,
+                                                  argmax_nhwc, zero)
         else:
-            rows = _conv_channels_last(conv, x, hc, wc)
-            kernels.bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero)
+            _conv_channels_last_pooled(conv, x, hc, wc, bias, out_nhwc, argmax_nhwc, zero)
+        out, pool._argmax = out_nhwc.transpose(0, 3, 1, 2), argmax_nhwc.transpose(0, 3, 1, 2)
+        pool._out_nhwc = out_nhwc
     pool._x_shape, pool._out, pool._path = conv_shape, out, path
     relu._mask, relu._mask_from = None, (conv, x)     # recomputed only if relu.backward is called alone
     return out
@@ -114,23 +113,26 @@ def _padded(conv, x):
 NHWC_CHUNK_BYTES = 1 << 20
 
 
-def _conv_channels_last(conv, x, hc, wc):
-    """The conv without bias as ``rows`` (N*hc*wc, F), channels last: im2col on the padded
-    channels-last input, then ``rows = cols @ W`` with W as (kh*kw*C, F), chunk by chunk."""
+def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
+    """The conv as im2col on the padded channels-last input and ``rows = cols @ W`` (W as
+    (kh*kw*C, F)), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``, a few images at a
+    time: each chunk's columns and conv output ``rows`` (N*hc*wc, F) stay in cache between the
+    kernel that writes them and the one that reads them."""
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), f = conv.kernel_size, conv.stride, conv.out_channels
     xp = _padded_channels_last(conv, x)
+    xp3 = xp.reshape(n, xp.shape[1], -1)               # (N, Hp, Wp*C)
     w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
     p, k = hc * wc, kh * kw * c
     step = max(1, NHWC_CHUNK_BYTES // (p * k * x.itemsize))
-    rows = conv._buffer("_rows", (n * p, f), x.dtype)
+    rows = conv._buffer("_rows", (min(n, step) * p, f), x.dtype)
     cols = conv._buffer("_cols_nhwc", (min(n, step) * p, k), x.dtype)
     for a in range(0, n, step):
         b = min(n, a + step)
-        chunk = cols[:(b - a) * p]
-        kernels.im2col_nhwc(xp[a:b], kh, kw, sh, sw, hc, wc, chunk)
-        np.matmul(chunk, w_mat, out=rows[a * p:b * p])
-    return rows
+        chunk_cols, chunk_rows = cols[:(b - a) * p], rows[:(b - a) * p]
+        kernels.im2col_nhwc(xp3[a:b], c, kh, kw, sh, sw, hc, wc, chunk_cols)
+        np.matmul(chunk_cols, w_mat, out=chunk_rows)
+        kernels.bias_relu_maxpool_nhwc_2x2(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
 
 
 def _padded_channels_last(conv, x):
@@ -138,9 +140,13 @@ def _padded_channels_last(conv, x):
     n, c, h, w = x.shape
     ph, pw = conv.padding
     xp = conv._buffer("_xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype)
-    if ph or pw:
-        xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:] = 0, 0, 0, 0
-    xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)   # a plain copy when x is a view of NHWC memory
+    x_nhwc = x.transpose(0, 2, 3, 1)
+    if x_nhwc.flags.c_contiguous:                      # x is a view of channels-last memory (a fused conv's output)
+        kernels.pad_channels_last(x_nhwc.reshape(n, h, w * c), ph, pw, xp.reshape(n, h + 2 * ph, -1))
+    else:
+        if ph or pw:
+            xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:] = 0, 0, 0, 0
+        xp[:, ph:ph + h, pw:pw + w] = x_nhwc
     return xp
 
 
@@ -190,7 +196,7 @@ def _nhwc_backward(conv, pool, grad_out, param_grads, input_grad):
         blocks = min(n, numba.get_num_threads())
         dw_part = np.empty((blocks, f, kh, kw * c), dtype=x.dtype)
         db_part = np.empty((blocks, f), dtype=x.dtype)
-        kernels.winners_weight_grad_nhwc(grad_out, pool._argmax, pool._out, xp3, c, sh, sw, wc, dw_part, db_part)
+        kernels.winners_weight_grad_nhwc(grad_out, pool._argmax_nhwc, pool._out_nhwc, xp3, c, sh, sw, wc, dw_part, db_part)
         conv.weight.accumulate(dw_part.sum(axis=0).reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
         if conv.bias is not None:
             conv.bias.accumulate(db_part.sum(axis=0), owned=True)
@@ -198,6 +204,6 @@ def _nhwc_backward(conv, pool, grad_out, param_grads, input_grad):
         return None
     wf3 = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, kh, kw * c)
     dxp = conv._buffer("_dxp", xp.shape, x.dtype)
-    kernels.winners_input_grad_nhwc(grad_out, pool._argmax, pool._out, wf3, c, sh, sw, wc, dxp.reshape(xp3.shape))
+    kernels.winners_input_grad_nhwc(grad_out, pool._argmax_nhwc, pool._out_nhwc, wf3, c, sh, sw, wc, dxp.reshape(xp3.shape))
     # channels last, returned as an NCHW view (a copy: dxp is reused by the next call)
     return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w]).transpose(0, 3, 1, 2)
