@@ -394,31 +394,6 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
     return dw_part
 
 
-@_kernel(size_arg=0, fma=True)
-def direct_conv_input_grad_nhwc(grad, argmax, out, wt, kh, kw, sh, sw, wc, dxpad):
-    """Input gradient of :func:`direct_conv_relu_maxpool_nhwc` into ``dxpad`` (N, C, Hp, Wp),
-    overwritten: from each winner ``(y, x)`` of filter f with gradient g,
-    ``dxpad[n, c, y*sh+i, x*sw+j] += g * W[f, c, i, j]``. Parallel over images."""
-    n_img, ho, wo, f_out = grad.shape
-    n_ch = dxpad.shape[1]
-    for n in prange(n_img):
-        dxpad[n] = 0.0
-        for oy in range(ho):
-            for ox in range(wo):
-                for f in range(f_out):
-                    if not out[n, oy, ox, f] > 0:
-                        continue
-                    g = grad[n, oy, ox, f]
-                    pos = argmax[n, oy, ox, f]
-                    y = (pos // wc) * sh
-                    x = (pos % wc) * sw
-                    for c in range(n_ch):
-                        for i in range(kh):
-                            for j in range(kw):
-                                dxpad[n, c, y + i, x + j] += g * wt[(c * kh + i) * kw + j, f]
-    return dxpad
-
-
 # --------------------------------------------------------------------------- convs with many channels, channels last
 # For a conv with many input channels (the second layer: 32 x 3x3 = 288 weights per filter) the
 # fused path works on a zero-padded channels-last copy of the input, ``xp`` (N, H+2p, W+2p, C):
