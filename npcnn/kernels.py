@@ -60,15 +60,17 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 PARALLEL_MIN_SIZE = 1 << 18
 
 
-def _kernel(size_arg, fma=False, min_size=None):
+def _kernel(size_arg, fma=False, min_size=None, reassoc=False):
     """Compile ``fn`` twice: with threads over ``prange`` and serially; pick by the size of one argument.
 
     The serial copy gets its own name so numba's on-disk cache keeps the two apart; ``min_size``
     (default :data:`PARALLEL_MIN_SIZE`) is the size from which threads pay. ``fma=True``
     lets LLVM fuse ``a += b * c`` into one fused multiply-add (numba's ``fastmath={"contract"}``:
-    one rounding instead of two, nothing else about IEEE arithmetic changes).
+    one rounding instead of two, nothing else about IEEE arithmetic changes). ``reassoc=True``
+    (with ``fma``) also lets it reorder sums, so that a dot product vectorises: the sum is then
+    taken in another order, as BLAS takes it.
     """
-    opts = dict(_OPTS, fastmath={"contract"}) if fma else _OPTS
+    opts = dict(_OPTS, fastmath={"contract", "reassoc"} if reassoc else {"contract"}) if fma else _OPTS
 
     def wrap(fn):
         parallel = njit(parallel=True, **opts)(fn)
@@ -344,17 +346,17 @@ def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argma
 
 
 @njit(inline="always", error_model="numpy")
-def _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc, gq):
-    """``gq[q, f]``: the gradient reaching conv output ``q`` of window ``(oy, ox)`` from filter f's
-    pooled output (``grad`` where q won and the pooled value is > 0, else 0)."""
+def _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc, g0, g1, g2, g3):
+    """``g0..g3[f]``: the gradient reaching conv output q = 0..3 of window ``(oy, ox)`` from filter
+    f's pooled output (``grad`` where q won and the pooled value is > 0, else 0)."""
     top_left = 2 * oy * wc + 2 * ox
-    for f in range(gq.shape[1]):
+    for f in range(g0.shape[0]):
         g = grad[n, oy, ox, f] if out[n, oy, ox, f] > 0 else 0.0
         pos = argmax[n, oy, ox, f]
-        gq[0, f] = g if pos == top_left else 0.0
-        gq[1, f] = g if pos == top_left + 1 else 0.0
-        gq[2, f] = g if pos == top_left + wc else 0.0
-        gq[3, f] = g if pos == top_left + wc + 1 else 0.0
+        g0[f] = g if pos == top_left else 0.0
+        g1[f] = g if pos == top_left + 1 else 0.0
+        g2[f] = g if pos == top_left + wc else 0.0
+        g3[f] = g if pos == top_left + wc + 1 else 0.0
 
 
 @_kernel(size_arg=0, fma=True)
@@ -378,7 +380,7 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
                 y0 = 2 * oy * sh
                 for ox in range(wo):
                     x0 = 2 * ox * sw
-                    _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc, gq)
+                    _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc, gq[0], gq[1], gq[2], gq[3])
                     for f in range(f_out):
                         db_part[blk, f] += gq[0, f] + gq[1, f] + gq[2, f] + gq[3, f]
                     for c in range(n_ch):
@@ -392,6 +394,26 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
                                 for f in range(f_out):
                                     dw_part[blk, k, f] += gq[0, f] * v0 + gq[1, f] * v1 + gq[2, f] * v2 + gq[3, f] * v3
     return dw_part
+
+
+@_kernel(size_arg=0)
+def winners_to_dense_nhwc(grad, argmax, out, hc, wc, g_rows):
+    """The conv-output gradient of a fused conv -> ReLU -> 2x2 pool, dense and channels last:
+    ``g_rows`` (N*hc*wc, F), overwritten, from the channels-last ``grad``, ``argmax`` and ``out``
+    (N, Ho, Wo, F). Each window writes its four rows whole (the gradient at its winner, zeros
+    elsewhere), so the filter loop has no branch; rows outside every window (odd sizes) get 0."""
+    n_img, ho, wo, f_out = grad.shape
+    for n in prange(n_img):
+        base = n * hc * wc
+        g_rows[base + 2 * ho * wc:base + hc * wc] = 0.0
+        for oy in range(ho):
+            for y in range(2 * oy, 2 * oy + 2):
+                g_rows[base + y * wc + 2 * wo:base + (y + 1) * wc] = 0.0
+            for ox in range(wo):
+                r = base + 2 * oy * wc + 2 * ox
+                _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc,
+                                      g_rows[r], g_rows[r + 1], g_rows[r + wc], g_rows[r + wc + 1])
+    return g_rows
 
 
 # --------------------------------------------------------------------------- convs with many channels, channels last
