@@ -557,7 +557,7 @@ def winners_input_grad_nhwc(grad_out, argmax, out, wf3, n_ch, sh, sw, wc, dxp3):
 # One pass per quantity, per channel, over the (N, C, L) view; sums in float64. NumPy's version
 # made a temporary array for every intermediate (centred, squared, xhat, y, and as many again in
 # backward) and reduced over the non-contiguous axes (0, 2).
-@_kernel(size_arg=0)
+@_kernel(size_arg=0, fma=True, reassoc=True)   # float64 sums in any order: they vectorise
 def batchnorm_stats(x3, mean, var):
     """Per channel of ``x3`` (N, C, L): the mean and the biased variance (two passes)."""
     n_img, n_ch, length = x3.shape
@@ -590,7 +590,7 @@ def batchnorm_apply(x3, mean, invstd, gamma, beta, xhat, y):
                 y[i, c, j] = v * gm + bt
 
 
-@_kernel(size_arg=0)
+@_kernel(size_arg=0, fma=True, reassoc=True)
 def batchnorm_backward(g3, xhat, scale, batch_stats, sum_g, sum_gx, dx):
     """``sum(g)`` and ``sum(g * xhat)`` per channel, then ``dx``: with batch statistics
     ``scale * (g - sum(g)/m - xhat * sum(g*xhat)/m)``, else ``scale * g``."""
