@@ -121,6 +121,27 @@ def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
+    """Large batches split the channels-last conv's chunks among threads (BLAS on one thread
+    each): the outputs, winners and gradients equal those of one thread walking the chunks."""
+    from npcnn.nn import fused
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 6, 9, 10)).astype(np.float32)
+    g = rng.standard_normal((12, 5, 4, 5)).astype(np.float32)
+    monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)               # one image per chunk: 12 chunks
+    results = []
+    for min_chunks in (10 ** 9, 2):
+        monkeypatch.setattr(fused, "THREADED_MIN_CHUNKS", min_chunks)
+        layers = [nn.Conv2d(6, 5, 3, padding=1, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
+        assert fused._path(layers[0], layers[2]) == "nhwc"
+        y = fused.conv_relu_pool_forward(*layers, x)
+        dx = fused.conv_relu_pool_backward(*layers, g, True)
+        results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad))
+    assert numba.get_num_threads() > 1 and fused._workers is not None     # the threads did run
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_reference_net_takes_the_direct_paths():
     from npcnn.nn import fused
     layers = list(seed_cnn(rng=0))
