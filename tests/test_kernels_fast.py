@@ -4,6 +4,7 @@ benchmark's NumPy baseline."""
 import os
 import sys
 
+import numba
 import numpy as np
 import pytest
 
