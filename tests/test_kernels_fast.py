@@ -125,6 +125,7 @@ def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
 def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
     """Large batches split the channels-last conv's chunks among threads (BLAS on one thread
     each): the outputs, winners and gradients equal those of one thread walking the chunks."""
+    from npcnn import parallel
     from npcnn.nn import fused
     rng = np.random.default_rng(5)
     x = rng.standard_normal((12, 6, 9, 10)).astype(np.float32)
@@ -138,9 +139,31 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
         y = fused.conv_relu_pool_forward(*layers, x)
         dx = fused.conv_relu_pool_backward(*layers, g, True)
         results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad))
-    assert numba.get_num_threads() > 1 and fused._workers is not None     # the threads did run
+    assert numba.get_num_threads() > 1 and parallel._pool is not None     # the threads did run
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 255, 256, 1001])
+def test_matmul_rows_equals_matmul(rows):
+    """Large GEMMs are split by rows among threads with single-threaded BLAS (npcnn.parallel)."""
+    from npcnn import parallel
+    rng = np.random.default_rng(rows)
+    a, b = rng.standard_normal((rows, 70)).astype(np.float32), rng.standard_normal((70, 30)).astype(np.float32)
+    np.testing.assert_allclose(parallel.matmul_rows(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(parallel.matmul_rows(a, b.T.copy().T), a @ b, rtol=1e-5, atol=1e-5)
+    if rows >= parallel.SPLIT_MIN_ROWS:
+        assert parallel._pool is not None
+
+
+def test_linear_on_a_large_batch_equals_numpy():
+    rng = np.random.default_rng(0)
+    lin = nn.Linear(50, 20, dtype=np.float64, rng=1)
+    x = rng.standard_normal((700, 50))
+    g = rng.standard_normal((700, 20))
+    np.testing.assert_allclose(lin.forward(x), x @ lin.weight.data.T + lin.bias.data, rtol=1e-12)
+    np.testing.assert_allclose(lin.backward(g), g @ lin.weight.data, rtol=1e-12)
+    np.testing.assert_allclose(lin.weight.grad, g.T @ x, rtol=1e-12)
 
 
 def test_reference_net_takes_the_direct_paths():

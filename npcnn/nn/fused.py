@@ -36,7 +36,7 @@ rounding, not to the bit.
 import numba
 import numpy as np
 
-from .. import kernels
+from .. import kernels, parallel
 from .activation import ReLU
 from .conv import Conv2d
 from .pool import MaxPool2d
@@ -114,25 +114,11 @@ def _padded(conv, x):
 NHWC_CHUNK_BYTES = 1 << 20
 
 #: From this many chunks on (large batches: inference), the chunks are shared among threads, each
-#: running its chunks' im2col, GEMM (BLAS limited to one thread) and pooling; below it, one thread
-#: walks the chunks and BLAS uses all cores for each GEMM. At batch 1000 this halves the second
-#: conv's time (measured 44.7 -> 22.1 ms); at batch 64-90 it does not pay.
+#: running its chunks' im2col, GEMM (BLAS limited to one thread) and pooling (see
+#: :mod:`npcnn.parallel`); below it, one thread walks the chunks and BLAS uses all cores for each
+#: GEMM. At batch 1000 this halves the second conv's time (measured 44.7 -> 22.1 ms); at batch
+#: 64-90 it does not pay.
 THREADED_MIN_CHUNKS = 32
-
-_workers = _blas = None
-
-
-def _thread_pool():
-    """A pool of ``numba.get_num_threads()`` threads and a handle on BLAS's thread count, made once."""
-    global _workers, _blas
-    if _workers is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import ThreadpoolController
-        _blas = ThreadpoolController().select(user_api="blas")
-        _workers = ThreadPoolExecutor(numba.get_num_threads(), thread_name_prefix="npcnn-conv")
-    return _workers, _blas
-
 
 def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
     """The conv as im2col on the padded channels-last input and ``rows = cols @ W`` (W as
@@ -160,10 +146,8 @@ def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
 
     if workers == 1:
         run(0)
-        return
-    pool, blas = _thread_pool()
-    with blas.limit(limits=1):
-        list(pool.map(run, range(workers)))            # list(): re-raises a worker's exception here
+    else:
+        parallel.run_threads(run, workers)
 
 
 def _padded_channels_last(conv, x):

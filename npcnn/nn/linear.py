@@ -1,6 +1,7 @@
 """Fully connected layer and Flatten."""
 import numpy as np
 
+from .. import parallel
 from .init import as_generator, default_uniform
 from .module import Module, Parameter, check_dtype, check_input
 
@@ -36,7 +37,8 @@ class Linear(Module):
         check_input(self, x, None, self.in_features, channel_axis=-1)
         check_dtype(self, x, self.weight.dtype)
         self._x = x
-        y = x @ self.weight.data.T
+        y = parallel.matmul_rows(x.reshape(-1, self.in_features), self.weight.data.T)
+        y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -48,7 +50,8 @@ class Linear(Module):
             self.weight.accumulate(g2.T @ x2, owned=True)
             if self.bias is not None:
                 self.bias.accumulate(g2.sum(axis=0), owned=True)
-        return grad_out @ self.weight.data
+        g2 = grad_out.reshape(-1, self.out_features)
+        return parallel.matmul_rows(g2, self.weight.data).reshape(*grad_out.shape[:-1], self.in_features)
 
 
 class Flatten(Module):
