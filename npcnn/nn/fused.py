@@ -16,16 +16,21 @@ the mask. How the conv itself is computed depends on the triple (``_path``):
 * ``"small"`` (few weights per filter, like the first layer's 1x3x3, and a
   2x2 / stride-2 pool): the conv is computed inside the pooling kernel,
   tap by tap, on a zero-padded copy of the input, and so is its weight
-  gradient (``kernels.direct_conv_relu_maxpool_nhwc``, ``kernels.direct_conv_weight_grad_nhwc``);
-  its input gradient takes the ``"gemm"`` route.
-  The pooled output is stored channels last and returned as an NCHW view of
-  that memory: the next fused conv (``"nhwc"``) wants it channels last
-  anyway, and it returns its input gradient the same way;
+  gradient (``kernels.direct_conv_relu_maxpool_nhwc``,
+  ``kernels.direct_conv_weight_grad_nhwc``); its input gradient goes through
+  a dense conv-output gradient and :class:`Conv2d`'s GEMM + col2im;
 * ``"nhwc"`` (any other conv before a 2x2 / stride-2 pool, like the second
   layer): im2col + GEMM on a channels-last copy of the input, and a backward
   that visits only the winners (``kernels.im2col_nhwc``,
   ``kernels.winners_weight_grad_nhwc``, ``kernels.winners_input_grad_nhwc``): no col2im;
 * ``"gemm"`` (anything else): im2col + GEMM as :class:`Conv2d` alone does it.
+
+The first two store the pooled output (and the winners) channels last and
+return it as an NCHW *view* of that memory (``out_nhwc.transpose(0, 3, 1, 2)``):
+shape and values are those of the NCHW result, but the next fused conv can
+copy it into its channels-last buffer row by row, and its loops over the
+filters are contiguous. The ``"nhwc"`` backward returns its input gradient
+the same way.
 
 The three layer objects keep their state as if they had run one after
 another, so the state dict, the parameters and even calling their
