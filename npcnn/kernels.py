@@ -615,7 +615,7 @@ def batchnorm_backward(g3, xhat, scale, batch_stats, sum_g, sum_gx, dx):
 
 # --------------------------------------------------------------------------- optimiser
 @_kernel(size_arg=0)
-def adam_update(p, g, m, v, sign, weight_decay, b1, c1, b2, c2, step_size, bc2_sqrt, eps):
+def adam_update(p, g, m, v, sign, weight_decay, b1, c1, b2, c2, step_size, bc2_sqrt, eps, tiny):
     """One Adam step for flat arrays, in place, in one pass over memory.
 
     ``d = sign*g + weight_decay*p``, ``m = b1*m + c1*d``, ``v = b2*v + c2*d^2``,
@@ -624,11 +624,23 @@ def adam_update(p, g, m, v, sign, weight_decay, b1, c1, b2, c2, step_size, bc2_s
     (``np.float32(...)``) and the arithmetic stays in that dtype, as PyTorch's
     does: a Python ``1 - b1`` computed in here would be a float64 and would drag
     the whole loop into float64, one element at a time (3.4x slower, measured).
+
+    One deliberate difference from PyTorch: ``m`` and ``v`` below ``tiny`` (the
+    dtype's smallest normal number, 1.2e-38 in float32) are set to 0. A weight
+    whose gradient stays 0 (a dead ReLU unit's) has its ``m`` shrink by ``b1``
+    every step through the subnormal range, where every operation costs the CPU
+    ~100 cycles: on MNIST 150,000 such entries made training steps 30 % slower
+    after the first epoch (measured). The update they would give is below 1e-30.
     """
+    zero = tiny - tiny                                  # 0 in the arrays' dtype (a literal 0.0 is a float64)
     for i in prange(p.size):
         d = sign * g[i] + weight_decay * p[i]
         mi = b1 * m[i] + c1 * d
         vi = b2 * v[i] + c2 * d * d
+        if abs(mi) < tiny:
+            mi = zero
+        if vi < tiny:
+            vi = zero
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))

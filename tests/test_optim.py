@@ -237,3 +237,28 @@ def test_zero_grad_sets_none():
 def test_bad_optimiser_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make(Parameter(np.zeros(3)))
+
+
+def test_adam_sets_subnormal_moments_to_zero():
+    """A weight whose gradient turns 0 has its first moment shrink by beta1 every step; once it
+    falls below float32's smallest normal number it is set to 0 (subnormals are slow), on both
+    the numba path and the numpy path, and the weight stops moving."""
+    import npcnn.nn as nn
+    from npcnn.optim import Adam
+    for contiguous in (True, False):
+        data = np.ones((4, 6), np.float32)
+        p = nn.Parameter(data if contiguous else data[:, ::2])
+        opt = Adam([p], lr=1e-3)
+        p.grad = np.full(p.data.shape, 1e-3, np.float32)
+        opt.step()
+        m, v, _ = opt.state[0]
+        assert m.min() > 0 and v.min() > 0
+        for _ in range(900):                             # 0.9**900 * 1e-4 ~ 1e-45: through the subnormals
+            p.grad = np.zeros(p.data.shape, np.float32)
+            opt.step()
+            tiny = np.finfo(np.float32).tiny
+            assert not ((np.abs(m) < tiny) & (m != 0)).any(), "a subnormal first moment was kept"
+        assert (m == 0).all()
+        before = p.data.copy()
+        opt.step()
+        np.testing.assert_array_equal(p.data, before)
