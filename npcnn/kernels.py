@@ -304,6 +304,13 @@ def maxpool_relu_backward(grad_out, argmax, out, hc, wc, g_cols):
 # filters, contiguous, and vectorise. For pooled pixel ``(oy, ox)`` the window's four conv outputs
 # ``q = 0..3`` (row-major) start at input rows ``y0, y0+sh`` and columns ``x0, x0+sw`` of ``xpad``,
 # with ``y0 = 2*oy*sh`` and ``x0 = 2*ox*sw``.
+@njit(inline="always", error_model="numpy")
+def _tap_of_quadrants(xpad, n, c, y, x, sh, sw):
+    """One tap's input value for each of the window's four conv outputs (row-major): the tap of
+    the top-left output sits at ``xpad[n, c, y, x]``, the others one conv stride right / down."""
+    return xpad[n, c, y, x], xpad[n, c, y, x + sw], xpad[n, c, y + sh, x], xpad[n, c, y + sh, x + sw]
+
+
 @_kernel(size_arg=0, fma=True)
 def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argmax, zero):
     """``out = maxpool2x2(relu(conv(x) + bias))`` without the conv output ever being stored.
@@ -326,10 +333,7 @@ def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argma
                     for i in range(kh):
                         for j in range(kw):
                             k = (c * kh + i) * kw + j
-                            v0 = xpad[n, c, y0 + i, x0 + j]
-                            v1 = xpad[n, c, y0 + i, x0 + sw + j]
-                            v2 = xpad[n, c, y0 + sh + i, x0 + j]
-                            v3 = xpad[n, c, y0 + sh + i, x0 + sw + j]
+                            v0, v1, v2, v3 = _tap_of_quadrants(xpad, n, c, y0 + i, x0 + j, sh, sw)
                             for f in range(f_out):
                                 w = wt[k, f]
                                 acc[0, f] += w * v0
@@ -387,10 +391,7 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
                         for i in range(kh):
                             for j in range(kw):
                                 k = (c * kh + i) * kw + j
-                                v0 = xpad[n, c, y0 + i, x0 + j]
-                                v1 = xpad[n, c, y0 + i, x0 + sw + j]
-                                v2 = xpad[n, c, y0 + sh + i, x0 + j]
-                                v3 = xpad[n, c, y0 + sh + i, x0 + sw + j]
+                                v0, v1, v2, v3 = _tap_of_quadrants(xpad, n, c, y0 + i, x0 + j, sh, sw)
                                 for f in range(f_out):
                                     dw_part[blk, k, f] += gq[0, f] * v0 + gq[1, f] * v1 + gq[2, f] * v2 + gq[3, f] * v3
     return dw_part
