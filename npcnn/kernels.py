@@ -299,8 +299,8 @@ def maxpool_relu_backward(grad_out, argmax, out, hc, wc, g_cols):
 # im2col + GEMM: the GEMM's inner dimension is 9, so it is a pass over memory, and the column
 # matrix (9 rows, N*28*28 columns) and the conv output (32 x N*28*28) are written and read again
 # only to be max-pooled. The kernels below compute the conv, bias, ReLU and 2x2 max-pool at once,
-# and their backward, from a zero-padded input ``xpad`` (N, C, H+2p, W+2p), so that no tap needs
-# a bounds test. Pooled outputs are channels last, ``(N, Ho, Wo, F)``: the inner loops run over the
+# and the weight gradient, from a zero-padded input ``xpad`` (N, C, H+2p, W+2p), so that no tap
+# needs a bounds test (the input gradient goes through ``winners_to_dense_nhwc`` and a GEMM). Pooled outputs are channels last, ``(N, Ho, Wo, F)``: the inner loops run over the
 # filters, contiguous, and vectorise. For pooled pixel ``(oy, ox)`` the window's four conv outputs
 # ``q = 0..3`` (row-major) start at input rows ``y0, y0+sh`` and columns ``x0, x0+sw`` of ``xpad``,
 # with ``y0 = 2*oy*sh`` and ``x0 = 2*ox*sw``.

@@ -125,6 +125,7 @@ NHWC_CHUNK_BYTES = 1 << 20
 #: 64-90 it does not pay.
 THREADED_MIN_CHUNKS = 32
 
+
 def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
     """The conv as im2col on the padded channels-last input and ``rows = cols @ W`` (W as
     (kh*kw*C, F)), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``, a few images at a
