@@ -54,7 +54,7 @@ class MaxPool2d(Module):
     def _argmax_buffer(self, shape, name="_argmax"):
         """The winners' positions, (N, C, Ho, Wo) int32: one buffer reused while the shape stays.
 
-        (The fused first conv keeps them channels last under another ``name``; ``_argmax`` is then
+        (The fused conv paths keep them channels last under another ``name``; ``_argmax`` is then
         an NCHW view of that buffer, not contiguous, and is not reused here.)"""
         buf = getattr(self, name, None)
         if buf is None or buf.shape != tuple(shape) or not buf.flags.c_contiguous:
