@@ -189,8 +189,8 @@ def _small_backward(conv, pool, grad_out, param_grads, input_grad):
     n, c = x.shape[:2]
     (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
     _, _, hc, wc = pool._x_shape
+    grad = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))          # (N, Ho, Wo, F), as the forward wrote
     if param_grads:
-        grad = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))      # (N, Ho, Wo, F), as the forward wrote
         blocks = min(n, numba.get_num_threads())
         dw_part = np.empty((blocks, c * kh * kw, f), dtype=x.dtype)
         db_part = np.empty((blocks, f), dtype=x.dtype)
@@ -204,8 +204,7 @@ def _small_backward(conv, pool, grad_out, param_grads, input_grad):
     # dL/dx as Conv2d's own backward computes it (GEMM with the dense conv-output gradient, then
     # col2im): for the small batches of the attacks that beats any scatter from the winners
     g_rows = conv._buffer("_g_rows", (n * hc * wc, f), x.dtype)
-    kernels.winners_to_dense_nhwc(np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)), pool._argmax_nhwc,
-                                  pool._out_nhwc, hc, wc, g_rows)
+    kernels.winners_to_dense_nhwc(grad, pool._argmax_nhwc, pool._out_nhwc, hc, wc, g_rows)
     return conv._backward_cols(g_rows.T, param_grads=False, input_grad=True)
 
 
