@@ -614,6 +614,97 @@ def batchnorm_backward(g3, xhat, scale, batch_stats, sum_g, sum_gx, dx):
                 dx[i, c, j] = (g3[i, c, j] - a - xhat[i, c, j] * b) * k
 
 
+# The same three kernels for channels-last data, the layout of a fused conv's output: ``x2`` (M, C)
+# with M = N*H*W rows. A per-channel loop over that layout strides through memory, and a loop over
+# the C channels of each row is too short to vectorise well (numba/LLVM pay a loop setup per row:
+# 3x slower, measured). So the rows are taken ``tile`` at a time as one flat run of tile*C values,
+# and every per-channel quantity is kept as a run of the same length (the channel's value repeated
+# for each row of the tile): the loops over a run are long and contiguous, and vectorise. Sums go
+# into ``acc`` (tile*C, float64) and are folded per channel at the end; M need not be a multiple of
+# the tile. Every inner loop indexes a slice from 0 (``src = flat[base:base + run]; src[i]``):
+# indexed as ``flat[base + i]`` numba must allow for a negative index, and that check alone kept
+# the loop scalar (4x slower, measured). These kernels are memory-bound: threads do not pay below a
+# few MB.
+_BN_MIN_SIZE = 1 << 21
+
+
+@njit(inline="always", error_model="numpy")
+def _fold_channels(acc, n_ch, scale, out):
+    """``out[c] = scale * sum_j acc[j*n_ch + c]``: a run of per-row sums folded per channel."""
+    for c in range(n_ch):
+        s = 0.0
+        for j in range(c, acc.size, n_ch):
+            s += acc[j]
+        out[c] = s * scale
+
+
+@_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
+def batchnorm_stats_rows(x2, mean, var, acc):
+    """Per column of ``x2`` (M, C): the mean and the biased variance (two passes, float64 sums);
+    ``acc`` (tile*C,) float64 is scratch and sets the tile."""
+    m, n_ch = x2.shape
+    flat, run = x2.reshape(-1), acc.size
+    acc[:] = 0.0
+    for base in range(0, flat.size, run):
+        src = flat[base:base + run]                   # a slice indexed from 0: see above
+        for i in range(src.size):
+            acc[i] += src[i]
+    _fold_channels(acc, n_ch, 1.0 / m, mean)
+    mean_run = np.empty(run)
+    for i in range(run):
+        mean_run[i] = mean[i % n_ch]
+    acc[:] = 0.0
+    for base in range(0, flat.size, run):
+        src = flat[base:base + run]
+        for i in range(src.size):
+            d = src[i] - mean_run[i]
+            acc[i] += d * d
+    _fold_channels(acc, n_ch, 1.0 / m, var)
+
+
+@_kernel(size_arg=0, min_size=_BN_MIN_SIZE)
+def batchnorm_apply_rows(x2, mean_run, invstd_run, gamma_run, beta_run, xhat, y):
+    """:func:`batchnorm_apply` on channels-last rows ``x2`` (M, C); the per-channel values come
+    as runs of tile*C (see above). Parallel over tiles."""
+    flat, xh, out = x2.reshape(-1), xhat.reshape(-1), y.reshape(-1)
+    run = mean_run.size
+    for t in prange((flat.size + run - 1) // run):
+        src, xh_t, out_t = flat[t * run:(t + 1) * run], xh[t * run:(t + 1) * run], out[t * run:(t + 1) * run]
+        for i in range(src.size):
+            v = (src[i] - mean_run[i]) * invstd_run[i]
+            xh_t[i] = v
+            out_t[i] = v * gamma_run[i] + beta_run[i]
+
+
+@_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
+def batchnorm_backward_rows(g2, xhat, scale_run, batch_stats, sum_g, sum_gx, dx, acc):
+    """:func:`batchnorm_backward` on channels-last rows ``g2``, ``xhat``, ``dx`` (M, C);
+    ``scale_run`` is the per-channel scale as a run of tile*C, ``acc`` (2, tile*C) float64 scratch."""
+    m, n_ch = g2.shape
+    g, xh, d = g2.reshape(-1), xhat.reshape(-1), dx.reshape(-1)
+    run = scale_run.size
+    acc_g, acc_gx = acc[0], acc[1]
+    acc_g[:] = 0.0
+    acc_gx[:] = 0.0
+    for base in range(0, g.size, run):
+        g_t, xh_t = g[base:base + run], xh[base:base + run]
+        for i in range(g_t.size):
+            acc_g[i] += g_t[i]
+            acc_gx[i] += g_t[i] * xh_t[i]
+    _fold_channels(acc_g, n_ch, 1.0, sum_g)
+    _fold_channels(acc_gx, n_ch, 1.0, sum_gx)
+    a_run = np.empty(run, dtype=g2.dtype)
+    b_run = np.empty(run, dtype=g2.dtype)
+    for i in range(run):
+        a_run[i] = sum_g[i % n_ch] / m if batch_stats else 0.0
+        b_run[i] = sum_gx[i % n_ch] / m if batch_stats else 0.0
+    for t in prange((g.size + run - 1) // run):
+        lo, hi = t * run, min(g.size, (t + 1) * run)
+        g_t, xh_t, d_t = g[lo:hi], xh[lo:hi], d[lo:hi]
+        for i in range(g_t.size):
+            d_t[i] = (g_t[i] - a_run[i] - xh_t[i] * b_run[i]) * scale_run[i]
+
+
 # --------------------------------------------------------------------------- optimiser
 @_kernel(size_arg=0)
 def adam_update(p, g, m, v, sign, weight_decay, b1, c1, b2, c2, step_size, bc2_sqrt, eps, tiny):

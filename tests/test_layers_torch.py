@@ -325,6 +325,50 @@ def test_batchnorm_running_stats_after_several_steps(cls, dtype):
     assert_no_failures(fails)
 
 
+def _channels_last(a):
+    """``a`` (N, C, H, W) as an NCHW view of channels-last memory, as a fused conv step returns it."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batchnorm2d_on_channels_last_memory_matches_torch(mode, dtype):
+    """BatchNorm2d on an NCHW view of channels-last memory runs its row kernels: it matches torch
+    (upstream gradient NCHW), its output and input gradient stay channels last, and a channels-last
+    upstream gradient gives the same result as the NCHW one."""
+    rng = np.random.default_rng(33)
+    fails, done = [], 0
+    for cfg in BN2D_CONFIGS:
+        shape = (cfg["n"], cfg["c"], cfg["h"], cfg["w"])
+        if (mode == "train" and not _bn_train_ok(shape, dtype)) or cfg["c"] == 1 or cfg["h"] * cfg["w"] == 1:
+            continue                                   # (with one channel or one pixel both layouts coincide)
+        label = f"BatchNorm2d {mode} channels last {shape} {cfg}"
+        layer = _make_bn(nn.BatchNorm2d, cfg, dtype, rng)
+        layer.train(mode == "train")
+        x = _channels_last((rng.standard_normal(shape) * rng.uniform(0.5, 3) + rng.standard_normal()).astype(dtype))
+        twin = _make_bn(nn.BatchNorm2d, cfg, dtype, np.random.default_rng(0))
+        twin.load_state_dict(layer.state_dict())
+        fails += compare(layer, x, rng, label)
+        layer.load_state_dict(twin.state_dict())
+        y = layer.forward(x)
+        if not layer._channels_last or not y.transpose(0, 2, 3, 1).flags.c_contiguous:
+            fails.append(f"{label}: the row kernels did not run, or the output is not channels last")
+        g = rng.standard_normal(shape).astype(dtype)
+        layer.zero_grad()
+        dx_nchw = layer.backward(g)
+        grads_nchw = [p.grad.copy() for p in layer.parameters()]
+        layer.zero_grad()
+        dx_cl = layer.backward(_channels_last(g))
+        if not dx_cl.transpose(0, 2, 3, 1).flags.c_contiguous:
+            fails.append(f"{label}: input gradient not channels last")
+        for a, b in [(dx_cl, dx_nchw)] + list(zip([p.grad for p in layer.parameters()], grads_nchw)):
+            if not rel_err(a, b) < TOL[np.dtype(dtype)]:
+                fails.append(f"{label}: channels-last gradient differs from the NCHW one ({rel_err(a, b):.2e})")
+        done += 1
+    assert done >= 60, f"only {done} valid configurations"
+    assert_no_failures(fails)
+
+
 def test_batchnorm_is_per_channel_not_per_activation():
     """Train-mode output has zero mean / unit (biased) variance per channel over (N, H, W)."""
     rng = np.random.default_rng(32)

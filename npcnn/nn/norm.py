@@ -22,6 +22,10 @@ class _BatchNorm(Module):
     * training: ``dL/dx = gamma / sqrt(var + eps) / m *
       (m * g - sum(g) - xhat * sum(g * xhat))`` (mu and var depend on x)
     * eval: ``dL/dx = g * gamma / sqrt(running_var + eps)`` (they do not)
+
+    A 4-d input whose memory is channels last (an NCHW view of (N, H, W, C) memory, as a fused
+    conv step returns) is processed as (N*H*W, C) rows and its output, and gradient, are returned
+    as the same kind of view; any other input is processed as a contiguous (N, C, H*W) array.
     """
 
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
@@ -52,11 +56,27 @@ class _BatchNorm(Module):
         """View a (N, C, ...) array as (N, C, rest) so every reduction is over axes (0, 2)."""
         return a.reshape(a.shape[0], a.shape[1], -1)
 
+    @staticmethod
+    def _rows_view(a):
+        """``a`` (N, C, H, W) as (N*H*W, C) rows when its memory is channels last (the output of a
+        fused conv step is such a view), else None."""
+        if a.ndim != 4 or a.flags.c_contiguous:
+            return None
+        nhwc = a.transpose(0, 2, 3, 1)
+        return nhwc.reshape(-1, a.shape[1]) if nhwc.flags.c_contiguous else None
+
+    @staticmethod
+    def _run(rows):
+        """Length of the runs the channels-last kernels work in: whole rows of (M, C), >= 512 values."""
+        return min(rows.shape[0], -(-512 // rows.shape[1])) * rows.shape[1]
+
     def forward(self, x):
         check_input(self, x, self._ndims, self.num_features)
         check_dtype(self, x, self._dtype)
-        x3 = np.ascontiguousarray(self._channel_view(x))
-        m = x3.shape[0] * x3.shape[2]
+        rows = self._rows_view(x)                     # channels-last input: kept channels last
+        self._channels_last = rows is not None
+        x3 = rows if self._channels_last else np.ascontiguousarray(self._channel_view(x))
+        m = x3.size // self.num_features
         if self.training:
             if m <= 1:
                 raise ValueError(
@@ -64,7 +84,10 @@ class _BatchNorm(Module):
                 )
             mean = np.empty(self.num_features, dtype=np.float64)
             var = np.empty(self.num_features, dtype=np.float64)
-            kernels.batchnorm_stats(x3, mean, var)
+            if self._channels_last:
+                kernels.batchnorm_stats_rows(x3, mean, var, np.empty(self._run(x3)))
+            else:
+                kernels.batchnorm_stats(x3, mean, var)
             self._update_running(mean, var, m)
         else:
             mean, var = self.running_mean, self.running_var
@@ -74,7 +97,15 @@ class _BatchNorm(Module):
         gamma, beta = (self.weight.data, self.bias.data) if self.affine else (ones, zeros)
         self._xhat = np.empty_like(x3)
         y = np.empty_like(x3)
-        kernels.batchnorm_apply(x3, mean.astype(x.dtype), self._invstd, gamma, beta, self._xhat, y)
+        if self._channels_last:
+            runs = [np.tile(np.asarray(v, x.dtype), self._run(x3) // self.num_features)
+                    for v in (mean, self._invstd, gamma, beta)]
+            kernels.batchnorm_apply_rows(x3, *runs, self._xhat, y)
+        else:
+            kernels.batchnorm_apply(x3, mean.astype(x.dtype), self._invstd, gamma, beta, self._xhat, y)
+        if self._channels_last:                       # an NCHW view of channels-last memory, like x
+            n, c, h, w = x.shape
+            return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         return y.reshape(x.shape)
 
     def _update_running(self, mean, var, m):
@@ -86,16 +117,26 @@ class _BatchNorm(Module):
         self.running_var += momentum * var * (m / (m - 1))
 
     def backward(self, grad_out, param_grads=True):
-        g = np.ascontiguousarray(self._channel_view(grad_out))
-        scale = self._invstd * (self.weight.data if self.affine else 1)
+        scale = (self._invstd * (self.weight.data if self.affine else 1)).astype(grad_out.dtype)
         sum_g = np.empty(self.num_features, dtype=np.float64)
         sum_gx = np.empty(self.num_features, dtype=np.float64)
-        dx = np.empty_like(g)
-        kernels.batchnorm_backward(g, self._xhat, scale.astype(g.dtype), self._batch_stats, sum_g, sum_gx, dx)
+        if self._channels_last:                       # the gradient in the forward's layout (a copy if it is not)
+            n, c, h, w = grad_out.shape
+            g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
+            dx = np.empty_like(g)
+            run = self._run(g)
+            kernels.batchnorm_backward_rows(g, self._xhat, np.tile(scale, run // c), self._batch_stats, sum_g, sum_gx,
+                                            dx, np.empty((2, run)))
+            dx = dx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        else:
+            g = np.ascontiguousarray(self._channel_view(grad_out))
+            dx = np.empty_like(g)
+            kernels.batchnorm_backward(g, self._xhat, scale, self._batch_stats, sum_g, sum_gx, dx)
+            dx = dx.reshape(grad_out.shape)
         if self.affine and param_grads:
             self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
             self.bias.accumulate(sum_g.astype(g.dtype), owned=True)
-        return dx.reshape(grad_out.shape)
+        return dx
 
 
 class BatchNorm2d(_BatchNorm):
