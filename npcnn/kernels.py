@@ -144,8 +144,12 @@ def im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
                             cols[row, col + ox] = 0.0
                         for ox in range(hi, wo):
                             cols[row, col + ox] = 0.0
-                        for ox in range(lo, hi):
-                            cols[row, col + ox] = x[n, c, y, ox * sw + off]
+                        # the run as two slices indexed from 0: indexed as ``cols[row, col + ox]``,
+                        # numba must allow for a negative index, and that test keeps the loop scalar
+                        src = x[n, c, y, lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                        dst = cols[row, col + lo:col + hi]
+                        for k in range(hi - lo):
+                            dst[k] = src[k]
     return cols
 
 
@@ -173,8 +177,10 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
                         if y < 0 or y >= h:
                             continue
                         col = base + oy * wo
-                        for ox in range(lo, hi):
-                            dx[n, c, y, ox * sw + off] += cols[row, col + ox]
+                        src = cols[row, col + lo:col + hi]     # slices indexed from 0, as in im2col
+                        dst = dx[n, c, y, lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                        for k in range(hi - lo):
+                            dst[k] += src[k]
     return dx
 
 
