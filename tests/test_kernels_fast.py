@@ -122,6 +122,29 @@ def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("h, w, pad, ties", [(28, 28, (1, 1), False), (27, 13, (1, 0), True), (9, 10, (2, 1), False),
+                                          (7, 7, (0, 0), True)])
+def test_first_layer_kernels_equal_the_gemm_path(h, w, pad, ties, monkeypatch):
+    """The 1-channel 3x3 stride-1 conv (the reference net's first layer) has loops of its own in the
+    'small' path (forward, weight gradient and a direct input gradient): they equal im2col + GEMM
+    in float64, winners included, on odd sizes, every padding and inputs with ties."""
+    from npcnn.nn import fused
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.standard_normal((5, 1, h, w))
+    if ties:
+        x = np.round(x)
+    results = []
+    for path in ("gemm", "small"):
+        monkeypatch.setattr(fused, "_path", lambda conv, pool, path=path: path)
+        layers = [nn.Conv2d(1, 11, 3, padding=pad, dtype=np.float64, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
+        y = fused.conv_relu_pool_forward(*layers, x)
+        g = np.random.default_rng(7).standard_normal(y.shape)
+        dx = fused.conv_relu_pool_backward(*layers, g, True)
+        results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad.copy(), layers[0].bias.grad.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
     """Large batches split the channels-last conv's chunks among threads (BLAS on one thread
     each): the outputs, winners and gradients equal those of one thread walking the chunks."""

@@ -201,6 +201,11 @@ def _small_backward(conv, pool, grad_out, param_grads, input_grad):
             conv.bias.accumulate(db_part.sum(axis=0), owned=True)
     if not input_grad:
         return None
+    if (c, kh, kw, sh, sw) == (1, 3, 3, 1, 1):        # the reference net's first conv: a kernel of its own
+        wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
+        ph, pw = conv.padding
+        dx = np.empty(x.shape, dtype=x.dtype)
+        return kernels.direct_conv_input_grad_1x3x3(grad, pool._argmax_nhwc, pool._out_nhwc, wt, wc, ph, pw, dx)
     # dL/dx as Conv2d's own backward computes it (GEMM with the dense conv-output gradient, then
     # col2im): for the small batches of the attacks that beats any scatter from the winners
     g_rows = conv._buffer("_g_rows", (n * hc * wc, f), x.dtype)
