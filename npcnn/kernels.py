@@ -867,31 +867,32 @@ def batchnorm_stats(x3, mean, var):
 
 
 @_kernel(size_arg=0)
-def batchnorm_apply(x3, mean, invstd, gamma, beta, xhat, y):
-    """``xhat = (x - mean) * invstd`` and ``y = gamma * xhat + beta``, per channel, in one pass."""
+def batchnorm_apply(x3, mean, invstd, gamma, beta, y):
+    """``y = gamma * (x - mean) * invstd + beta``, per channel, in one pass."""
     n_img, n_ch, length = x3.shape
     for c in prange(n_ch):
         mu, s, gm, bt = mean[c], invstd[c], gamma[c], beta[c]
         for i in range(n_img):
             for j in range(length):
-                v = (x3[i, c, j] - mu) * s
-                xhat[i, c, j] = v
-                y[i, c, j] = v * gm + bt
+                y[i, c, j] = (x3[i, c, j] - mu) * s * gm + bt
 
 
 @_kernel(size_arg=0, fma=True, reassoc=True)
-def batchnorm_backward(g3, xhat, scale, batch_stats, sum_g, sum_gx, dx):
+def batchnorm_backward(g3, x3, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx):
     """``sum(g)`` and ``sum(g * xhat)`` per channel, then ``dx``: with batch statistics
-    ``scale * (g - sum(g)/m - xhat * sum(g*xhat)/m)``, else ``scale * g``."""
+    ``scale * (g - sum(g)/m - xhat * sum(g*xhat)/m)``, else ``scale * g``. ``xhat = (x - mean) *
+    invstd`` is recomputed from the forward's input (as the forward computed it) rather than
+    stored: one array less to write in forward and to keep."""
     n_img, n_ch, length = g3.shape
     m = n_img * length
     for c in prange(n_ch):
+        mu, s = mean[c], invstd[c]
         s1 = 0.0
         s2 = 0.0
         for i in range(n_img):
             for j in range(length):
                 s1 += g3[i, c, j]
-                s2 += g3[i, c, j] * xhat[i, c, j]
+                s2 += g3[i, c, j] * ((x3[i, c, j] - mu) * s)
         sum_g[c] = s1
         sum_gx[c] = s2
         k = scale[c]
@@ -899,20 +900,20 @@ def batchnorm_backward(g3, xhat, scale, batch_stats, sum_g, sum_gx, dx):
         b = s2 / m if batch_stats else 0.0
         for i in range(n_img):
             for j in range(length):
-                dx[i, c, j] = (g3[i, c, j] - a - xhat[i, c, j] * b) * k
+                dx[i, c, j] = (g3[i, c, j] - a - ((x3[i, c, j] - mu) * s) * b) * k
 
 
 # The same three kernels for channels-last data, the layout of a fused conv's output: ``x2`` (M, C)
 # with M = N*H*W rows. A per-channel loop over that layout strides through memory, and a loop over
 # the C channels of each row is too short to vectorise well (numba/LLVM pay a loop setup per row:
-# 3x slower, measured). So the rows are taken ``tile`` at a time as one flat run of tile*C values,
-# and every per-channel quantity is kept as a run of the same length (the channel's value repeated
-# for each row of the tile): the loops over a run are long and contiguous, and vectorise. Sums go
-# into ``acc`` (tile*C, float64) and are folded per channel at the end; M need not be a multiple of
-# the tile. Every inner loop indexes a slice from 0 (``src = flat[base:base + run]; src[i]``):
-# indexed as ``flat[base + i]`` numba must allow for a negative index, and that check alone kept
-# the loop scalar (4x slower, measured). These kernels are memory-bound: threads do not pay below a
-# few MB.
+# 3x slower, measured). So the rows are taken a tile at a time as one flat run of ``run`` values
+# (whole rows, ``run = tile*C``), and every per-channel quantity is expanded to a run of the same
+# length (the channel's value repeated for each row of the tile): the loops over a run are long and
+# contiguous, and vectorise. Sums go into run-long float64 accumulators, folded per channel at the
+# end; M need not be a multiple of the tile. Every inner loop indexes slices from 0
+# (``src = flat[base:base + run]; src[i]``): indexed as ``flat[base + i]``, numba must allow for a
+# negative index, and that test alone kept the loop scalar (4x slower, measured). These kernels
+# are memory-bound: threads do not pay below a few MB.
 _BN_MIN_SIZE = 1 << 21
 
 
@@ -926,21 +927,27 @@ def _fold_channels(acc, n_ch, scale, out):
         out[c] = s * scale
 
 
+@njit(inline="always", error_model="numpy")
+def _as_run(values, run, dtype):
+    """Per-channel ``values`` (C,) repeated to a run of ``run`` values (whole rows), in ``dtype``."""
+    out = np.empty(run, dtype=dtype)
+    for i in range(run):
+        out[i] = values[i % values.size]
+    return out
+
+
 @_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
-def batchnorm_stats_rows(x2, mean, var, acc):
-    """Per column of ``x2`` (M, C): the mean and the biased variance (two passes, float64 sums);
-    ``acc`` (tile*C,) float64 is scratch and sets the tile."""
+def batchnorm_stats_rows(x2, mean, var, run):
+    """Per column of ``x2`` (M, C): the mean and the biased variance (two passes, float64 sums)."""
     m, n_ch = x2.shape
-    flat, run = x2.reshape(-1), acc.size
-    acc[:] = 0.0
+    flat = x2.reshape(-1)
+    acc = np.zeros(run)
     for base in range(0, flat.size, run):
-        src = flat[base:base + run]                   # a slice indexed from 0: see above
+        src = flat[base:base + run]
         for i in range(src.size):
             acc[i] += src[i]
     _fold_channels(acc, n_ch, 1.0 / m, mean)
-    mean_run = np.empty(run)
-    for i in range(run):
-        mean_run[i] = mean[i % n_ch]
+    mean_run = _as_run(mean, run, mean.dtype)
     acc[:] = 0.0
     for base in range(0, flat.size, run):
         src = flat[base:base + run]
@@ -951,46 +958,45 @@ def batchnorm_stats_rows(x2, mean, var, acc):
 
 
 @_kernel(size_arg=0, min_size=_BN_MIN_SIZE)
-def batchnorm_apply_rows(x2, mean_run, invstd_run, gamma_run, beta_run, xhat, y):
-    """:func:`batchnorm_apply` on channels-last rows ``x2`` (M, C); the per-channel values come
-    as runs of tile*C (see above). Parallel over tiles."""
-    flat, xh, out = x2.reshape(-1), xhat.reshape(-1), y.reshape(-1)
-    run = mean_run.size
+def batchnorm_apply_rows(x2, mean, invstd, gamma, beta, y, run):
+    """:func:`batchnorm_apply` on channels-last rows ``x2`` and ``y`` (M, C). Parallel over tiles."""
+    flat, out = x2.reshape(-1), y.reshape(-1)
+    mu, s, gm, bt = (_as_run(mean, run, y.dtype), _as_run(invstd, run, y.dtype), _as_run(gamma, run, y.dtype),
+                     _as_run(beta, run, y.dtype))
     for t in prange((flat.size + run - 1) // run):
-        src, xh_t, out_t = flat[t * run:(t + 1) * run], xh[t * run:(t + 1) * run], out[t * run:(t + 1) * run]
+        src, dst = flat[t * run:(t + 1) * run], out[t * run:(t + 1) * run]
         for i in range(src.size):
-            v = (src[i] - mean_run[i]) * invstd_run[i]
-            xh_t[i] = v
-            out_t[i] = v * gamma_run[i] + beta_run[i]
+            dst[i] = (src[i] - mu[i]) * s[i] * gm[i] + bt[i]
 
 
 @_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
-def batchnorm_backward_rows(g2, xhat, scale_run, batch_stats, sum_g, sum_gx, dx, acc):
-    """:func:`batchnorm_backward` on channels-last rows ``g2``, ``xhat``, ``dx`` (M, C);
-    ``scale_run`` is the per-channel scale as a run of tile*C, ``acc`` (2, tile*C) float64 scratch."""
+def batchnorm_backward_rows(g2, x2, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx, run):
+    """:func:`batchnorm_backward` on channels-last rows ``g2``, ``x2`` and ``dx`` (M, C)."""
     m, n_ch = g2.shape
-    g, xh, d = g2.reshape(-1), xhat.reshape(-1), dx.reshape(-1)
-    run = scale_run.size
-    acc_g, acc_gx = acc[0], acc[1]
-    acc_g[:] = 0.0
-    acc_gx[:] = 0.0
+    g, xf, d = g2.reshape(-1), x2.reshape(-1), dx.reshape(-1)
+    mu, s, k = _as_run(mean, run, g2.dtype), _as_run(invstd, run, g2.dtype), _as_run(scale, run, g2.dtype)
+    acc_g = np.zeros(run)
+    acc_gx = np.zeros(run)
     for base in range(0, g.size, run):
-        g_t, xh_t = g[base:base + run], xh[base:base + run]
+        g_t, x_t = g[base:base + run], xf[base:base + run]
         for i in range(g_t.size):
             acc_g[i] += g_t[i]
-            acc_gx[i] += g_t[i] * xh_t[i]
+            acc_gx[i] += g_t[i] * ((x_t[i] - mu[i]) * s[i])
     _fold_channels(acc_g, n_ch, 1.0, sum_g)
     _fold_channels(acc_gx, n_ch, 1.0, sum_gx)
-    a_run = np.empty(run, dtype=g2.dtype)
-    b_run = np.empty(run, dtype=g2.dtype)
-    for i in range(run):
-        a_run[i] = sum_g[i % n_ch] / m if batch_stats else 0.0
-        b_run[i] = sum_gx[i % n_ch] / m if batch_stats else 0.0
+    a = _as_run(sum_g, run, g2.dtype)
+    b = _as_run(sum_gx, run, g2.dtype)
+    if batch_stats:
+        a /= m
+        b /= m
+    else:
+        a[:] = 0.0
+        b[:] = 0.0
     for t in prange((g.size + run - 1) // run):
         lo, hi = t * run, min(g.size, (t + 1) * run)
-        g_t, xh_t, d_t = g[lo:hi], xh[lo:hi], d[lo:hi]
+        g_t, x_t, d_t = g[lo:hi], xf[lo:hi], d[lo:hi]
         for i in range(g_t.size):
-            d_t[i] = (g_t[i] - a_run[i] - xh_t[i] * b_run[i]) * scale_run[i]
+            d_t[i] = (g_t[i] - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]
 
 
 # --------------------------------------------------------------------------- optimiser

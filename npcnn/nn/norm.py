@@ -26,6 +26,8 @@ class _BatchNorm(Module):
     A 4-d input whose memory is channels last (an NCHW view of (N, H, W, C) memory, as a fused
     conv step returns) is processed as (N*H*W, C) rows and its output, and gradient, are returned
     as the same kind of view; any other input is processed as a contiguous (N, C, H*W) array.
+    Backward recomputes ``xhat`` from the forward's input rather than storing it, so that input must
+    not be modified in between (PyTorch's autograd asks the same).
     """
 
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
@@ -85,27 +87,26 @@ class _BatchNorm(Module):
             mean = np.empty(self.num_features, dtype=np.float64)
             var = np.empty(self.num_features, dtype=np.float64)
             if self._channels_last:
-                kernels.batchnorm_stats_rows(x3, mean, var, np.empty(self._run(x3)))
+                kernels.batchnorm_stats_rows(x3, mean, var, self._run(x3))
             else:
                 kernels.batchnorm_stats(x3, mean, var)
             self._update_running(mean, var, m)
         else:
             mean, var = self.running_mean, self.running_var
+        # what backward needs: the input (not modified by anyone) and the statistics, to recompute xhat
+        self._x3, self._mean = x3, mean.astype(x.dtype)
         self._invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         self._batch_stats = self.training
-        ones, zeros = np.ones(self.num_features, x.dtype), np.zeros(self.num_features, x.dtype)
-        gamma, beta = (self.weight.data, self.bias.data) if self.affine else (ones, zeros)
-        self._xhat = np.empty_like(x3)
-        y = np.empty_like(x3)
-        if self._channels_last:
-            runs = [np.tile(np.asarray(v, x.dtype), self._run(x3) // self.num_features)
-                    for v in (mean, self._invstd, gamma, beta)]
-            kernels.batchnorm_apply_rows(x3, *runs, self._xhat, y)
+        if self.affine:
+            gamma, beta = self.weight.data, self.bias.data
         else:
-            kernels.batchnorm_apply(x3, mean.astype(x.dtype), self._invstd, gamma, beta, self._xhat, y)
+            gamma, beta = np.ones(self.num_features, x.dtype), np.zeros(self.num_features, x.dtype)
+        y = np.empty_like(x3)
         if self._channels_last:                       # an NCHW view of channels-last memory, like x
+            kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, gamma, beta, y, self._run(x3))
             n, c, h, w = x.shape
             return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        kernels.batchnorm_apply(x3, self._mean, self._invstd, gamma, beta, y)
         return y.reshape(x.shape)
 
     def _update_running(self, mean, var, m):
@@ -124,14 +125,14 @@ class _BatchNorm(Module):
             n, c, h, w = grad_out.shape
             g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
             dx = np.empty_like(g)
-            run = self._run(g)
-            kernels.batchnorm_backward_rows(g, self._xhat, np.tile(scale, run // c), self._batch_stats, sum_g, sum_gx,
-                                            dx, np.empty((2, run)))
+            kernels.batchnorm_backward_rows(g, self._x3, self._mean, self._invstd, scale, self._batch_stats, sum_g,
+                                            sum_gx, dx, self._run(g))
             dx = dx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         else:
             g = np.ascontiguousarray(self._channel_view(grad_out))
             dx = np.empty_like(g)
-            kernels.batchnorm_backward(g, self._xhat, scale, self._batch_stats, sum_g, sum_gx, dx)
+            kernels.batchnorm_backward(g, self._x3, self._mean, self._invstd, scale, self._batch_stats, sum_g, sum_gx,
+                                       dx)
             dx = dx.reshape(grad_out.shape)
         if self.affine and param_grads:
             self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
