@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -105,7 +106,7 @@ def markdown(rows, fused_rows, extras, batch):
         out.append(f"| {k} | {v:.2f} | | |")
     step = extras["training step (fused)"]
     out.append(f"\nbatch {batch}: {step:.2f} ms per training step = {batch / step * 1e3:,.0f} images/s "
-               f"(medians; numba threading layer workqueue, {os.cpu_count()} cores)")
+               f"(medians; numba threading layer {numba.threading_layer()}, {os.cpu_count()} cores)")
     return "\n".join(out)
 
 

@@ -272,11 +272,15 @@ def test_numpy_baseline_matches_npcnn():
         np.testing.assert_allclose(net.grads[k], p.grad, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("numba_first", [False, True])
-def test_threading_layer_is_workqueue_or_a_warning_says_why_not(numba_first):
-    """npcnn picks numba's workqueue layer; if numba's threads already run another, it warns."""
+@pytest.mark.parametrize("case", ["npcnn_first", "no_tbb", "omp_first"])
+def test_threading_layer_is_tbb_or_workqueue_or_a_warning_says_why_not(case):
+    """npcnn picks numba's TBB layer (a dependency on x86_64), workqueue where TBB cannot load, and
+    warns when numba's threads already run another layer (OpenMP, which spins against OpenBLAS)."""
+    import platform
     import subprocess
-    start = "import numba; numba.get_num_threads()\n" if numba_first else ""
+    start = {"npcnn_first": "",
+             "no_tbb": "import sys; sys.modules['numba.np.ufunc.tbbpool'] = None\n",   # the import fails
+             "omp_first": "import numba; numba.config.THREADING_LAYER = 'omp'; numba.get_num_threads()\n"}[case]
     code = start + ("import warnings, numba\nwith warnings.catch_warnings(record=True) as w:\n"
                     "    warnings.simplefilter('always')\n    import npcnn\n"
                     "numba.get_num_threads()\n"
@@ -285,7 +289,6 @@ def test_threading_layer_is_workqueue_or_a_warning_says_why_not(numba_first):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
-    if numba_first:
-        assert out[0] != "workqueue" and out[1] == "1"
-    else:
-        assert out == ["workqueue", "0"]
+    expected = {"npcnn_first": ["tbb" if platform.machine() == "x86_64" else "workqueue", "0"],
+                "no_tbb": ["workqueue", "0"], "omp_first": ["omp", "1"]}[case]
+    assert out == expected
