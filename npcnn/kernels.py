@@ -41,7 +41,7 @@ from numba import njit, prange
 # for TBB first (the ``tbb`` package, a dependency where it has wheels) and falls back to workqueue;
 # OpenMP only if both fail (it never does: workqueue is built in).
 _FAST_LAYERS = ("tbb", "workqueue")
-if "NUMBA_THREADING_LAYER" not in os.environ:
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER = "default"
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
     try:  # too late if something already started numba's threads (numba.get_num_threads() does)
@@ -60,9 +60,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
 # Below this many elements (of the array named by ``size_arg``) a kernel runs on
-# the calling thread: waking the thread pool costs tens of microseconds, and on
-# a busy machine a parallel region waits for its slowest thread. The attack
-# and occlusion loops run many small batches and gain most from this.
+# the calling thread: a parallel region costs ~1.5 us with TBB but ~150 us with
+# workqueue (measured), an OpenBLAS thread still spinning after a GEMM takes the
+# second core for a while, and a parallel region waits for its slowest thread.
+# The attack and occlusion loops run many small batches and gain most from this.
 PARALLEL_MIN_SIZE = 1 << 18
 
 
@@ -145,7 +146,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
                             for ox in range(wo):
                                 cols[row, col + ox] = 0.0
                             continue
-                        # explicit loops, not slices: a numba slice costs more than these few stores
+                        # the padding's zeros by explicit loops: a numba slice costs more than these few stores
                         for ox in range(lo):
                             cols[row, col + ox] = 0.0
                         for ox in range(hi, wo):
@@ -247,7 +248,7 @@ def bias_relu_maxpool(out_cols, bias, hc, wc, kh, kw, sh, sw, ph, pw, out, argma
 
 @njit(inline="always", error_model="numpy")
 def _max4_relu_at(v0, v1, v2, v3, p0, p1, p2, p3, zero):
-    """ReLU, then max and argmax over a 2x2 window's four conv values ``v0..v3`` (row-major);
+    """Max and argmax over a 2x2 window's four conv values ``v0..v3`` (row-major), then ReLU;
     returns the max and the winner's label among ``p0..p3`` (its flat index in the conv plane).
 
     PyTorch's rule: the first maximum wins a tie, a NaN wins (and ReLU passes NaN through). The
@@ -887,8 +888,8 @@ def batchnorm_apply(x3, mean, invstd, gamma, beta, y):
 def batchnorm_backward(g3, x3, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx):
     """``sum(g)`` and ``sum(g * xhat)`` per channel, then ``dx``: with batch statistics
     ``scale * (g - sum(g)/m - xhat * sum(g*xhat)/m)``, else ``scale * g``. ``xhat = (x - mean) *
-    invstd`` is recomputed from the forward's input (as the forward computed it) rather than
-    stored: one array less to write in forward and to keep."""
+    invstd`` is recomputed from the forward's input (as the forward computed it, to rounding)
+    rather than stored: one array less to write in forward and to keep."""
     n_img, n_ch, length = g3.shape
     m = n_img * length
     for c in prange(n_ch):
@@ -990,8 +991,8 @@ def batchnorm_backward_rows(g2, x2, mean, invstd, scale, batch_stats, sum_g, sum
             acc_gx[i] += g_t[i] * ((x_t[i] - mu[i]) * s[i])
     _fold_channels(acc_g, n_ch, 1.0, sum_g)
     _fold_channels(acc_gx, n_ch, 1.0, sum_gx)
-    a = _as_run(sum_g, run, g2.dtype)
-    b = _as_run(sum_gx, run, g2.dtype)
+    a = _as_run(sum_g, run, g2.dtype)                 # in the data's dtype, so the loop below vectorises
+    b = _as_run(sum_gx, run, g2.dtype)                # on 16 float32 lanes (the NCHW kernel keeps float64)
     if batch_stats:
         a /= m
         b /= m

@@ -122,15 +122,19 @@ def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("h, w, pad, ties", [(28, 28, (1, 1), False), (27, 13, (1, 0), True), (9, 10, (2, 1), False),
-                                          (7, 7, (0, 0), True)])
-def test_first_layer_kernels_equal_the_gemm_path(h, w, pad, ties, monkeypatch):
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("n, h, w, pad, ties", [(5, 28, 28, (1, 1), False), (5, 27, 13, (1, 0), True),
+                                                (1, 9, 10, (2, 1), False), (3, 7, 7, (0, 0), True)])
+def test_first_layer_kernels_equal_the_gemm_path(n, h, w, pad, ties, threads, monkeypatch):
     """The 1-channel 3x3 stride-1 conv (the reference net's first layer) has loops of its own in the
     'small' path (forward, weight gradient and a direct input gradient): they equal im2col + GEMM
-    in float64, winners included, on odd sizes, every padding and inputs with ties."""
+    in float64, winners included, on odd sizes, paddings 0 to 2, inputs with ties, batch 1, and
+    with threads as well as serially."""
     from npcnn.nn import fused
+    if threads:                                         # every kernel takes its threaded build
+        monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 0)
     rng = np.random.default_rng(h * 100 + w)
-    x = rng.standard_normal((5, 1, h, w))
+    x = rng.standard_normal((n, 1, h, w))
     if ties:
         x = np.round(x)
     results = []
@@ -276,7 +280,6 @@ def test_numpy_baseline_matches_npcnn():
 def test_threading_layer_is_tbb_or_workqueue_or_a_warning_says_why_not(case):
     """npcnn picks numba's TBB layer (a dependency on x86_64), workqueue where TBB cannot load, and
     warns when numba's threads already run another layer (OpenMP, which spins against OpenBLAS)."""
-    import platform
     import subprocess
     start = {"npcnn_first": "",
              "no_tbb": "import sys; sys.modules['numba.np.ufunc.tbbpool'] = None\n",   # the import fails
@@ -289,6 +292,12 @@ def test_threading_layer_is_tbb_or_workqueue_or_a_warning_says_why_not(case):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
-    expected = {"npcnn_first": ["tbb" if platform.machine() == "x86_64" else "workqueue", "0"],
+    from importlib import metadata
+    try:
+        metadata.version("tbb")                        # a dependency on Linux x86_64
+        layer = "tbb"
+    except metadata.PackageNotFoundError:
+        layer = "workqueue"
+    expected = {"npcnn_first": [layer, "0"],
                 "no_tbb": ["workqueue", "0"], "omp_first": ["omp", "1"]}[case]
     assert out == expected

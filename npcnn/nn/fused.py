@@ -17,8 +17,10 @@ the mask. How the conv itself is computed depends on the triple (``_path``):
   2x2 / stride-2 pool): the conv is computed inside the pooling kernel,
   tap by tap, on a zero-padded copy of the input, and so is its weight
   gradient (``kernels.direct_conv_relu_maxpool_nhwc``,
-  ``kernels.direct_conv_weight_grad_nhwc``); its input gradient goes through
-  a dense conv-output gradient and :class:`Conv2d`'s GEMM + col2im;
+  ``kernels.direct_conv_weight_grad_nhwc``); the input gradient of a 1-channel
+  3x3 stride-1 conv (the first layer's) has a direct kernel too
+  (``kernels.direct_conv_input_grad_1x3x3``), any other goes through a dense
+  conv-output gradient and :class:`Conv2d`'s GEMM + col2im;
 * ``"nhwc"`` (any other conv before a 2x2 / stride-2 pool, like the second
   layer): im2col + GEMM on a channels-last copy of the input, and a backward
   that visits only the winners (``kernels.im2col_nhwc``,
@@ -201,13 +203,13 @@ def _small_backward(conv, pool, grad_out, param_grads, input_grad):
             conv.bias.accumulate(db_part.sum(axis=0), owned=True)
     if not input_grad:
         return None
-    if (c, kh, kw, sh, sw) == (1, 3, 3, 1, 1):        # the reference net's first conv: a kernel of its own
+    if (c, kh, kw, sh, sw) == (1, 3, 3, 1, 1):        # the first conv's shape (kernels._is_1x3x3_stride1)
         wt = np.ascontiguousarray(conv.weight.data.reshape(f, -1).T)
         ph, pw = conv.padding
         dx = np.empty(x.shape, dtype=x.dtype)
         return kernels.direct_conv_input_grad_1x3x3(grad, pool._argmax_nhwc, pool._out_nhwc, wt, wc, ph, pw, dx)
-    # dL/dx as Conv2d's own backward computes it (GEMM with the dense conv-output gradient, then
-    # col2im): for the small batches of the attacks that beats any scatter from the winners
+    # any other small conv: dL/dx as Conv2d's own backward computes it (GEMM with the dense
+    # conv-output gradient, then col2im)
     g_rows = conv._buffer("_g_rows", (n * hc * wc, f), x.dtype)
     kernels.winners_to_dense_nhwc(grad, pool._argmax_nhwc, pool._out_nhwc, hc, wc, g_rows)
     return conv._backward_cols(g_rows.T, param_grads=False, input_grad=True)

@@ -69,7 +69,8 @@ class _BatchNorm(Module):
 
     @staticmethod
     def _run(rows):
-        """Length of the runs the channels-last kernels work in: whole rows of (M, C), >= 512 values."""
+        """Length of the runs the channels-last kernels work in: whole rows of (M, C), >= 512 values
+        (or all of them)."""
         return min(rows.shape[0], -(-512 // rows.shape[1])) * rows.shape[1]
 
     def forward(self, x):
