@@ -374,6 +374,16 @@ def _dot3x3(wt, f, zero, t0, t1, t2, t3, t4, t5, t6, t7, t8):
             + wt[5, f] * t5 + wt[6, f] * t6 + wt[7, f] * t7 + wt[8, f] * t8)
 
 
+@njit(inline="always", error_model="numpy")
+def _patch4x4(xpad, n, oy, ox):
+    """The 16 values of the 4x4 patch of ``xpad[n, 0]`` under pooled pixel ``(oy, ox)``'s window
+    (rows a-d, columns 0-3), the inputs of a 1-channel 3x3 stride-1 conv's four window outputs."""
+    y, x = 2 * oy, 2 * ox
+    ra, rb, rc, rd = xpad[n, 0, y], xpad[n, 0, y + 1], xpad[n, 0, y + 2], xpad[n, 0, y + 3]
+    return (ra[x], ra[x + 1], ra[x + 2], ra[x + 3], rb[x], rb[x + 1], rb[x + 2], rb[x + 3],
+            rc[x], rc[x + 1], rc[x + 2], rc[x + 3], rd[x], rd[x + 1], rd[x + 2], rd[x + 3])
+
+
 @_kernel(size_arg=0, fma=True)
 def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argmax, zero):
     """``out = maxpool2x2(relu(conv(x) + bias))`` without the conv output ever being stored.
@@ -389,14 +399,8 @@ def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argma
     if _is_1x3x3_stride1(n_ch, kh, kw, sh, sw):
         for n in prange(n_img):
             for oy in range(ho):
-                ra, rb, rc, rd = (xpad[n, 0, 2 * oy], xpad[n, 0, 2 * oy + 1],
-                                  xpad[n, 0, 2 * oy + 2], xpad[n, 0, 2 * oy + 3])
                 for ox in range(wo):
-                    x0 = 2 * ox
-                    a0, a1, a2, a3 = ra[x0], ra[x0 + 1], ra[x0 + 2], ra[x0 + 3]
-                    b0, b1, b2, b3 = rb[x0], rb[x0 + 1], rb[x0 + 2], rb[x0 + 3]
-                    c0, c1, c2, c3 = rc[x0], rc[x0 + 1], rc[x0 + 2], rc[x0 + 3]
-                    d0, d1, d2, d3 = rd[x0], rd[x0 + 1], rd[x0 + 2], rd[x0 + 3]
+                    a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3 = _patch4x4(xpad, n, oy, ox)
                     p0, p1, p2, p3 = _window_labels(oy, ox, wc)
                     o = out[n, oy, ox]
                     am = argmax[n, oy, ox]
@@ -488,14 +492,8 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
             zero = np.zeros(1, dtype=grad.dtype)[0]
             for n in range(blk, n_img, n_blocks):
                 for oy in range(ho):
-                    ra, rb, rc, rd = (xpad[n, 0, 2 * oy], xpad[n, 0, 2 * oy + 1],
-                                      xpad[n, 0, 2 * oy + 2], xpad[n, 0, 2 * oy + 3])
                     for ox in range(wo):
-                        x0 = 2 * ox
-                        a0, a1, a2, a3 = ra[x0], ra[x0 + 1], ra[x0 + 2], ra[x0 + 3]
-                        b0, b1, b2, b3 = rb[x0], rb[x0 + 1], rb[x0 + 2], rb[x0 + 3]
-                        c0, c1, c2, c3 = rc[x0], rc[x0 + 1], rc[x0 + 2], rc[x0 + 3]
-                        d0, d1, d2, d3 = rd[x0], rd[x0 + 1], rd[x0 + 2], rd[x0 + 3]
+                        a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3 = _patch4x4(xpad, n, oy, ox)
                         p0, p1, p2, p3 = _window_labels(oy, ox, wc)
                         gv = grad[n, oy, ox]
                         am = argmax[n, oy, ox]
