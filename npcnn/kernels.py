@@ -353,10 +353,12 @@ def _tap_of_quadrants(xpad, n, c, y, x, sh, sw):
 # and the loop over the filters, with the 9 taps written out, keeps the four sums in registers
 # and vectorises (the general loops keep ``(4, F)`` sums in memory and run 9 short filter loops
 # per pixel, each with its own vector-loop setup). Forward and weight gradient ran 2-2.7x faster.
-@njit(inline="always", error_model="numpy")
-def _is_1x3x3_stride1(n_ch, kh, kw, sh, sw):
+def is_1x3x3_stride1(n_ch, kh, kw, sh, sw):
     """True for the conv the special loops below handle: one channel, 3x3 taps, stride 1."""
     return n_ch == 1 and kh == 3 and kw == 3 and sh == 1 and sw == 1
+
+
+_is_1x3x3_stride1 = njit(inline="always", error_model="numpy")(is_1x3x3_stride1)   # the same test, in a kernel
 
 
 @njit(inline="always", error_model="numpy")
@@ -445,20 +447,6 @@ def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argma
 
 
 @njit(inline="always", error_model="numpy")
-def _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc, g0, g1, g2, g3):
-    """``g0..g3[f]``: the gradient reaching conv output q = 0..3 of window ``(oy, ox)`` from filter
-    f's pooled output (``grad`` where q won and the pooled value is > 0, else 0)."""
-    top_left = 2 * oy * wc + 2 * ox
-    for f in range(g0.shape[0]):
-        g = grad[n, oy, ox, f] if out[n, oy, ox, f] > 0 else 0.0
-        pos = argmax[n, oy, ox, f]
-        g0[f] = g if pos == top_left else 0.0
-        g1[f] = g if pos == top_left + 1 else 0.0
-        g2[f] = g if pos == top_left + wc else 0.0
-        g3[f] = g if pos == top_left + wc + 1 else 0.0
-
-
-@njit(inline="always", error_model="numpy")
 def _split_by_quadrant(g, pos, p0, p1, p2, p3, zero):
     """One filter's pooled gradient ``g`` (already 0 where the ReLU was off) as the gradients of the
     window's four conv outputs: ``g`` at the one whose label ``p0..p3`` equals the winner ``pos``, 0
@@ -466,6 +454,17 @@ def _split_by_quadrant(g, pos, p0, p1, p2, p3, zero):
     float64 (the weight gradient ran 2x slower)."""
     return (g if pos == p0 else zero, g if pos == p1 else zero, g if pos == p2 else zero,
             g if pos == p3 else zero)
+
+
+@njit(inline="always", error_model="numpy")
+def _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc, g0, g1, g2, g3):
+    """``g0..g3[f]``: the gradient reaching conv output q = 0..3 of window ``(oy, ox)`` from filter
+    f's pooled output (``grad`` where q won and the pooled value is > 0, else 0)."""
+    p0, p1, p2, p3 = _window_labels(oy, ox, wc)
+    zero = grad.dtype.type(0)
+    gv, am, o = grad[n, oy, ox], argmax[n, oy, ox], out[n, oy, ox]
+    for f in range(g0.shape[0]):
+        g0[f], g1[f], g2[f], g3[f] = _split_by_quadrant(gv[f] if o[f] > 0 else zero, am[f], p0, p1, p2, p3, zero)
 
 
 @_kernel(size_arg=0, fma=True)
@@ -489,7 +488,7 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
             db = db_part[blk]
             dw[:] = 0.0
             db[:] = 0.0
-            zero = np.zeros(1, dtype=grad.dtype)[0]
+            zero = grad.dtype.type(0)
             for n in range(blk, n_img, n_blocks):
                 for oy in range(ho):
                     for ox in range(wo):
@@ -549,7 +548,7 @@ def direct_conv_input_grad_1x3x3(grad, argmax, out, wt, wc, ph, pw, dx):
     n_img, ho, wo, f_out = grad.shape
     h, w = dx.shape[2], dx.shape[3]
     for n in prange(n_img):
-        zero = np.zeros(1, dtype=grad.dtype)[0]
+        zero = grad.dtype.type(0)
         dxp = np.zeros((h + 2 * ph, w + 2 * pw), dtype=dx.dtype)
         for oy in range(ho):
             for ox in range(wo):
@@ -941,7 +940,7 @@ def _as_run(values, run, dtype):
     return out
 
 
-@_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
+@njit(**_OPTS, fastmath={"contract", "reassoc"})   # no prange: one pass per statistic, on one thread
 def batchnorm_stats_rows(x2, mean, var, run):
     """Per column of ``x2`` (M, C): the mean and the biased variance (two passes, float64 sums)."""
     m, n_ch = x2.shape
