@@ -1,6 +1,7 @@
 """The fast paths against plain NumPy references: numba kernels (serial and threaded copies),
 the fused Conv2d->ReLU->MaxPool2d step, chunked convolution, the Adam kernel, and the
 benchmark's NumPy baseline."""
+import contextlib
 import os
 import sys
 
@@ -149,38 +150,103 @@ def test_first_layer_kernels_equal_the_gemm_path(n, h, w, pad, ties, threads, mo
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@contextlib.contextmanager
+def numba_threads(n):
+    """numba's thread count set to ``n`` inside the block (npcnn's own threads follow it)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
-    """Large batches split the channels-last conv's chunks among threads (BLAS on one thread
+    """With several chunks, the channels-last conv shares them among threads (BLAS on one thread
     each): the outputs, winners and gradients equal those of one thread walking the chunks."""
     from npcnn import parallel
     from npcnn.nn import fused
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((12, 6, 9, 10)).astype(np.float32)
-    g = rng.standard_normal((12, 5, 4, 5)).astype(np.float32)
-    monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)               # one image per chunk: 12 chunks
+    x = rng.standard_normal((13, 6, 9, 10)).astype(np.float32)
+    g = rng.standard_normal((13, 5, 4, 5)).astype(np.float32)
+    monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)               # one image per chunk: 13 chunks
+    calls = []
+    monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or
+                        [fn(t) for t in range(workers)] and None)   # record, run in turn
     results = []
-    for min_chunks in (10 ** 9, 2):
-        monkeypatch.setattr(fused, "THREADED_MIN_CHUNKS", min_chunks)
-        layers = [nn.Conv2d(6, 5, 3, padding=1, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
-        assert fused._path(layers[0], layers[2]) == "nhwc"
-        y = fused.conv_relu_pool_forward(*layers, x)
-        dx = fused.conv_relu_pool_backward(*layers, g, True)
-        results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad))
-    assert numba.get_num_threads() > 1 and parallel._pool is not None     # the threads did run
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    for threads in (numba.get_num_threads(), 1):
+        with numba_threads(threads):
+            layers = [nn.Conv2d(6, 5, 3, padding=1, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
+            assert fused._path(layers[0], layers[2]) == "nhwc"
+            y = fused.conv_relu_pool_forward(*layers, x)
+            dx = fused.conv_relu_pool_backward(*layers, g, True)
+            results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad))
+    assert calls == [numba.get_num_threads()] and calls[0] > 1         # the first run was shared out
+    for a, b in zip(*results):                  # sums over the batch split differently: rounding
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
 
-@pytest.mark.parametrize("rows", [1, 255, 256, 1001])
-def test_matmul_rows_equals_matmul(rows):
-    """Large GEMMs are split by rows among threads with single-threaded BLAS (npcnn.parallel)."""
+def test_channels_last_conv_in_real_threads_equals_one_thread():
+    """The same through the real thread pool, on a batch that does not split evenly."""
     from npcnn import parallel
-    rng = np.random.default_rng(rows)
-    a, b = rng.standard_normal((rows, 70)).astype(np.float32), rng.standard_normal((70, 30)).astype(np.float32)
-    np.testing.assert_allclose(parallel.matmul_rows(a, b), a @ b, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(parallel.matmul_rows(a, b.T.copy().T), a @ b, rtol=1e-5, atol=1e-5)
-    if rows >= parallel.SPLIT_MIN_ROWS:
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((11, 32, 14, 14)).astype(np.float32)
+    results = []
+    for threads in (numba.get_num_threads(), 1):
+        with numba_threads(threads):
+            net = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, rng=4), nn.ReLU(), nn.MaxPool2d(2))
+            y = net.forward(x)
+            dx = net.backward(np.ones_like(y))
+            results.append((y, net[2]._argmax.copy(), dx, net[0].weight.grad))
+    assert parallel._pool is not None
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("shape", [(1, 70, 30), (64, 1568, 500), (500, 64, 1568), (32, 2000, 288), (3, 4000, 700)])
+def test_parallel_matmul_equals_matmul(shape):
+    """GEMMs from SPLIT_MIN_MACS multiply-adds on are split by rows or columns among threads with
+    single-threaded BLAS (npcnn.parallel): same product, transposed operands and ``out`` included."""
+    from npcnn import parallel
+    m, k, n = shape
+    rng = np.random.default_rng(m)
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    ref = a.astype(np.float64) @ b
+    np.testing.assert_allclose(parallel.matmul(a, b), ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(parallel.matmul(a.T.copy().T, b.T.copy().T), ref, rtol=1e-4, atol=1e-3)
+    out = np.full((m + 2, n), np.nan, np.float32)
+    parallel.matmul(a, b, out=out[1:-1])
+    np.testing.assert_allclose(out[1:-1], ref, rtol=1e-4, atol=1e-3)
+    assert np.isnan(out[0]).all() and np.isnan(out[-1]).all()
+    if m * k * n >= parallel.SPLIT_MIN_MACS and numba.get_num_threads() > 1:
         assert parallel._pool is not None
+
+
+def test_one_blas_thread_nests_and_restores():
+    """Sequential.forward/backward hold BLAS to one thread and give the user's setting back, even
+    after an error inside."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from npcnn import parallel
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    with threadpool_limits(2, user_api="blas"):
+        assert set(blas_threads()) == {2}
+        with parallel.one_blas_thread():
+            assert set(blas_threads()) == {1}
+            with parallel.one_blas_thread():
+                assert set(blas_threads()) == {1}
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {2}
+        with pytest.raises(ZeroDivisionError):
+            with parallel.one_blas_thread():
+                1 / 0
+        assert set(blas_threads()) == {2}
+        net = nn.Sequential(nn.Linear(3, 2, rng=0))
+        with pytest.raises(ValueError):
+            net.forward(np.zeros((2, 4), np.float32))                 # wrong width: a clear error
+        assert set(blas_threads()) == {2}
 
 
 def test_linear_on_a_large_batch_equals_numpy():

@@ -1,7 +1,7 @@
 """2-d convolution as im2col + one GEMM."""
 import numpy as np
 
-from .. import kernels
+from .. import kernels, parallel
 from .init import as_generator, default_uniform
 from .module import Module, Parameter, check_dtype, check_input
 
@@ -123,7 +123,7 @@ class Conv2d(Module):
         for a, b in chunks:
             c = cols[:, :(b - a) * p]
             kernels.im2col(x[a:b], kh, kw, sh, sw, ph, pw, ho, wo, c)
-            np.matmul(w2d, c, out=out_cols[:, a * p:b * p])
+            parallel.matmul(w2d, c, out=out_cols[:, a * p:b * p])
         self._x, self._cached, self._out_hw = x, len(chunks) == 1, (ho, wo)
         return out_cols
 
@@ -156,14 +156,14 @@ class Conv2d(Module):
         chunks = self._chunks(n, p, k, x.itemsize)
         if param_grads:
             if self._cached:                       # dL/dW = g @ cols^T, one GEMM over the batch
-                dw = g @ self._cols.T
+                dw = parallel.matmul(g, self._cols.T)
             else:                                  # rebuild the columns chunk by chunk
                 dw = np.zeros((f, k), dtype=x.dtype)
                 cols = self._buffer("_cols", (k, (chunks[0][1] - chunks[0][0]) * p), x.dtype)
                 for a, b in chunks:
                     c = cols[:, :(b - a) * p]
                     kernels.im2col(x[a:b], kh, kw, sh, sw, ph, pw, ho, wo, c)
-                    dw += g[:, a * p:b * p] @ c.T
+                    dw += parallel.matmul(g[:, a * p:b * p], c.T)
             self.weight.accumulate(dw.reshape(self.weight.shape), owned=True)
             if self.bias is not None:
                 self.bias.accumulate(g.sum(axis=1), owned=True)
@@ -173,6 +173,6 @@ class Conv2d(Module):
         dcols = self._buffer("_dcols", (k, (chunks[0][1] - chunks[0][0]) * p), x.dtype)
         for a, b in chunks:                        # dL/dcols = W^T @ g, scattered back by col2im
             d = dcols[:, :(b - a) * p]
-            np.matmul(w2d.T, g[:, a * p:b * p], out=d)
+            parallel.matmul(w2d.T, g[:, a * p:b * p], out=d)
             kernels.col2im(d, kh, kw, sh, sw, ph, pw, ho, wo, dx[a:b])
         return dx

@@ -120,19 +120,17 @@ def _padded(conv, x):
 #: it stays in the CPU's cache between im2col writing it and the GEMM reading it.
 NHWC_CHUNK_BYTES = 1 << 20
 
-#: From this many chunks on (large batches: inference), the chunks are shared among threads, each
-#: running its chunks' im2col, GEMM (BLAS limited to one thread) and pooling (see
-#: :mod:`npcnn.parallel`); below it, one thread walks the chunks and BLAS uses all cores for each
-#: GEMM. At batch 1000 this halves the second conv's time (measured 44.7 -> 22.1 ms); at batch
-#: 64-90 it does not pay.
-THREADED_MIN_CHUNKS = 32
-
 
 def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
     """The conv as im2col on the padded channels-last input and ``rows = cols @ W`` (W as
     (kh*kw*C, F)), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``, a few images at a
     time: each chunk's columns and conv output ``rows`` (N*hc*wc, F) stay in cache between the
-    kernel that writes them and the one that reads them."""
+    kernel that writes them and the one that reads them.
+
+    With more than one chunk, each thread takes its share of the images and walks them chunk by
+    chunk (its own im2col, single-threaded GEMM and pooling; see :mod:`npcnn.parallel`): at batch
+    64 that took the second conv's forward from 1.6 to 1.1 ms (medians, 2 cores).
+    """
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), f = conv.kernel_size, conv.stride, conv.out_channels
     xp = _padded_channels_last(conv, x)
@@ -140,17 +138,21 @@ def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
     w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
     p, k = hc * wc, kh * kw * c
     step = max(1, NHWC_CHUNK_BYTES // (p * k * x.itemsize))
-    chunks = [(a, min(n, a + step)) for a in range(0, n, step)]
-    workers = numba.get_num_threads() if len(chunks) >= THREADED_MIN_CHUNKS else 1
+    workers = min(numba.get_num_threads(), -(-n // step))
+    # the kernels of a chunk run on one thread each when the chunks are shared among threads
+    im2col, pool = ((kernels.im2col_nhwc.serial, kernels.bias_relu_maxpool_nhwc_2x2.serial) if workers > 1
+                    else (kernels.im2col_nhwc, kernels.bias_relu_maxpool_nhwc_2x2))
 
     def run(t):
-        cols = conv._buffer(f"_cols_nhwc{t}", (min(n, step) * p, k), x.dtype)
-        rows = conv._buffer(f"_rows{t}", (min(n, step) * p, f), x.dtype)
-        for a, b in chunks[t::workers]:
+        first, last = t * n // workers, (t + 1) * n // workers
+        cols = conv._buffer(f"_cols_nhwc{t}", (min(last - first, step) * p, k), x.dtype)
+        rows = conv._buffer(f"_rows{t}", (min(last - first, step) * p, f), x.dtype)
+        for a in range(first, last, step):
+            b = min(last, a + step)
             chunk_cols, chunk_rows = cols[:(b - a) * p], rows[:(b - a) * p]
-            kernels.im2col_nhwc(xp3[a:b], c, kh, kw, sh, sw, hc, wc, chunk_cols)
+            im2col(xp3[a:b], c, kh, kw, sh, sw, hc, wc, chunk_cols)
             np.matmul(chunk_cols, w_mat, out=chunk_rows)
-            kernels.bias_relu_maxpool_nhwc_2x2(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
+            pool(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
 
     if workers == 1:
         run(0)

@@ -37,7 +37,7 @@ class Linear(Module):
         check_input(self, x, None, self.in_features, channel_axis=-1)
         check_dtype(self, x, self.weight.dtype)
         self._x = x
-        y = parallel.matmul_rows(x.reshape(-1, self.in_features), self.weight.data.T)
+        y = parallel.matmul(x.reshape(-1, self.in_features), self.weight.data.T)
         y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y += self.bias.data
@@ -47,11 +47,11 @@ class Linear(Module):
         if param_grads:
             x2 = self._x.reshape(-1, self.in_features)
             g2 = grad_out.reshape(-1, self.out_features)
-            self.weight.accumulate(g2.T @ x2, owned=True)
+            self.weight.accumulate(parallel.matmul(g2.T, x2), owned=True)
             if self.bias is not None:
                 self.bias.accumulate(g2.sum(axis=0), owned=True)
         g2 = grad_out.reshape(-1, self.out_features)
-        return parallel.matmul_rows(g2, self.weight.data).reshape(*grad_out.shape[:-1], self.in_features)
+        return parallel.matmul(g2, self.weight.data).reshape(*grad_out.shape[:-1], self.in_features)
 
 
 class Flatten(Module):

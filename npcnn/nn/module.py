@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import parallel
 from ..io import load_npz, save_npz
 
 
@@ -221,6 +222,10 @@ class Sequential(Module):
     fuse = True
 
     def forward(self, x):
+        with parallel.one_blas_thread():   # npcnn shares out the GEMMs itself (see npcnn.parallel)
+            return self._forward(x)
+
+    def _forward(self, x):
         from . import fused
 
         layers, steps, i = self.layers, [], 0
@@ -242,6 +247,10 @@ class Sequential(Module):
         ``input_grad=False`` says nobody needs dL/dx (training): a fused first step then skips it
         and None is returned.
         """
+        with parallel.one_blas_thread():
+            return self._backward(grad_out, param_grads, input_grad)
+
+    def _backward(self, grad_out, param_grads, input_grad):
         from . import fused
 
         steps = getattr(self, "_steps", range(len(self.layers)))
