@@ -386,7 +386,7 @@ def _patch4x4(xpad, n, oy, ox):
             rc[x], rc[x + 1], rc[x + 2], rc[x + 3], rd[x], rd[x + 1], rd[x + 2], rd[x + 3])
 
 
-@_kernel(size_arg=0, fma=True)
+@_kernel(size_arg=8, fma=True)   # size of the pooled output: threads from batch 42 on (reference net)
 def direct_conv_relu_maxpool_nhwc(xpad, wt, bias, kh, kw, sh, sw, wc, out, argmax, zero):
     """``out = maxpool2x2(relu(conv(x) + bias))`` without the conv output ever being stored.
 

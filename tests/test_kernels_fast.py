@@ -162,8 +162,8 @@ def numba_threads(n):
 
 
 def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
-    """With several chunks, the channels-last conv shares them among threads (BLAS on one thread
-    each): the outputs, winners and gradients equal those of one thread walking the chunks."""
+    """With several chunks, the channels-last conv shares them among threads while npcnn runs
+    BLAS on one thread: the outputs, winners and gradients equal those of one thread walking the chunks."""
     from npcnn import parallel
     from npcnn.nn import fused
     rng = np.random.default_rng(5)
@@ -175,7 +175,7 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
                         [fn(t) for t in range(workers)] and None)   # record, run in turn
     results = []
     for threads in (numba.get_num_threads(), 1):
-        with numba_threads(threads):
+        with numba_threads(threads), parallel.one_blas_thread():
             layers = [nn.Conv2d(6, 5, 3, padding=1, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
             assert fused._path(layers[0], layers[2]) == "nhwc"
             y = fused.conv_relu_pool_forward(*layers, x)
@@ -203,23 +203,41 @@ def test_channels_last_conv_in_real_threads_equals_one_thread():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
 
-@pytest.mark.parametrize("shape", [(1, 70, 30), (64, 1568, 500), (500, 64, 1568), (32, 2000, 288), (3, 4000, 700)])
-def test_parallel_matmul_equals_matmul(shape):
-    """GEMMs from SPLIT_MIN_MACS multiply-adds on are split by rows or columns among threads with
-    single-threaded BLAS (npcnn.parallel): same product, transposed operands and ``out`` included."""
-    from npcnn import parallel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 70, 30), (1, 1568, 500), (64, 1568, 500), (500, 64, 1568), (32, 2000, 288),
+                                   (1000, 50, 30), (3, 4000, 700)])
+def test_parallel_matmul_equals_matmul(shape, dtype, monkeypatch):
+    """Inside one_blas_thread, GEMMs from SPLIT_MIN_MACS multiply-adds (or SPLIT_MIN_VALUES values)
+    on are split by rows or columns among numba's threads, each calling numpy's BLAS on one thread
+    (npcnn.blas): same product for C- and F-ordered operands, into a slice of a bigger ``out``, and
+    through numpy when an operand's layout is not one BLAS reads in place."""
+    from npcnn import blas, parallel
+    assert blas.gemm_functions() is not None           # numpy's wheel ships OpenBLAS: the fast path is tested
+    blocks = []
+    real = blas.gemm_blocks
+    monkeypatch.setattr(blas, "gemm_blocks", lambda *args: blocks.append(len(args[-1]) - 1) or real(*args))
     m, k, n = shape
     rng = np.random.default_rng(m)
-    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     ref = a.astype(np.float64) @ b
-    np.testing.assert_allclose(parallel.matmul(a, b), ref, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(parallel.matmul(a.T.copy().T, b.T.copy().T), ref, rtol=1e-4, atol=1e-3)
-    out = np.full((m + 2, n), np.nan, np.float32)
-    parallel.matmul(a, b, out=out[1:-1])
-    np.testing.assert_allclose(out[1:-1], ref, rtol=1e-4, atol=1e-3)
-    assert np.isnan(out[0]).all() and np.isnan(out[-1]).all()
-    if m * k * n >= parallel.SPLIT_MIN_MACS and numba.get_num_threads() > 1:
-        assert parallel._pool is not None
+    tol = dict(rtol=1e-4, atol=1e-4 * np.abs(ref).max()) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-10)
+    with parallel.one_blas_thread():
+        np.testing.assert_allclose(parallel.matmul(a, b), ref, **tol)
+        np.testing.assert_allclose(parallel.matmul(np.asfortranarray(a), np.asfortranarray(b)), ref, **tol)
+        out = np.full((m + 2, n + 3), np.nan, dtype)
+        parallel.matmul(a, b, out=out[1:-1, 2:-1])
+        np.testing.assert_allclose(out[1:-1, 2:-1], ref, **tol)
+        assert np.isnan(out[[0, -1]]).all() and np.isnan(out[:, [0, 1, -1]]).all()   # nothing written outside
+        wide = np.repeat(a, 2, axis=1)[:, ::2]           # every other column: not a BLAS layout
+        np.testing.assert_allclose(parallel.matmul(wide, b), ref, **tol)
+    big = m * k * n >= parallel.SPLIT_MIN_MACS or m * k + k * n + m * n >= parallel.SPLIT_MIN_VALUES
+    if big and numba.get_num_threads() > 1 and max(m, n) >= 32:
+        assert blocks and all(nb == min(numba.get_num_threads(), max(m, n) // 16) for nb in blocks)
+    else:
+        assert not blocks
+    blocks.clear()
+    np.testing.assert_allclose(parallel.matmul(a, b), ref, **tol)     # outside the block: plain np.matmul
+    assert not blocks
 
 
 def test_one_blas_thread_nests_and_restores():
@@ -245,7 +263,7 @@ def test_one_blas_thread_nests_and_restores():
         assert set(blas_threads()) == {2}
         net = nn.Sequential(nn.Linear(3, 2, rng=0))
         with pytest.raises(ValueError):
-            net.forward(np.zeros((2, 4), np.float32))                 # wrong width: a clear error
+            net.forward(np.zeros((5000, 4), np.float32))              # wrong width: a clear error
         assert set(blas_threads()) == {2}
 
 
@@ -367,3 +385,23 @@ def test_threading_layer_is_tbb_or_workqueue_or_a_warning_says_why_not(case):
     expected = {"npcnn_first": [layer, "0"],
                 "no_tbb": ["workqueue", "0"], "omp_first": ["omp", "1"]}[case]
     assert out == expected
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_reference_net_with_own_gemm_threads_equals_blas_threads(batchnorm, monkeypatch):
+    """The reference net's forward and backward give the same numbers whether npcnn shares out its
+    GEMMs (BLAS on one thread, npcnn.parallel) or leaves the threading to BLAS."""
+    from npcnn import parallel
+    rng = np.random.default_rng(7)
+    x = rng.random((40, 1, 28, 28), dtype=np.float32)
+    g = rng.standard_normal((40, 10)).astype(np.float32)
+    results = []
+    for min_values in (0, 10 ** 12):
+        monkeypatch.setattr(parallel, "OWN_THREADS_MIN_VALUES", min_values)
+        net = seed_cnn(batchnorm=batchnorm, rng=0)
+        y = net.forward(x)
+        assert net._own_threads == (min_values == 0)
+        dx = net.backward(g)
+        results.append([y, dx] + [p.grad for p in net.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())

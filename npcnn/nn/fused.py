@@ -127,9 +127,9 @@ def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
     time: each chunk's columns and conv output ``rows`` (N*hc*wc, F) stay in cache between the
     kernel that writes them and the one that reads them.
 
-    With more than one chunk, each thread takes its share of the images and walks them chunk by
-    chunk (its own im2col, single-threaded GEMM and pooling; see :mod:`npcnn.parallel`): at batch
-    64 that took the second conv's forward from 1.6 to 1.1 ms (medians, 2 cores).
+    With more than one chunk, while npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`),
+    each thread takes its share of the images and walks them chunk by chunk: its own im2col,
+    single-threaded GEMM and pooling.
     """
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), f = conv.kernel_size, conv.stride, conv.out_channels
@@ -138,7 +138,7 @@ def _conv_channels_last_pooled(conv, x, hc, wc, bias, out, argmax, zero):
     w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
     p, k = hc * wc, kh * kw * c
     step = max(1, NHWC_CHUNK_BYTES // (p * k * x.itemsize))
-    workers = min(numba.get_num_threads(), -(-n // step))
+    workers = min(numba.get_num_threads(), -(-n // step)) if parallel.sharing() else 1
     # the kernels of a chunk run on one thread each when the chunks are shared among threads
     im2col, pool = ((kernels.im2col_nhwc.serial, kernels.bias_relu_maxpool_nhwc_2x2.serial) if workers > 1
                     else (kernels.im2col_nhwc, kernels.bias_relu_maxpool_nhwc_2x2))

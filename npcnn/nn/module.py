@@ -222,7 +222,8 @@ class Sequential(Module):
     fuse = True
 
     def forward(self, x):
-        with parallel.one_blas_thread():   # npcnn shares out the GEMMs itself (see npcnn.parallel)
+        self._own_threads = parallel.own_threads_pay(x)
+        with parallel.one_blas_thread(self._own_threads):   # npcnn shares out the GEMMs (npcnn.parallel)
             return self._forward(x)
 
     def _forward(self, x):
@@ -247,7 +248,7 @@ class Sequential(Module):
         ``input_grad=False`` says nobody needs dL/dx (training): a fused first step then skips it
         and None is returned.
         """
-        with parallel.one_blas_thread():
+        with parallel.one_blas_thread(getattr(self, "_own_threads", True)):
             return self._backward(grad_out, param_grads, input_grad)
 
     def _backward(self, grad_out, param_grads, input_grad):
