@@ -26,13 +26,19 @@ from numba.extending import intrinsic
 #: cblas's enums: row-major storage, and an operand used as stored or transposed.
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
-# (symbol prefix, suffix, 64-bit integers?) of the cblas names to look for, most specific first
-_NAMES = [("scipy_cblas_", "64_", True), ("cblas_", "64_", True), ("scipy_cblas_", "", False), ("cblas_", "", False)]
+# (prefix, suffix) of the cblas names to look for: numpy's wheels (scipy-openblas, 64-bit integers),
+# then the usual OpenBLAS builds
+_NAMES = [("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")]
 
 
 @functools.lru_cache(maxsize=None)
 def gemm_functions():
-    """``(sgemm_address, dgemm_address, ilp64)`` of the BLAS numpy uses, or None if not found."""
+    """``(sgemm_address, dgemm_address, ilp64)`` of the BLAS numpy uses, or None if not found.
+
+    The width of BLAS's integers must be known for sure (a wrong guess passes garbage sizes): the
+    ``64_`` suffix says 64 bits; otherwise OpenBLAS's build string is asked (``USE64BITINT``). A
+    BLAS that says neither (MKL, BLIS, ...) is not called: npcnn then leaves BLAS its threads.
+    """
     import numpy  # noqa: F401  (numpy's BLAS must be loaded for threadpoolctl to see it)
     from threadpoolctl import ThreadpoolController
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
@@ -42,13 +48,27 @@ def gemm_functions():
             handle = ctypes.CDLL(lib.filepath)
         except OSError:
             continue
-        for prefix, suffix, ilp64 in _NAMES:
+        for prefix, suffix in _NAMES:
             try:
-                s, d = (getattr(handle, f"{prefix}{t}gemm{suffix}") for t in "sd")
+                s, d = (getattr(handle, f"{prefix}cblas_{t}gemm{suffix}") for t in "sd")
             except AttributeError:
                 continue
+            ilp64 = _openblas_ilp64(handle, prefix, suffix)
+            if ilp64 is None and suffix:
+                ilp64 = True
+            if ilp64 is None:
+                return None
             return ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value, ilp64
     return None
+
+
+def _openblas_ilp64(handle, prefix, suffix):
+    """True / False if the library is OpenBLAS built with / without 64-bit integers, else None."""
+    get_config = getattr(handle, f"{prefix}openblas_get_config{suffix}", None)
+    if get_config is None:
+        return None
+    get_config.restype = ctypes.c_char_p
+    return b"USE64BITINT" in (get_config() or b"")
 
 
 def _make_cblas_gemm(float_type, int_bits):
@@ -127,9 +147,17 @@ def operand(x):
 
 def gemm_into(a, b, out, bounds, by_rows):
     """``out = a @ b`` in blocks (see :func:`gemm_blocks`); False (nothing done) when the BLAS was
-    not found or an array is not in a layout BLAS reads in place."""
+    not found, or the arrays are not what BLAS can take in place: the same float dtype, matching
+    shapes, aligned, a writeable ``out`` that shares no memory with ``a`` or ``b`` (numpy copes
+    with all of these by copying)."""
     found = gemm_functions()
     if found is None or not (a.dtype == b.dtype == out.dtype and a.dtype in (np.float32, np.float64)):
+        return False
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        return False
+    if not (a.flags.aligned and b.flags.aligned and out.flags.aligned and out.flags.writeable):
+        return False
+    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return False
     ops = operand(a), operand(b), operand(out)
     if None in ops or ops[2][0] != NO_TRANS:

@@ -475,7 +475,8 @@ def direct_conv_weight_grad_nhwc(grad, argmax, out, xpad, kh, kw, sh, sw, wc, dw
     at each of the window's four conv outputs (zero except at the winner), so the loop over the
     filters has no branch and vectorises. All four products are taken, so a NaN or inf input
     reaches ``dW`` as in PyTorch's (dense) weight gradient. The images are dealt to
-    ``len(dw_part)`` blocks (one per thread) with their own ``dw_part[b]`` (C*kh*kw, F) and ``db_part[b]`` (F); the
+    ``len(dw_part)`` blocks (one per thread; contiguous ranges in the 1x3x3 loop, round-robin in the
+    general one) with their own ``dw_part[b]`` (C*kh*kw, F) and ``db_part[b]`` (F); the
     caller sums them. One channel, 3x3, stride 1 takes its own loop: one pass over the filters per
     pooled pixel with the 4x4 input patch in locals (see above).
     """

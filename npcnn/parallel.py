@@ -27,34 +27,37 @@ import numpy as np
 
 from . import blas
 
-#: A GEMM is split among the threads from this many multiply-adds (m*k*n) on ...
+#: Inside :func:`one_blas_thread`, a GEMM of at least this many multiply-adds (m*k*n) is split
+#: among the threads; smaller ones (about 0.05 ms on one core) are not worth handing out.
 SPLIT_MIN_MACS = 1 << 21
-#: ... or from this many values read and written (m*k + k*n + m*n): a thin GEMM, like a Linear
-#: layer on one image, is bound by reading its weight, and two cores read it faster than one
-#: (the attack loop on one image: 1,850 -> 2,900 steps/s). Smaller GEMMs (about 0.05 ms on one
-#: core) are not worth handing a block to another thread.
-SPLIT_MIN_VALUES = 1 << 18
+
+#: :class:`~npcnn.nn.Sequential` takes the GEMMs' threads over from BLAS from inputs of this many
+#: values on (about 20 MNIST images). Below it the kernels have little to share, and BLAS's own
+#: threads run the few small GEMMs faster than npcnn's blocks would (the attack loop on one image:
+#: 2,900 steps/s with BLAS's threads, 2,150 with npcnn's).
+OWN_THREADS_MIN_VALUES = 1 << 14
 
 _lock = threading.Lock()
-_depth = 0          # how many one_blas_thread() scopes are open (they nest, and may overlap across threads)
-_saved = None       # the BLAS thread counts to restore when the last scope closes
-_blas = None        # threadpoolctl's controllers of the BLAS libraries loaded in this process
+_depth = 0                   # open one_blas_thread() blocks, all threads together (for the BLAS limit)
+_local = threading.local()   # .depth: open blocks on this thread (for sharing())
+_saved = None                # the BLAS thread counts to restore when the last block closes
+_blas = None                 # threadpoolctl's controllers of the BLAS libraries loaded in this process
 _pool = None
 
 
 def _blas_libraries():
     global _blas
     if _blas is None:
+        # numba's first kernel call imports scipy.linalg, and with it SciPy's own OpenBLAS (a
+        # second BLAS, with threads of its own): import it now, so that the list below has it
+        # and it is held to one thread too
+        try:
+            import scipy.linalg  # noqa: F401
+        except ImportError:
+            pass
         from threadpoolctl import ThreadpoolController
         _blas = ThreadpoolController().select(user_api="blas").lib_controllers
     return _blas
-
-
-#: :class:`~npcnn.nn.Sequential` takes the GEMMs' threads over from BLAS from inputs of this many
-#: values on (about 20 MNIST images). Below it every numba kernel runs on one thread anyway, so a
-#: spinning BLAS thread is in nobody's way, and BLAS threads its few small GEMMs faster than npcnn
-#: (the attack loop on one image: 2,900 steps/s against 2,150).
-OWN_THREADS_MIN_VALUES = 1 << 14
 
 
 def own_threads_pay(x):
@@ -62,11 +65,20 @@ def own_threads_pay(x):
     return x.size >= OWN_THREADS_MIN_VALUES
 
 
+def _set_blas_threads(counts):
+    for lib, n in zip(_blas, counts):
+        lib.set_num_threads(n)
+
+
 @contextlib.contextmanager
 def one_blas_thread(active=True):
     """BLAS limited to one thread inside the block (nested blocks are free), and :func:`matmul`
-    splitting GEMMs among npcnn's threads; the user's setting is restored after. Does nothing when
-    not ``active`` or when npcnn cannot call BLAS itself (:func:`npcnn.blas.gemm_functions`)."""
+    on this thread splitting GEMMs among npcnn's threads; the user's setting is restored when the
+    last block closes. Does nothing when not ``active`` or when npcnn cannot call BLAS itself
+    (:func:`npcnn.blas.gemm_functions`).
+
+    The limit is process-wide, as BLAS's setting is: numpy GEMMs that other Python threads run
+    meanwhile get one thread too."""
     global _depth, _saved
     if not active or blas.gemm_functions() is None:
         yield
@@ -74,29 +86,36 @@ def one_blas_thread(active=True):
     with _lock:
         if _depth == 0:
             libs = _blas_libraries()
-            _saved = [lib.get_num_threads() for lib in libs]
-            for lib in libs:
-                lib.set_num_threads(1)
+            saved = [lib.get_num_threads() for lib in libs]
+            try:
+                _set_blas_threads([1] * len(libs))
+            except BaseException:
+                _set_blas_threads(saved)
+                raise
+            _saved = saved
         _depth += 1
+    _local.depth = getattr(_local, "depth", 0) + 1
     try:
         yield
     finally:
+        _local.depth -= 1
         with _lock:
             _depth -= 1
             if _depth == 0:
-                for lib, n in zip(_blas, _saved):
-                    lib.set_num_threads(n)
+                _set_blas_threads(_saved)
 
 
 def sharing():
-    """True inside an active :func:`one_blas_thread` block: npcnn shares out its GEMMs itself."""
-    return _depth > 0
+    """True inside an active :func:`one_blas_thread` block on this thread: npcnn shares out its
+    GEMMs itself."""
+    return getattr(_local, "depth", 0) > 0
 
 
 def run_threads(fn, workers):
     """Call ``fn(0) ... fn(workers - 1)`` at once: ``fn(0)`` on this thread, the others in a pool of
     Python threads, BLAS on one thread each. Waits for all of them (they may share buffers), then
-    re-raises the first exception of any."""
+    re-raises the first exception of any. ``fn`` must not run numba's threaded kernels: numba's
+    fallback threading layer (workqueue) aborts when two threads launch them at once."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1), thread_name_prefix="npcnn")
@@ -112,21 +131,31 @@ def run_threads(fn, workers):
 
 def matmul(a, b, out=None):
     """``a @ b`` for 2-d arrays. Outside :func:`one_blas_thread`, plain ``np.matmul`` (BLAS's own
-    threads). Inside it, from :data:`SPLIT_MIN_MACS` multiply-adds or
-    :data:`SPLIT_MIN_VALUES` values on, the columns of ``b`` (or the rows of ``a``, if there are
-    more of them) are split into one block per thread, each multiplied by single-threaded BLAS in
-    a numba kernel (:func:`npcnn.blas.gemm_blocks`). Each output element is the same dot product
-    either way."""
+    threads). Inside it, from :data:`SPLIT_MIN_MACS` multiply-adds on, the columns of ``b`` (or the
+    rows of ``a``, if there are more of them) are split into one block per thread, each multiplied
+    by single-threaded BLAS in a numba kernel (:func:`npcnn.blas.gemm_blocks`). Each output element
+    is the same dot product either way."""
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     (m, k), n = a.shape, b.shape[1]
     workers = min(numba.get_num_threads(), max(m, n) // 16)
-    if not sharing() or workers < 2 or (m * k * n < SPLIT_MIN_MACS and m * k + k * n + m * n < SPLIT_MIN_VALUES):
+    if not sharing() or workers < 2 or m * k * n < SPLIT_MIN_MACS or not _may_launch_threads():
         return np.matmul(a, b, out=out)
     by_rows = m > n
-    # block edges on multiples of 16 values (a 64-byte cache line of float32)
-    bounds = np.array([(m if by_rows else n) * t // workers // 16 * 16 for t in range(workers)]
-                      + [m if by_rows else n], dtype=np.int64)
+    size = m if by_rows else n
+    # block edges on multiples of 16 values (one 64-byte cache line of float32 rows)
+    bounds = np.array([size * t // workers // 16 * 16 for t in range(workers)] + [size], dtype=np.int64)
     if not blas.gemm_into(a, b, out, bounds, by_rows):
-        np.matmul(a, b, out=out)            # a layout BLAS cannot read in place: numpy copes
+        np.matmul(a, b, out=out)            # shapes, layouts or overlaps BLAS can't take in place: numpy copes
     return out
+
+
+def _may_launch_threads():
+    """numba's workqueue layer (used when TBB is missing) aborts if two Python threads launch
+    threaded kernels at once: with it, only the main thread does."""
+    if threading.current_thread() is threading.main_thread():
+        return True
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:          # no threaded kernel has run yet: the layer is not chosen
+        return False

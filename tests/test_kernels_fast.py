@@ -186,11 +186,14 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
 
-def test_channels_last_conv_in_real_threads_equals_one_thread():
+def test_channels_last_conv_in_real_threads_equals_one_thread(monkeypatch):
     """The same through the real thread pool, on a batch that does not split evenly."""
     from npcnn import parallel
     rng = np.random.default_rng(6)
     x = rng.standard_normal((11, 32, 14, 14)).astype(np.float32)
+    calls = []
+    real = parallel.run_threads
+    monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or real(fn, workers))
     results = []
     for threads in (numba.get_num_threads(), 1):
         with numba_threads(threads):
@@ -198,7 +201,7 @@ def test_channels_last_conv_in_real_threads_equals_one_thread():
             y = net.forward(x)
             dx = net.backward(np.ones_like(y))
             results.append((y, net[2]._argmax.copy(), dx, net[0].weight.grad))
-    assert parallel._pool is not None
+    assert calls and calls[0] == numba.get_num_threads() > 1             # the chunks were shared out
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
@@ -207,10 +210,10 @@ def test_channels_last_conv_in_real_threads_equals_one_thread():
 @pytest.mark.parametrize("shape", [(1, 70, 30), (1, 1568, 500), (64, 1568, 500), (500, 64, 1568), (32, 2000, 288),
                                    (1000, 50, 30), (3, 4000, 700)])
 def test_parallel_matmul_equals_matmul(shape, dtype, monkeypatch):
-    """Inside one_blas_thread, GEMMs from SPLIT_MIN_MACS multiply-adds (or SPLIT_MIN_VALUES values)
-    on are split by rows or columns among numba's threads, each calling numpy's BLAS on one thread
-    (npcnn.blas): same product for C- and F-ordered operands, into a slice of a bigger ``out``, and
-    through numpy when an operand's layout is not one BLAS reads in place."""
+    """Inside one_blas_thread, GEMMs from SPLIT_MIN_MACS multiply-adds on are split by rows or
+    columns among numba's threads, each calling numpy's BLAS on one thread (npcnn.blas): same
+    product for C- and F-ordered operands and into a slice of a bigger ``out``; through numpy when
+    an operand's layout is not one BLAS reads in place."""
     from npcnn import blas, parallel
     assert blas.gemm_functions() is not None           # numpy's wheel ships OpenBLAS: the fast path is tested
     blocks = []
@@ -228,16 +231,55 @@ def test_parallel_matmul_equals_matmul(shape, dtype, monkeypatch):
         parallel.matmul(a, b, out=out[1:-1, 2:-1])
         np.testing.assert_allclose(out[1:-1, 2:-1], ref, **tol)
         assert np.isnan(out[[0, -1]]).all() and np.isnan(out[:, [0, 1, -1]]).all()   # nothing written outside
+        split = len(blocks)
         wide = np.repeat(a, 2, axis=1)[:, ::2]           # every other column: not a BLAS layout
         np.testing.assert_allclose(parallel.matmul(wide, b), ref, **tol)
-    big = m * k * n >= parallel.SPLIT_MIN_MACS or m * k + k * n + m * n >= parallel.SPLIT_MIN_VALUES
-    if big and numba.get_num_threads() > 1 and max(m, n) >= 32:
-        assert blocks and all(nb == min(numba.get_num_threads(), max(m, n) // 16) for nb in blocks)
+        assert len(blocks) == split                      # ... so numpy did that one
+    workers = min(numba.get_num_threads(), max(m, n) // 16)
+    if m * k * n >= parallel.SPLIT_MIN_MACS and workers > 1:
+        assert blocks == [workers] * 3                   # all three in-place products were split
     else:
         assert not blocks
     blocks.clear()
     np.testing.assert_allclose(parallel.matmul(a, b), ref, **tol)     # outside the block: plain np.matmul
     assert not blocks
+
+
+def test_parallel_matmul_leaves_to_numpy_what_blas_cannot_take_in_place(monkeypatch):
+    """An ``out`` that overlaps an operand, a read-only ``out`` and mismatched shapes go to
+    np.matmul, which copies, raises or complains as usual."""
+    from npcnn import blas, parallel
+    monkeypatch.setattr(blas, "gemm_blocks", lambda *args: pytest.fail("gemm_blocks called"))
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 300)).astype(np.float32)
+    ref = a.astype(np.float64) @ b
+    with parallel.one_blas_thread():
+        c = a.copy()
+        parallel.matmul(c, b, out=c)                     # in place over an operand
+        np.testing.assert_allclose(c, ref, rtol=1e-4, atol=1e-3)
+        frozen = np.zeros((300, 300), np.float32)
+        frozen.flags.writeable = False
+        with pytest.raises(ValueError):
+            parallel.matmul(a, b, out=frozen)
+        assert not frozen.any()
+        with pytest.raises(ValueError):
+            parallel.matmul(a, b[:200])                  # 300x300 @ 200x300
+        with pytest.raises(ValueError):
+            parallel.matmul(a, b, out=np.empty((300, 400), np.float32))
+
+
+def test_sharing_is_per_thread():
+    """Another Python thread is not inside this thread's block: its GEMMs stay plain numpy."""
+    import threading
+    from npcnn import parallel
+    seen = {}
+    with parallel.one_blas_thread():
+        t = threading.Thread(target=lambda: seen.update(other=parallel.sharing()))
+        t.start()
+        t.join()
+        seen["this"] = parallel.sharing()
+    assert seen == {"this": True, "other": False} and not parallel.sharing()
 
 
 def test_one_blas_thread_nests_and_restores():
@@ -403,5 +445,56 @@ def test_reference_net_with_own_gemm_threads_equals_blas_threads(batchnorm, monk
         assert net._own_threads == (min_values == 0)
         dx = net.backward(g)
         results.append([y, dx] + [p.grad for p in net.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("by_rows", [False, True])
+def test_blas_kernel_drives_a_32_bit_cblas_too(dtype, by_rows):
+    """npcnn.blas also calls a cblas with 32-bit integers (LP64), as numpy builds other than the
+    wheel's ship: here SciPy's own OpenBLAS, which has one. Transposed operands included."""
+    import ctypes
+
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS)
+    from threadpoolctl import ThreadpoolController
+    from npcnn import blas
+    libs = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+            if hasattr(ctypes.CDLL(lib.filepath), "scipy_cblas_sgemm")]
+    assert libs, "SciPy's LP64 OpenBLAS was not found"
+    handle = ctypes.CDLL(libs[0].filepath)
+    address = ctypes.cast(getattr(handle, "scipy_cblas_dgemm" if dtype == np.float64 else "scipy_cblas_sgemm"),
+                          ctypes.c_void_p).value
+    rng = np.random.default_rng(1)
+    a = np.asfortranarray(rng.standard_normal((70, 40)).astype(dtype))      # used transposed
+    b = rng.standard_normal((40, 90)).astype(dtype)
+    out = np.zeros((70, 90), dtype)
+    (ta, lda), (tb, ldb) = blas.operand(a), blas.operand(b)
+    assert ta == blas.TRANS and tb == blas.NO_TRANS
+    bounds = np.array([0, 32, 70 if by_rows else 90], np.int64)
+    blas.gemm_blocks(address, dtype == np.float64, False, ta, tb, 70, 90, 40, a.ctypes.data, lda, b.ctypes.data,
+                     ldb, out.ctypes.data, 90, a.itemsize, by_rows, bounds)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_callable_blas_sequential_leaves_blas_its_threads(monkeypatch):
+    """If npcnn cannot find numpy's cblas (another numpy build), Sequential neither limits BLAS nor
+    splits GEMMs, and computes the same."""
+    from threadpoolctl import threadpool_info
+    from npcnn import blas, parallel
+    rng = np.random.default_rng(8)
+    x = rng.random((40, 1, 28, 28), dtype=np.float32)
+    results = []
+    for found in (True, False):
+        if not found:
+            monkeypatch.setattr(blas, "gemm_functions", lambda: None)
+            monkeypatch.setattr(blas, "gemm_blocks", lambda *args: pytest.fail("gemm_blocks called"))
+        net = seed_cnn(rng=0)
+        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        with parallel.one_blas_thread():
+            inside = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+            assert inside == ([1] * len(before) if found else before)
+        y = net.forward(x)
+        results.append((y, net.backward(np.ones_like(y))))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
