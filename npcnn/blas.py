@@ -11,7 +11,8 @@ How: :func:`gemm_functions` finds the ``cblas_sgemm`` / ``cblas_dgemm`` symbols
 of the BLAS library numpy loaded (``threadpoolctl`` lists it; numpy's wheels
 ship OpenBLAS as ``scipy_cblas_sgemm64_``, 64-bit integers) and gives their
 addresses as plain integers. The kernels receive an address as an argument,
-and :func:`_cblas_gemm` turns it back into a function in the generated code.
+and the intrinsic that :func:`_make_cblas_gemm` builds turns it back into a
+function in the generated code.
 Numba would refuse to cache a kernel that had the address built in, and the
 address changes from one process to the next anyway.
 """
