@@ -120,7 +120,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     # as Sequential runs a batch this size: BLAS on one thread, npcnn's threads for the GEMMs (and
     # no BLAS thread left spinning by the layer-by-layer part when the whole step is timed)
-    with parallel.one_blas_thread(args.batch * 28 * 28 >= parallel.OWN_THREADS_MIN_VALUES):
+    with parallel.one_blas_thread(parallel.own_threads_pay(np.empty((args.batch, 1, 28, 28), np.float32))):
         rows, fused_rows, extras = profile(args.batch, args.batchnorm, args.repeats, np.dtype(args.dtype))
     print(markdown(rows, fused_rows, extras, args.batch))
 
