@@ -15,6 +15,7 @@ def loop_occlusion(clf, x, target, patch, stride, fill):
     gh, gw = (28 - ph) // sh + 1, (28 - pw) // sw + 1
     prob = np.empty((len(x), gh, gw))
     pred = np.empty((len(x), gh, gw), dtype=np.int64)
+    gap = np.empty((len(x), gh, gw))  # between the two most probable classes: is the argmax decided?
     for r in range(gh):
         for c in range(gw):
             occluded = x.copy()
@@ -22,7 +23,9 @@ def loop_occlusion(clf, x, target, patch, stride, fill):
             p = clf.predict_proba(occluded)
             prob[:, r, c] = p[np.arange(len(x)), target]
             pred[:, r, c] = p.argmax(axis=1)
-    return prob, pred
+            top = np.sort(p, axis=1)
+            gap[:, r, c] = top[:, -1] - top[:, -2]
+    return prob, pred, gap
 
 
 CASES = [  # patch, stride, fill
@@ -41,9 +44,10 @@ def test_occlusion_equals_a_plain_loop(patch, stride, fill):
     target = np.array([3, 7])
     r = occlusion(clf, x, target, patch=patch, stride=stride, fill=fill, batch_size=17)  # chunks cut mid-image
     pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
-    prob, pred = loop_occlusion(clf, x, target, pair(patch), pair(stride), fill)
+    prob, pred, gap = loop_occlusion(clf, x, target, pair(patch), pair(stride), fill)
     assert r.probability.shape == prob.shape
     np.testing.assert_allclose(r.probability, prob, rtol=0, atol=1e-12)
+    assert gap.min() > 1e-9  # no two classes within rounding of each other: the predicted class is decided
     np.testing.assert_array_equal(r.predicted, pred)
     if np.prod(pair(patch)) >= 36:
         assert len(np.unique(pred)) > 1  # the patch does change the prediction somewhere
