@@ -115,7 +115,7 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
         history, start_epoch = checkpoint.load(model, optimizer)
         log(f"resuming {out} after epoch {start_epoch}")
     write_json(os.path.join(out, "config.json"), {
-        "format": FORMAT, **asdict(config), "data_source": info.source,
+        "format": FORMAT, **asdict(config), "data_source": info.source, "data_path": os.path.abspath(info.path),
         "class_names": list(info.class_names), "normalization": normalization.as_dict(),
         "versions": library_versions(),
     })

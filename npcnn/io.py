@@ -63,9 +63,17 @@ def write_json(path, obj):
             f.write("\n")
 
 
+class JSONFileError(ValueError):
+    """A JSON file that cannot be read back: the message names the file."""
+
+
 def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON object in ``path``; a damaged or non-UTF-8 file raises :class:`JSONFileError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise JSONFileError(f"{path}: not a valid JSON file ({e}); delete it or write it again") from None
 
 
 def save_figure(fig, path, dpi=110):

@@ -3,7 +3,7 @@
 ::
 
     RUN_DIR/
-      config.json      the settings of the run (dataset, data_dir, epochs, ...)
+      config.json      the settings of the run (dataset, data_dir, epochs, ..., data_path: where the data was read)
       history.json     per-epoch train/test loss and accuracy, seconds
       metrics.json     final test accuracy, classification report, confusion matrix, ...
                        (written last: its presence marks a finished run)
@@ -64,15 +64,33 @@ class Run:
     def class_names(self):
         return self.classifier.class_names
 
-    def test_data(self):
-        """The run's test set: (uint8 images [N, 28, 28], labels [N]), from the same source it was trained on."""
+    def data_root(self, root=None):
+        """Where the run's test set is read from: ``root`` if given (told otherwise), else the run's
+        ``data_dir``, else ``$NPCNN_DATA`` if set, else the folder the run was trained from (recorded in
+        config.json as ``data_path``) while it still exists, else None (the usual lookup)."""
+        from .data.datasets import ENV_VAR
+
+        c = self.config
+        if root is not None or c.get("data_dir"):
+            return root if root is not None else c["data_dir"]
+        if os.environ.get(ENV_VAR):
+            return None  # load_dataset reads it
+        recorded = c.get("data_path")
+        if recorded and c.get("data_source") in ("root", "env") and os.path.isdir(recorded):
+            return recorded
+        return None
+
+    def test_data(self, root=None):
+        """The run's test set: (uint8 images [N, 28, 28], labels [N]), from the same source it was trained on
+        (see :meth:`data_root`)."""
         from .data import load_dataset
 
         c = self.config
         # The offline sample only if the run was trained on it: a run trained on full MNIST must
         # never be analysed on the sample's 1,000 test images (its samples.json indices would point
         # at other images).
-        return load_dataset(c["dataset"], "test", root=c.get("data_dir"), allow_sample=c.get("data_source") == "sample")
+        return load_dataset(c["dataset"], "test", root=self.data_root(root),
+                            allow_sample=c.get("data_source") == "sample")
 
     def sample_indices(self):
         """Test-set indices of the run's chosen images (one per class), from samples.json."""

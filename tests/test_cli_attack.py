@@ -132,3 +132,46 @@ def test_run_folder_without_model(tmp_path, capsys):
     assert not (tmp_path / "attacks").exists()
     code, out, err = attack(capsys, tmp_path / "missing", "targeted")
     assert code == 1 and "no such run folder" in err
+
+
+def test_a_damaged_config_json_is_named(fake_run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(fake_run, broken)
+    (broken / "config.json").write_text('{"format": 1\n"dataset": "mnist"}')
+    code, out, err = attack(capsys, broken, "class-image")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("npcnn: error:") and str(broken / "config.json") in err and "not a valid JSON" in err
+    assert not (broken / "attacks").exists()
+
+
+def test_a_run_remembers_where_its_data_came_from(run, tmp_path, monkeypatch, capsys):
+    """A run trained from $NPCNN_DATA finds its test set there again without the variable, unless told otherwise."""
+    import json
+    import shutil
+
+    from npcnn.data import datasets
+
+    moved = tmp_path / "run"
+    shutil.copytree(run.path, moved, ignore=shutil.ignore_patterns("attacks", "*.png"))
+    config = json.loads((moved / "config.json").read_text())
+    assert config["data_path"] == os.path.abspath(DATA)  # recorded at training time
+    config.update(data_dir=None, data_source="env")       # as if trained with NPCNN_DATA=... npcnn train
+    (moved / "config.json").write_text(json.dumps(config))
+    monkeypatch.delenv("NPCNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the run should have used its recorded data folder, not a download")
+
+    monkeypatch.setattr(datasets, "download_file", no_download)
+    assert Run.open(str(moved)).data_root() == os.path.abspath(DATA)
+    code, out, err = attack(capsys, moved, "targeted", "--steps", "2")
+    assert code == 0, err
+    # told otherwise: $NPCNN_DATA wins over the recorded folder
+    monkeypatch.setenv("NPCNN_DATA", str(tmp_path / "elsewhere"))
+    os.makedirs(tmp_path / "elsewhere")
+    assert Run.open(str(moved)).data_root() is None
+    code, out, err = attack(capsys, moved, "targeted", "--steps", "2")
+    assert code == 1 and "elsewhere" in err, err
