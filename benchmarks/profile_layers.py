@@ -4,9 +4,9 @@
 
 Prints a markdown table: for each layer its forward and backward time
 (median over ``--repeats`` steps, milliseconds) and its share of the sum.
-Layers are timed one by one (``Sequential.fuse`` off), with BLAS's threads
-handled as :class:`~npcnn.nn.Sequential` handles them (:mod:`npcnn.parallel`). Below the table, the
-Conv2d -> ReLU -> MaxPool2d triples as :class:`~npcnn.nn.Sequential` really
+Layers are timed one by one (the readable layers, ``npcnn.nn``), with BLAS's threads
+handled as the fast path handles them (:mod:`npcnn.parallel`). Below the table, the
+Conv2d -> ReLU -> MaxPool2d triples as the fast path (:mod:`npcnn.fast`) really
 runs them (fused), the loss, Adam, and a whole training step
 (forward + loss + backward + Adam, fused) for comparison.
 """
@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from npcnn import NLLLoss, parallel, seed_cnn  # noqa: E402
-from npcnn.nn import fused  # noqa: E402
+from npcnn import NLLLoss, fast, parallel, seed_cnn  # noqa: E402
+from npcnn.fast import fused  # noqa: E402
 from npcnn.optim import Adam  # noqa: E402
 
 
@@ -41,6 +41,8 @@ def profile(batch=64, batchnorm=False, repeats=50, dtype=np.float32, seed=0):
     fwd = [[] for _ in layers]
     bwd = [[] for _ in layers]
     triples = [i for i in range(len(layers)) if fused.fusable(layers, i)]
+    steps = {i: fused.ConvReLUPool(*layers[i:i + 3]) for i in triples}
+    net = fast.plan(model)
     fused_f = {i: [] for i in triples}
     fused_b = {i: [] for i in triples}
     extras = {"loss (forward+backward)": [], "Adam step": [], "training step (fused)": []}
@@ -71,9 +73,9 @@ def profile(batch=64, batchnorm=False, repeats=50, dtype=np.float32, seed=0):
         # the fused triples, on the activations of this step
         for i in triples:
             t0 = time.perf_counter()
-            out = fused.conv_relu_pool_forward(*layers[i:i + 3], acts[i])
+            out = steps[i].forward(acts[i])
             t1 = time.perf_counter()
-            fused.conv_relu_pool_backward(*layers[i:i + 3], np.ones_like(out), True, input_grad=i > 0)
+            steps[i].backward(np.ones_like(out), True, input_grad=i > 0)
             t2 = time.perf_counter()
             if keep:
                 fused_f[i].append(t1 - t0)
@@ -81,8 +83,8 @@ def profile(batch=64, batchnorm=False, repeats=50, dtype=np.float32, seed=0):
         # one whole step as training runs it
         t0 = time.perf_counter()
         model.zero_grad()
-        loss_fn.forward(model.forward(x), t)
-        model.backward(loss_fn.backward(), input_grad=False)   # as npcnn.train does
+        loss_fn.forward(net.forward(x), t)
+        net.backward(loss_fn.backward(), input_grad=False)     # as npcnn.train does
         opt.step()
         if keep:
             extras["training step (fused)"].append(time.perf_counter() - t0)

@@ -15,10 +15,15 @@ and the intrinsic that :func:`_make_cblas_gemm` builds turns it back into a
 function in the generated code.
 Numba would refuse to cache a kernel that had the address built in, and the
 address changes from one process to the next anyway.
+
+With numba's JIT disabled (``NUMBA_DISABLE_JIT=1``) an intrinsic cannot run as
+Python: :func:`gemm_into` then multiplies the same blocks with ``np.matmul``
+(:func:`numpy_gemm_blocks`).
 """
 import ctypes
 import functools
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -146,11 +151,22 @@ def operand(x):
     return None
 
 
+def numpy_gemm_blocks(a, b, out, bounds, by_rows):
+    """``out = a @ b`` in the blocks :func:`gemm_blocks` would take, each by ``np.matmul`` on the
+    calling thread: the fallback when numba's JIT is disabled, where the cblas intrinsic cannot run."""
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if by_rows:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+        else:
+            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+
 def gemm_into(a, b, out, bounds, by_rows):
     """``out = a @ b`` in blocks (see :func:`gemm_blocks`); False (nothing done) when the BLAS was
     not found, or the arrays are not what BLAS can take in place: the same float dtype, matching
     shapes, aligned, a writeable ``out`` that shares no memory with ``a`` or ``b`` (numpy copes
-    with all of these by copying)."""
+    with all of these by copying). With numba's JIT disabled, :func:`numpy_gemm_blocks` does the
+    blocks."""
     found = gemm_functions()
     if found is None or not (a.dtype == b.dtype == out.dtype and a.dtype in (np.float32, np.float64)):
         return False
@@ -163,6 +179,9 @@ def gemm_into(a, b, out, bounds, by_rows):
     ops = operand(a), operand(b), operand(out)
     if None in ops or ops[2][0] != NO_TRANS:
         return False
+    if numba.config.DISABLE_JIT:            # NUMBA_DISABLE_JIT=1: no compiled code to call cblas from
+        numpy_gemm_blocks(a, b, out, bounds, by_rows)
+        return True
     (ta, lda), (tb, ldb), (_, ldc) = ops
     s_addr, d_addr, ilp64 = found
     double = a.dtype == np.float64

@@ -60,6 +60,11 @@ def _blas_libraries():
     return _blas
 
 
+def num_threads():
+    """How many threads npcnn's kernels run on (numba's setting; ``NUMBA_NUM_THREADS`` caps it)."""
+    return numba.get_num_threads()
+
+
 def own_threads_pay(x):
     """True when npcnn should run the GEMMs of a pass over ``x`` on its own threads."""
     return x.size >= OWN_THREADS_MIN_VALUES

@@ -1,56 +1,66 @@
 """``npcnn reproduce``: the whole report, stage by stage, resumable.
 
-Each stage is one ``npcnn`` command with its arguments. ``DIR/pipeline.json``
-records the arguments of every finished stage; a rerun skips a stage whose
-record matches and whose output exists, so after an interruption (or a
-change of one setting) only what is missing or changed runs again.
+Each stage is one function of :mod:`npcnn.experiments` with its keyword
+settings. ``DIR/pipeline.json`` records the settings of every finished
+stage; a rerun skips a stage whose record matches and whose output exists,
+so after an interruption (or a change of one setting) only what is missing
+or changed runs again.
 """
+import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .io import read_json, write_json
 
 # The report's settings, and the reduced ones of --quick (same stages, smaller numbers).
 FULL = dict(limit=None, epochs=10, class_steps=15000, targeted_steps=1000, noise_steps=1500,
-            eps=["0", "0.05", "0.1", "0.15", "0.2", "0.25", "0.3"], robustness_attack="fgsm")
+            eps=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], robustness_attack="fgsm")
 QUICK = dict(limit=6000, epochs=2, class_steps=400, targeted_steps=200, noise_steps=300,
-             eps=["0", "0.1", "0.2", "0.3"], robustness_attack="fgsm")
+             eps=[0.0, 0.1, 0.2, 0.3], robustness_attack="fgsm")
+
+# what a stage may fail with that the user can fix (anything else is a bug, and keeps its traceback)
+EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 @dataclass
 class Stage:
     name: str
-    argv: list  # the npcnn command that runs it
-    output: str  # a path that exists once the stage has finished
+    function: callable   # a stage of npcnn.experiments
+    target: str          # its run folder (the output folder for training)
+    output: str          # a path that exists once the stage has finished
+    settings: dict = field(default_factory=dict)   # its keyword settings, recorded in pipeline.json
 
     def key(self):
-        return {"argv": [str(a) for a in self.argv]}
+        """The settings as pipeline.json holds them (JSON types: lists, not tuples)."""
+        return json.loads(json.dumps(self.settings))
+
+    def call(self):
+        """The stage as Python: ``experiments.occlusion('runs/reproduce/plain')``."""
+        args = [repr(self.target)] + [f"{k}={v!r}" for k, v in self.settings.items()]
+        return f"experiments.{self.function.__name__}({', '.join(args)})"
 
 
 def stages(out, dataset, quick, data_dir=None, seed=0):
+    from . import experiments  # here, not at the top: `npcnn` imports this module for StageFailed alone
+
     s = QUICK if quick else FULL
     plain, bn = os.path.join(out, "plain"), os.path.join(out, "batchnorm")
-    train = ["train", "--compare", "--resume", "--out", out, "--dataset", dataset, "--epochs", s["epochs"], "--seed", seed,
-             "--no-progress"]
-    if s["limit"]:
-        train += ["--limit", s["limit"]]
-    if data_dir:
-        train += ["--data-dir", data_dir]
+    train = dict(dataset=dataset, epochs=s["epochs"], seed=seed, limit=s["limit"], data_dir=data_dir)
     attacks = os.path.join(plain, "attacks")
     return [
-        Stage("train", train, os.path.join(out, "comparison.json")),
-        Stage("inspect", ["inspect", plain], os.path.join(plain, "inspect")),
-        Stage("occlusion", ["occlusion", plain], os.path.join(plain, "occlusion", "occlusion.npz")),
-        Stage("saliency", ["saliency", plain], os.path.join(plain, "saliency")),
-        Stage("class-image", ["attack", plain, "class-image", "--steps", s["class_steps"]],
-              os.path.join(attacks, "class_image.npz")),
-        Stage("targeted", ["attack", plain, "targeted", "--pairs", "all", "--steps", s["targeted_steps"]],
-              os.path.join(attacks, "targeted.npz")),
-        Stage("noise", ["attack", plain, "noise", "--steps", s["noise_steps"]], os.path.join(attacks, "noise.npz")),
-        Stage("robustness", ["attack", plain, "robustness", "--attack", s["robustness_attack"], "--eps", *s["eps"],
-                             "--variants", bn], os.path.join(attacks, "robustness.npz")),
+        Stage("train", experiments.compare, out, os.path.join(out, "comparison.json"), train),
+        Stage("inspect", experiments.inspect, plain, os.path.join(plain, "inspect")),
+        Stage("occlusion", experiments.occlusion, plain, os.path.join(plain, "occlusion", "occlusion.npz")),
+        Stage("saliency", experiments.saliency, plain, os.path.join(plain, "saliency")),
+        Stage("class-image", experiments.class_images, plain, os.path.join(attacks, "class_image.npz"),
+              dict(steps=s["class_steps"])),
+        Stage("targeted", experiments.targeted, plain, os.path.join(attacks, "targeted.npz"),
+              dict(pairs="all", steps=s["targeted_steps"])),
+        Stage("noise", experiments.noise, plain, os.path.join(attacks, "noise.npz"), dict(steps=s["noise_steps"])),
+        Stage("robustness", experiments.robustness, plain, os.path.join(attacks, "robustness.npz"),
+              dict(attack=s["robustness_attack"], eps=s["eps"], variants=[bn])),
     ]
 
 
@@ -60,7 +70,6 @@ class StageFailed(RuntimeError):
 
 def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=print):
     """Run every stage not already done with the same settings, then write ``out/report.html``."""
-    from .cli import build_parser, run_guarded
     from .report import write_report
 
     os.makedirs(out, exist_ok=True)
@@ -70,24 +79,27 @@ def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=p
         raise ValueError(f"{out} holds a {record['dataset']} reproduction; use another --out for {dataset}")
     record["dataset"] = dataset
     done = record.setdefault("stages", {})
-    parser = build_parser()
     total = time.perf_counter()
     for stage in stages(out, dataset, quick, data_dir, seed):
         previous = done.get(stage.name) or {}
-        if previous.get("done") and previous.get("argv") == stage.key()["argv"] and os.path.exists(stage.output):
+        if previous.get("done") and previous.get("settings") == stage.key() and os.path.exists(stage.output):
             log(f"[{stage.name}] reused: its outputs exist and its settings match")
             continue
-        if stage.name == "train" and previous and previous.get("argv") != stage.key()["argv"]:
+        if stage.name == "train" and previous and previous.get("settings") != stage.key():
             _clear_stale_training(out)  # other training settings: the old runs (and all built on them) go
         start = time.perf_counter()
-        argv = [str(a) for a in stage.argv]
-        log(f"[{stage.name}] npcnn {' '.join(argv)}")
-        args = parser.parse_args(argv)
-        code = run_guarded(args.func, args)
-        if code != 0:
-            raise StageFailed(f"stage {stage.name} failed (exit code {code}); fix the cause and rerun the same "
-                              f"command: finished stages are reused")
-        done[stage.name] = {**stage.key(), "done": True, "seconds": round(time.perf_counter() - start, 1)}
+        log(f"[{stage.name}] {stage.call()}")
+        try:
+            if stage.name == "train":
+                result = stage.function(stage.target, resume=True, progress=False, log=log, **stage.settings)
+            else:
+                result = stage.function(stage.target, **stage.settings)
+        except EXPECTED_ERRORS as e:
+            raise StageFailed(f"stage {stage.name} failed ({e or type(e).__name__}); fix the cause and rerun the "
+                              f"same command: finished stages are reused") from e
+        for line in result.describe().splitlines():
+            log(f"[{stage.name}] {line}")
+        done[stage.name] = {"settings": stage.key(), "done": True, "seconds": round(time.perf_counter() - start, 1)}
         write_json(record_path, record)
         log(f"[{stage.name}] done in {time.perf_counter() - start:.1f} s")
     path = write_report(out)
@@ -96,7 +108,8 @@ def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=p
 
 
 def _clear_stale_training(out):
-    """Training settings changed: the old runs (and everything computed from them) must go."""
+    """Training settings changed (or were recorded by an older npcnn as a command line): the old runs, and
+    everything computed from them, must go."""
     for name in ("plain", "batchnorm"):
         folder = os.path.join(out, name)
         if os.path.isdir(folder):
@@ -104,4 +117,3 @@ def _clear_stale_training(out):
     for name in ("comparison.json", "comparison.png"):
         if os.path.exists(os.path.join(out, name)):
             os.unlink(os.path.join(out, name))
-

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import fast
 from .data import batches
 from .io import load_npz, save_npz
 from .nn.loss import NonFiniteLossError
@@ -61,9 +62,10 @@ def evaluate(model, images, labels, *, normalization=None, batch_size=1000):
         n = len(labels)
         losses = np.empty(n)
         log_probs = []
+        net = fast.plan(model)
         for start in range(0, n, batch_size):
             x, y = _batch_at(images, labels, start, batch_size, normalization)
-            out = model.forward(x)
+            out = net.forward(x)
             losses[start:start + len(y)] = -out[np.arange(len(y)), y]
             log_probs.append(out)
         log_probs = np.concatenate(log_probs)
@@ -148,6 +150,7 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
 def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed, history,
                 start_epoch, checkpoint, progress, log):
     train_x, train_y = train_data
+    net = fast.plan(model)          # the same layers and Parameters, fused where it pays (npcnn.fast)
     for epoch in range(start_epoch, epochs):
         model.train()
         order = batches(train_x, train_y, batch_size, shuffle=True, seed=epoch_order_seed(seed, epoch),
@@ -157,13 +160,13 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
                    disable=not progress, leave=False, dynamic_ncols=True)
         start = time.perf_counter()
         for step, (x, y) in enumerate(bar):
-            out = model.forward(x)
+            out = net.forward(x)
             try:
                 value = loss.forward(out, y)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"epoch {epoch + 1}, batch {step + 1}: {e}") from None
             optimizer.zero_grad()
-            _backward(model, loss.backward())
+            _backward(net, loss.backward())
             optimizer.step()
             total_loss += float(value) * len(y)
             correct += int((out.argmax(axis=1) == y).sum())
@@ -185,9 +188,10 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
             raise NonFiniteLossError(f"epoch {epoch + 1}: test loss is {test.loss}")
 
 
-def _backward(model, grad):
-    """Backpropagate a training step; a :class:`Sequential` is told that dL/dx is not needed."""
-    if isinstance(model, Sequential):
-        model.backward(grad, input_grad=False)
+def _backward(net, grad):
+    """Backpropagate a training step. Nobody needs dL/dx of the images: a Sequential (or its fast
+    plan, whose first fused step then skips it) is told so; any other Module just runs backward."""
+    if isinstance(net, (Sequential, fast.FastSequential)):
+        net.backward(grad, input_grad=False)
     else:
-        model.backward(grad)
+        net.backward(grad)

@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bench_train_quick_runs_every_task_and_its_json_feeds_the_report(tmp_path):
-    from npcnn.experiment import TrainConfig, train_run
+    from npcnn.experiments import TrainConfig, train_run
     from npcnn.report import build_report
 
     run = tmp_path / "run"

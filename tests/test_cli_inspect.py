@@ -19,7 +19,7 @@ from test_features import MEAN, STD, make_classifier
 from npcnn.analysis.occlusion import occlusion
 from npcnn.cli import main
 from npcnn.data import Normalization, load_dataset
-from npcnn.experiment import TrainConfig
+from npcnn.experiments import TrainConfig
 from npcnn.io import load_npz, write_json
 from npcnn.models import save_model
 from npcnn.runs import FORMAT, Run

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import npcnn.nn as nn
-from npcnn import NLLLoss, kernels, seed_cnn
+from npcnn import NLLLoss, fast, kernels, seed_cnn
+from npcnn.fast import fused
 from npcnn.optim import Adam
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -80,9 +81,10 @@ def test_fused_sequential_equals_layer_by_layer(batchnorm):
     res = []
     for fuse in (True, False):
         m = seed_cnn(batchnorm=batchnorm, rng=1)
-        m.fuse = fuse
-        y = m.forward(x)
-        dx = m.backward(g)
+        net = fast.plan(m, enabled=fuse)           # the fast path, or the readable layers one by one
+        assert isinstance(net, fast.FastSequential) == fuse
+        y = net.forward(x)
+        dx = net.backward(g)
         res.append((y, dx, [p.grad for p in m.parameters()], m.state_dict()))
     (y1, d1, p1, s1), (y2, d2, p2, s2) = res
     # Same math; the direct first conv sums in another order than the GEMM, hence float32 rounding.
@@ -97,7 +99,6 @@ def test_fused_sequential_equals_layer_by_layer(batchnorm):
 def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
     """A fused conv -> ReLU -> 2x2 pool computed directly ('small' and 'nhwc' kernels) equals
     the same triple through im2col + GEMM: outputs, winners, dL/dx, dL/dW, dL/db (float64)."""
-    from npcnn.nn import fused
     rng = np.random.default_rng(seed)
     c = int(rng.integers(1, 5))
     k = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
@@ -111,12 +112,13 @@ def test_direct_conv_paths_equal_the_im2col_gemm_path(seed, monkeypatch):
         monkeypatch.setattr(fused, "_path", lambda conv, pool, path=path: path)
         layers = [nn.Conv2d(c, f, k, stride=stride, padding=pad, dtype=np.float64, rng=seed), nn.ReLU(),
                   nn.MaxPool2d(2)]
-        y = fused.conv_relu_pool_forward(*layers, x)
+        step = fused.ConvReLUPool(*layers)
+        y = step.forward(x)
         g = np.random.default_rng(seed + 100).standard_normal(y.shape)
-        dx = fused.conv_relu_pool_backward(*layers, g, True)
-        results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad.copy(), layers[0].bias.grad.copy()))
-        assert fused.conv_relu_pool_backward(*layers, g, True, input_grad=False) is None
-        dx_only = fused.conv_relu_pool_backward(*layers, g, False)
+        dx = step.backward(g, True)
+        results.append((y, step.argmax.copy(), dx, layers[0].weight.grad.copy(), layers[0].bias.grad.copy()))
+        assert step.backward(g, True, input_grad=False) is None
+        dx_only = step.backward(g, False)
         np.testing.assert_allclose(dx_only, dx, rtol=1e-12, atol=1e-12)
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -131,7 +133,6 @@ def test_first_layer_kernels_equal_the_gemm_path(n, h, w, pad, ties, threads, mo
     'small' path (forward, weight gradient and a direct input gradient): they equal im2col + GEMM
     in float64, winners included, on odd sizes, paddings 0 to 2, inputs with ties, batch 1, and
     with threads as well as serially."""
-    from npcnn.nn import fused
     if threads:                                         # every kernel takes its threaded build
         monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 0)
     rng = np.random.default_rng(h * 100 + w)
@@ -142,10 +143,11 @@ def test_first_layer_kernels_equal_the_gemm_path(n, h, w, pad, ties, threads, mo
     for path in ("gemm", "small"):
         monkeypatch.setattr(fused, "_path", lambda conv, pool, path=path: path)
         layers = [nn.Conv2d(1, 11, 3, padding=pad, dtype=np.float64, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
-        y = fused.conv_relu_pool_forward(*layers, x)
+        step = fused.ConvReLUPool(*layers)
+        y = step.forward(x)
         g = np.random.default_rng(7).standard_normal(y.shape)
-        dx = fused.conv_relu_pool_backward(*layers, g, True)
-        results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad.copy(), layers[0].bias.grad.copy()))
+        dx = step.backward(g, True)
+        results.append((y, step.argmax.copy(), dx, layers[0].weight.grad.copy(), layers[0].bias.grad.copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -165,7 +167,6 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
     """With several chunks, the channels-last conv shares them among threads while npcnn runs
     BLAS on one thread: the outputs, winners and gradients equal those of one thread walking the chunks."""
     from npcnn import parallel
-    from npcnn.nn import fused
     rng = np.random.default_rng(5)
     x = rng.standard_normal((13, 6, 9, 10)).astype(np.float32)
     g = rng.standard_normal((13, 5, 4, 5)).astype(np.float32)
@@ -178,9 +179,10 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
         with numba_threads(threads), parallel.one_blas_thread():
             layers = [nn.Conv2d(6, 5, 3, padding=1, rng=3), nn.ReLU(), nn.MaxPool2d(2)]
             assert fused._path(layers[0], layers[2]) == "nhwc"
-            y = fused.conv_relu_pool_forward(*layers, x)
-            dx = fused.conv_relu_pool_backward(*layers, g, True)
-            results.append((y, layers[2]._argmax.copy(), dx, layers[0].weight.grad))
+            step = fused.ConvReLUPool(*layers)
+            y = step.forward(x)
+            dx = step.backward(g, True)
+            results.append((y, step.argmax.copy(), dx, layers[0].weight.grad))
     assert calls == [numba.get_num_threads()] and calls[0] > 1         # the first run was shared out
     for a, b in zip(*results):                  # sums over the batch split differently: rounding
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
@@ -197,10 +199,10 @@ def test_channels_last_conv_in_real_threads_equals_one_thread(monkeypatch):
     results = []
     for threads in (numba.get_num_threads(), 1):
         with numba_threads(threads):
-            net = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, rng=4), nn.ReLU(), nn.MaxPool2d(2))
+            net = fast.plan(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, rng=4), nn.ReLU(), nn.MaxPool2d(2)))
             y = net.forward(x)
             dx = net.backward(np.ones_like(y))
-            results.append((y, net[2]._argmax.copy(), dx, net[0].weight.grad))
+            results.append((y, net.steps()[0].argmax.copy(), dx, net[0].weight.grad))
     assert calls and calls[0] == numba.get_num_threads() > 1             # the chunks were shared out
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
@@ -303,7 +305,7 @@ def test_one_blas_thread_nests_and_restores():
             with parallel.one_blas_thread():
                 1 / 0
         assert set(blas_threads()) == {2}
-        net = nn.Sequential(nn.Linear(3, 2, rng=0))
+        net = fast.plan(nn.Sequential(nn.Linear(3, 2, rng=0)))
         with pytest.raises(ValueError):
             net.forward(np.zeros((5000, 4), np.float32))              # wrong width: a clear error
         assert set(blas_threads()) == {2}
@@ -320,18 +322,23 @@ def test_linear_on_a_large_batch_equals_numpy():
 
 
 def test_reference_net_takes_the_direct_paths():
-    from npcnn.nn import fused
     layers = list(seed_cnn(rng=0))
     assert fused._path(layers[0], layers[2]) == "small" and fused._path(layers[3], layers[5]) == "nhwc"
 
 
-def test_layers_of_a_fused_triple_still_backprop_one_by_one():
+def test_the_fast_path_leaves_the_layers_untouched():
+    """A fused step only reads the three layers (and adds into the conv's Parameters): after a fast
+    forward and backward, the layers run one by one give the same result, from their own state."""
     rng = np.random.default_rng(1)
     m = seed_cnn(rng=2)
     x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
-    y = m.forward(x)                                   # fused
+    before = {k: set(vars(layer)) for k, layer in enumerate(m.layers)}
+    net = fast.plan(m)
+    y = net.forward(x)
     g = rng.standard_normal(y.shape).astype(np.float32)
-    ref = m.backward(g, param_grads=False)
+    ref = net.backward(g, param_grads=False)
+    assert {k: set(vars(layer)) for k, layer in enumerate(m.layers) if k in (1, 2, 4, 5)} == \
+        {k: before[k] for k in (1, 2, 4, 5)}          # the ReLUs and pools got no state from the fast path
     m.forward(x)
     h = g
     for layer in reversed(m.layers):                   # one by one, as a learner might
@@ -342,11 +349,13 @@ def test_layers_of_a_fused_triple_still_backprop_one_by_one():
 def test_input_gradient_only_skips_parameter_gradients():
     m = seed_cnn(rng=3).eval()
     x = np.random.default_rng(2).standard_normal((4, 1, 28, 28)).astype(np.float32)
-    m.forward(x)
-    dx = m.backward(np.ones((4, 10), np.float32), param_grads=False)
-    assert all(p.grad is None for p in m.parameters())
-    m.forward(x)
-    np.testing.assert_array_equal(dx, m.backward(np.ones((4, 10), np.float32)))
+    for net in (m, fast.plan(m)):
+        m.zero_grad()
+        net.forward(x)
+        dx = net.backward(np.ones((4, 10), np.float32), param_grads=False)
+        assert all(p.grad is None for p in m.parameters())
+        net.forward(x)
+        np.testing.assert_array_equal(dx, net.backward(np.ones((4, 10), np.float32)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -440,7 +449,7 @@ def test_reference_net_with_own_gemm_threads_equals_blas_threads(batchnorm, monk
     results = []
     for min_values in (0, 10 ** 12):
         monkeypatch.setattr(parallel, "OWN_THREADS_MIN_VALUES", min_values)
-        net = seed_cnn(batchnorm=batchnorm, rng=0)
+        net = fast.plan(seed_cnn(batchnorm=batchnorm, rng=0))
         y = net.forward(x)
         assert net._own_threads == (min_values == 0)
         dx = net.backward(g)
@@ -489,7 +498,7 @@ def test_without_a_callable_blas_sequential_leaves_blas_its_threads(monkeypatch)
         if not found:
             monkeypatch.setattr(blas, "gemm_functions", lambda: None)
             monkeypatch.setattr(blas, "gemm_blocks", lambda *args: pytest.fail("gemm_blocks called"))
-        net = seed_cnn(rng=0)
+        net = fast.plan(seed_cnn(rng=0))
         before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
         with parallel.one_blas_thread():
             inside = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]

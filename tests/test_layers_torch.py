@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import npcnn.nn as nn
+from npcnn import fast
 from torch_oracle import TOL, rel_err, run_npcnn, run_torch, to_numpy, to_torch
 
 torch.set_num_threads(1)
@@ -49,8 +50,9 @@ def as_pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def compare(layer, x, rng, label, tol=None):
-    """Run ``layer`` and its torch twin on ``x`` with one random upstream gradient.
+def compare(layer, x, rng, label, tol=None, fast_path=False):
+    """Run ``layer`` and its torch twin on ``x`` with one random upstream gradient (npcnn's side through
+    the fast path, ``npcnn.fast.plan(layer)``, when ``fast_path`` is True).
 
     Returns a list of failure strings (empty when everything agrees).
     """
@@ -71,7 +73,7 @@ def compare(layer, x, rng, label, tol=None):
     # the twin has already run forward once: rebuild it so BN running stats start equal
     twin = to_torch(layer, dtype)
     y_t, dx_t, grads_t = run_torch(twin, x, g)
-    y, dx, grads = run_npcnn(layer, x, g)
+    y, dx, grads = run_npcnn(fast.plan(layer) if fast_path else layer, x, g)
     fails = []
     for what, a, b in [("output", y, y_t), ("input grad", dx, dx_t)] + [
         (f"grad {k}", grads[k], grads_t[k]) for k in grads_t
@@ -655,8 +657,8 @@ def test_full_net_preserves_dtype(batchnorm, dtype):
 
 
 # --------------------------------------------------------------------------- Conv2d -> ReLU -> MaxPool2d in a Sequential
-# Sequential may run this triple through a fused path; it must agree with torch exactly as the separate
-# layers do, ties after the ReLU included, and with the fusion switched off.
+# The fast path (npcnn.fast) runs this triple as one fused step; it must agree with torch exactly as the
+# separate layers do, ties after the ReLU included.
 def gen_triple(rng):
     conv = gen_conv(rng)
     if conv is None:
@@ -685,9 +687,8 @@ def test_conv_relu_pool_sequence_matches_torch(dtype, fuse):
         if conv.bias is not None:
             conv.bias.data += dtype(cfg["shift"])  # a negative shift: many all-zero windows after the ReLU
         net = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(cfg["pk"], stride=cfg["ps"], padding=cfg["pp"]))
-        net.fuse = fuse
         x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
-        fails += compare(net, x, rng, f"fuse={fuse} {cfg}")
+        fails += compare(net, x, rng, f"fuse={fuse} {cfg}", fast_path=fuse)
     assert_no_failures(fails)
 
 

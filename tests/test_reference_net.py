@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from npcnn import Adam, NLLLoss, seed_cnn
+from npcnn import Adam, NLLLoss, fast, seed_cnn
 from torch_oracle import TOL, rel_err, run_npcnn, run_torch, to_numpy, to_torch
 
 torch.set_num_threads(1)
@@ -29,11 +29,11 @@ def _batches(dtype, steps, n=8, seed=0):
 def test_reference_net_forward_backward_matches_torch(batchnorm, dtype, fuse):
     rng = np.random.default_rng(1)
     net = seed_cnn(batchnorm=batchnorm, dtype=dtype, rng=3)
-    net.fuse = fuse  # Sequential may fuse Conv2d -> ReLU -> MaxPool2d; both paths must agree with torch
     twin = to_torch(net)
     x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
     g = rng.standard_normal((5, 10)).astype(dtype)
-    y, dx, grads = run_npcnn(net, x, g)
+    # the fast path fuses Conv2d -> ReLU -> MaxPool2d; it and the readable layers must both agree with torch
+    y, dx, grads = run_npcnn(fast.plan(net, enabled=fuse), x, g)
     y_t, dx_t, grads_t = run_torch(twin, x, g)
     assert set(grads) == set(grads_t)
     tol = TOL[np.dtype(dtype)]

@@ -155,7 +155,7 @@ def test_reproduce_reuses_finished_stages(reproduced):
 
 
 def test_partial_run_folder_renders_with_placeholders(tmp_path):
-    from npcnn.experiment import TrainConfig, train_run
+    from npcnn.experiments import TrainConfig, train_run
 
     run = tmp_path / "run"
     train_run(TrainConfig(limit=500, epochs=1), run, progress=False, log=None)

@@ -10,13 +10,9 @@ everywhere; ``--indices`` picks others) and writes its own sub-folder::
 
 The sub-folder is written under a temporary name and renamed when
 complete, so a failed or interrupted command leaves the previous results
-(or nothing), never a half-written folder.
+(or nothing), never a half-written folder. The work is done by
+:mod:`npcnn.experiments.inside`; this module only parses the arguments.
 """
-import contextlib
-import os
-import shutil
-import tempfile
-
 from . import positive_int
 
 # this module serves three entries of npcnn.cli.COMMANDS
@@ -80,150 +76,29 @@ def _setup_saliency(p):
                    help="keep the sign of the gradients (default: absolute values, as Captum's Saliency)")
 
 
-# --- shared steps -------------------------------------------------------------
-
-def _pair(values, what):
-    if len(values) not in (1, 2):
-        raise ValueError(f"--{what} takes one or two numbers, got {len(values)}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _load(args, indices=None, run=None):
-    """The run, its classifier, and the chosen test images (indices, pixel images [N, 28, 28], labels)."""
-    from ..runs import Run
-
-    run = run or Run.open(args.run_dir)
-    clf = run.classifier
-    images, labels = run.test_data()
-    idx, x, y = run.select(images, labels, indices if indices is not None else args.indices)
-    if len(idx) == 0:
-        raise ValueError("no images chosen")
-    return run, clf, idx, x, y
-
-
-@contextlib.contextmanager
-def output_folder(run, name):
-    """A fresh temporary folder inside the run; renamed onto ``RUN_DIR/name`` if the block succeeds."""
-    final = run.file(name)
-    if os.path.exists(final) and not os.path.isdir(final):
-        raise ValueError(f"{final} exists and is not a folder")
-    tmp = tempfile.mkdtemp(dir=run.path, prefix=f".{name}-partial-")
-    try:
-        yield tmp
-        old = None
-        if os.path.exists(final):
-            old = tmp + "-old"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --- the commands -------------------------------------------------------------
+# --- the commands: keyword settings for npcnn.experiments.inside -------------
 
 def run_inspect(args):
-    import numpy as np
+    from .. import experiments
 
-    from ..analysis.features import feature_maps, filters
-    from ..io import save_figure, save_npz
-    from ..plots import inside
-    from ..runs import Run
-
-    run = Run.open(args.run_dir)
-    if args.indices is None:
-        n = len(run.classifier.class_names)
-        bad = [d for d in args.digits if not 0 <= d < n]
-        if bad:
-            raise ValueError(f"digit {bad[0]} is out of range: the classes are 0..{n - 1}")
-        samples = run.sample_indices()
-        indices = [samples[d] for d in args.digits]
-    else:
-        indices = args.indices
-    run, clf, idx, x, y = _load(args, indices, run)
-    w = filters(clf, args.filters)                        # validates the filter numbers
-    maps = feature_maps(clf, x, post_activation=args.post_activation)
-    names = clf.class_names
-    with output_folder(run, "inspect") as out:
-        save_figure(inside.conv1_filters(w["conv1"]), os.path.join(out, "conv1_filters.png"))
-        save_figure(inside.conv2_filters(w["conv2"], w["conv2_filters"]), os.path.join(out, "conv2_filters.png"))
-        for layer, m in maps.items():
-            for k, (i, label) in enumerate(zip(idx, y)):
-                fig = inside.feature_maps(m[k], x[k], layer, f"true {names[label]}, test image {i}",
-                                          post_activation=args.post_activation)
-                save_figure(fig, os.path.join(out, f"{layer}_maps_test{i}.png"))
-        save_npz(os.path.join(out, "feature_maps.npz"), {
-            "images": x, "labels": y, "indices": idx, "post_activation": args.post_activation,
-            **maps, "conv1_weight": w["conv1"], "conv2_weight": w["conv2"], "conv2_filters": w["conv2_filters"],
-            "class_names": np.array(names),
-        })
-    print(f"filters and feature maps of {len(idx)} image(s) written to {run.file('inspect')}")
+    print(experiments.inspect(args.run_dir, digits=args.digits, indices=args.indices, filters=args.filters,
+                              post_activation=args.post_activation, progress=not args.no_progress).describe())
 
 
 def run_occlusion(args):
-    import numpy as np
+    from .. import experiments
 
-    from ..analysis.occlusion import check_settings, occlusion
-    from ..io import save_figure, save_npz
-    from ..plots import inside
-
-    patch, stride = _pair(args.patch, "patch"), _pair(args.stride, "stride")
-    run, clf, idx, x, y = _load(args)
-    patch, stride = check_settings(x.shape[1:], patch, stride)   # before anything is written
-    r = occlusion(clf, x, y, patch=patch, stride=stride, fill=args.fill, batch_size=args.batch_size,
-                  progress=not args.no_progress)
-    names = clf.class_names
-    with output_folder(run, "occlusion") as out:
-        for k, i in enumerate(idx):
-            fig = inside.occlusion(x[k], r.probability[k], r.predicted[k], int(y[k]), names, patch, stride,
-                                   fill=args.fill, base_probability=r.base_probability[k])
-            save_figure(fig, os.path.join(out, f"occlusion_test{i}.png"))
-        save_figure(inside.occlusion_attribution(x, r.attribution, y, names), os.path.join(out, "attribution.png"))
-        save_npz(os.path.join(out, "occlusion.npz"), {
-            "images": x, "labels": y, "indices": idx, "probability": r.probability, "predicted": r.predicted,
-            "attribution": r.attribution, "base_probability": r.base_probability,
-            "patch": np.array(patch), "stride": np.array(stride), "fill": np.array(args.fill),
-            "class_names": np.array(names),
-        })
-    changed = int((r.predicted != y[:, None, None]).any(axis=(1, 2)).sum())
-    print(f"occlusion of {len(idx)} image(s), {r.grid_shape[0]}x{r.grid_shape[1]} patch positions each: "
-          f"{changed} image(s) change class somewhere; written to {run.file('occlusion')}")
+    print(experiments.occlusion(args.run_dir, patch=args.patch, stride=args.stride, fill=args.fill,
+                                batch_size=args.batch_size, indices=args.indices,
+                                progress=not args.no_progress).describe())
 
 
 def run_saliency(args):
-    import numpy as np
+    from .. import experiments
 
-    from ..analysis.saliency import integrated_gradients, saliency, smoothgrad
-    from ..io import save_figure, save_npz
-    from ..plots import inside
-
-    if not args.stdev >= 0:
-        raise ValueError(f"--stdev must be >= 0, got {args.stdev}")
-    run, clf, idx, x, y = _load(args)
-    absolute = not args.signed
-    maps = {
-        "saliency": saliency(clf, x, y, output=args.output, abs=absolute),
-        "smoothgrad": smoothgrad(clf, x, y, output=args.output, samples=args.samples, stdev=args.stdev,
-                                 abs=absolute, rng=args.seed),
-        "integrated_gradients": integrated_gradients(clf, x, y, output=args.output, steps=args.steps,
-                                                     method=args.method),
-    }
-    names = clf.class_names
-    with output_folder(run, "saliency") as out:
-        save_figure(inside.saliency(x, maps, y, names), os.path.join(out, "saliency.png"))
-        for k, i in enumerate(idx):
-            fig = inside.saliency(x[k:k + 1], {m: v[k:k + 1] for m, v in maps.items()}, y[k:k + 1], names,
-                                  title=f"saliency of test image {i} (true {names[y[k]]}, {args.output})")
-            save_figure(fig, os.path.join(out, f"saliency_test{i}.png"))
-        save_npz(os.path.join(out, "saliency.npz"), {
-            "images": x, "labels": y, "indices": idx, **maps, "output": np.array(args.output),
-            "abs": np.array(absolute), "steps": np.array(args.steps), "method": np.array(args.method),
-            "samples": np.array(args.samples), "stdev": np.array(args.stdev), "seed": np.array(args.seed),
-            "class_names": np.array(names),
-        })
-    print(f"saliency maps of {len(idx)} image(s) written to {run.file('saliency')}")
+    print(experiments.saliency(args.run_dir, indices=args.indices, output=args.output, steps=args.steps,
+                               method=args.method, samples=args.samples, stdev=args.stdev, seed=args.seed,
+                               signed=args.signed, progress=not args.no_progress).describe())
 
 
 _COMMANDS = {

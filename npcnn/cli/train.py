@@ -1,4 +1,4 @@
-"""``npcnn train``: train the reference net with the report's settings."""
+"""``npcnn train``: train the reference net with the report's settings (:mod:`npcnn.experiments.training`)."""
 import os
 
 from . import positive_float, positive_int
@@ -37,20 +37,19 @@ def default_out(args):
 
 
 def run(args):
-    from ..experiment import TrainConfig, compare_runs, train_run
+    from .. import experiments
 
-    config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, batchnorm=args.batchnorm,
-                         limit=args.limit, allow_sample=args.allow_sample)
+    settings = dict(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample)
     out = args.out or default_out(args)
     try:
         if args.compare:
-            compare_runs(config, out, resume=args.resume, progress=not args.no_progress)
+            result = experiments.compare(out, resume=args.resume, progress=not args.no_progress, **settings)
         else:
-            metrics = train_run(config, out, resume=args.resume, progress=not args.no_progress)
-            print(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs "
-                  f"({metrics['train_seconds']:.0f} s of training); run folder: {out}")
+            result = experiments.train(out, resume=args.resume, progress=not args.no_progress,
+                                       batchnorm=args.batchnorm, **settings)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last completed epoch is saved in {out}; continue with the same command "
               f"and --resume")
         raise
+    print(result.describe())

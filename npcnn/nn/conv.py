@@ -146,7 +146,7 @@ class Conv2d(Module):
 
         With ``input_grad=False`` (the first layer in training) dL/dx is not computed: None.
         """
-        x = np.ascontiguousarray(self._x)          # the fused paths may have kept a channels-last view
+        x = self._x
         n = x.shape[0]
         f = self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding

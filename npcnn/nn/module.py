@@ -13,7 +13,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import parallel
 from ..io import load_npz, save_npz
 
 
@@ -195,6 +194,10 @@ class Sequential(Module):
     ``backward(grad, param_grads=False)`` returns only the gradient with
     respect to the network's input and skips every dL/dW GEMM: that is the
     path the occlusion and attack tools use.
+
+    This is the plain container a learner reads: every layer runs its own
+    forward and backward. Training and the analysis tools run the same layers
+    through :func:`npcnn.fast.plan`, which fuses Conv2d -> ReLU -> MaxPool2d.
     """
 
     def __init__(self, *layers):
@@ -216,52 +219,20 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
-    #: Run each Conv2d -> ReLU -> MaxPool2d triple as one fused step (see
-    #: :mod:`npcnn.nn.fused`); the result is the same, the memory traffic
-    #: lower. Set ``model.fuse = False`` to run every layer on its own.
-    fuse = True
-
     def forward(self, x):
-        self._own_threads = parallel.own_threads_pay(x)
-        with parallel.one_blas_thread(self._own_threads):   # npcnn shares out the GEMMs (npcnn.parallel)
-            return self._forward(x)
-
-    def _forward(self, x):
-        from . import fused
-
-        layers, steps, i = self.layers, [], 0
-        while i < len(layers):
-            if self.fuse and fused.fusable(layers, i):
-                x = fused.conv_relu_pool_forward(*layers[i:i + 3], x)
-                steps.append(slice(i, i + 3))
-                i += 3
-            else:
-                x = layers[i].forward(x)
-                steps.append(i)
-                i += 1
-        self._steps = steps
+        for layer in self.layers:
+            x = layer.forward(x)
         return x
 
     def backward(self, grad_out, param_grads=True, input_grad=True):
-        """dL/dx of the whole net (parameter gradients added on the way, unless ``param_grads`` is False).
+        """dL/dx of the whole net: each layer's backward, last layer first (parameter gradients added
+        on the way, unless ``param_grads`` is False).
 
-        ``input_grad=False`` says nobody needs dL/dx (training): a fused first step then skips it
-        and None is returned.
+        ``input_grad`` is accepted for the fast path's sake (:mod:`npcnn.fast`, where False lets the
+        first step skip dL/dx in training); here dL/dx is always computed.
         """
-        with parallel.one_blas_thread(getattr(self, "_own_threads", True)):
-            return self._backward(grad_out, param_grads, input_grad)
-
-    def _backward(self, grad_out, param_grads, input_grad):
-        from . import fused
-
-        steps = getattr(self, "_steps", range(len(self.layers)))
-        for step in reversed(steps):
-            if isinstance(step, slice):
-                first = step is steps[0]
-                grad_out = fused.conv_relu_pool_backward(*self.layers[step], grad_out, param_grads,
-                                                         input_grad or not first)
-            else:
-                grad_out = self.layers[step].backward(grad_out, param_grads=param_grads)
+        for layer in reversed(self.layers):
+            grad_out = layer.backward(grad_out, param_grads=param_grads)
         return grad_out
 
     def __repr__(self):

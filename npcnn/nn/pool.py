@@ -51,18 +51,14 @@ class MaxPool2d(Module):
         self._x_shape = x.shape
         return y
 
-    def _argmax_buffer(self, shape, name="_argmax"):
-        """The winners' positions, (N, C, Ho, Wo) int32: one buffer reused while the shape stays.
-
-        (The fused conv paths keep them channels last under another ``name``; ``_argmax`` is then
-        an NCHW view of that buffer, not contiguous, and is not reused here.)"""
-        buf = getattr(self, name, None)
-        if buf is None or buf.shape != tuple(shape) or not buf.flags.c_contiguous:
-            buf = np.empty(shape, dtype=np.int32)
-            setattr(self, name, buf)
+    def _argmax_buffer(self, shape):
+        """The winners' positions, (N, C, Ho, Wo) int32: one buffer reused while the shape stays."""
+        buf = getattr(self, "_argmax", None)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._argmax = np.empty(shape, dtype=np.int32)
         return buf
 
     def backward(self, grad_out, param_grads=True):
         dx = np.empty(self._x_shape, dtype=grad_out.dtype)
-        kernels.maxpool_backward(np.ascontiguousarray(grad_out), np.ascontiguousarray(self._argmax), dx)
+        kernels.maxpool_backward(np.ascontiguousarray(grad_out), self._argmax, dx)
         return dx

@@ -1,9 +1,11 @@
-"""The training experiment of the report: one run folder per trained net.
+"""The report's section 2, training: one run folder per trained net.
 
-:func:`train_run` trains the reference net with the report's settings and
+:func:`train` trains the reference net with the report's settings and
 writes everything the report shows about training into a run folder (see
-:mod:`npcnn.runs` for the layout); :func:`compare_runs` trains it with and
-without BatchNorm and draws them side by side.
+:mod:`npcnn.runs` for the layout); :func:`compare` trains it with and
+without BatchNorm and draws them side by side. Their settings are the
+fields of :class:`TrainConfig`; :func:`train_run` and :func:`compare_runs`
+take a ``TrainConfig`` itself.
 """
 import os
 import time
@@ -11,17 +13,17 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
 
-from . import plots  # noqa: F401  (selects the Agg backend)
-from .data import Normalization, load_dataset
-from .io import read_json, save_figure, write_json
-from .models import count_neurons, count_parameters, save_model, seed_cnn, summary_rows
-from .nn import NLLLoss
-from .optim import Adam
-from .plots import training as training_plots
-from .runs import FORMAT
-from .train import Checkpoint, evaluate, fit
+from .. import plots  # noqa: F401  (selects the Agg backend)
+from ..data import Normalization, load_dataset
+from ..io import read_json, save_figure, write_json
+from ..models import count_neurons, count_parameters, save_model, seed_cnn, summary_rows
+from ..nn import NLLLoss
+from ..optim import Adam
+from ..plots import training as training_plots
+from ..runs import FORMAT
+from ..train import Checkpoint, evaluate, fit
+from .common import StageOutput
 
 
 @dataclass
@@ -60,14 +62,19 @@ class RunFolderError(ValueError):
 _RESUME_KEYS = ("dataset", "batch_size", "lr", "seed", "batchnorm", "limit")
 
 
+def _checkpoint(out):
+    """The run's checkpoint: only there while training is unfinished."""
+    return Checkpoint(os.path.join(out, "checkpoint.npz"))
+
+
 def prepare_folder(out, config, resume):
     """Check ``out`` can hold this run; return the config of the run being resumed, if any."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunFolderError(f"output folder {out} is a file")
-    checkpoint = os.path.join(out, "checkpoint.npz")
+    checkpoint = _checkpoint(out)
     finished = os.path.isfile(os.path.join(out, "metrics.json"))
     if resume:
-        if not os.path.isfile(checkpoint):
+        if not checkpoint.exists():
             what = "a finished run" if finished else "no checkpoint"
             raise RunFolderError(f"cannot resume: {out} holds {what}")
         old = read_json(os.path.join(out, "config.json"))
@@ -77,7 +84,7 @@ def prepare_folder(out, config, resume):
         return old
     if finished:
         raise RunFolderError(f"{out} already holds a finished run; choose another --out or delete it")
-    if os.path.isfile(checkpoint):
+    if checkpoint.exists():
         raise RunFolderError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
     return None
 
@@ -109,11 +116,12 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
     optimizer = Adam(model.parameters(), lr=config.lr)
     loss = NLLLoss()
     os.makedirs(out, exist_ok=True)
-    checkpoint = Checkpoint(os.path.join(out, "checkpoint.npz"))
+    checkpoint = _checkpoint(out)
     history, start_epoch = None, 0
     if resume:
         history, start_epoch = checkpoint.load(model, optimizer)
-        log(f"resuming {out} after epoch {start_epoch}")
+        if log:
+            log(f"resuming {out} after epoch {start_epoch}")
     write_json(os.path.join(out, "config.json"), {
         "format": FORMAT, **asdict(config), "data_source": info.source, "data_path": os.path.abspath(info.path),
         "class_names": list(info.class_names), "normalization": normalization.as_dict(),
@@ -131,6 +139,8 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
 
 def finish_run(out, config, model, normalization, history, test, info):
     """Evaluate, then write the model, history, samples, figures and (last) metrics.json."""
+    from sklearn.metrics import classification_report, confusion_matrix  # slow to import: only when needed
+
     names = list(info.class_names)
     result = evaluate(model, *test, normalization=normalization)
     labels = np.asarray(test[1], dtype=np.int64)
@@ -168,23 +178,21 @@ def finish_run(out, config, model, normalization, history, test, info):
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(os.path.join(out, "metrics.json"), metrics)
-    ckpt = os.path.join(out, "checkpoint.npz")
-    if os.path.exists(ckpt):
-        os.unlink(ckpt)
+    if _checkpoint(out).exists():
+        os.unlink(_checkpoint(out).path)
     return metrics
 
 
 def library_versions():
+    """The versions a run was made with (read from the installed packages: numba is imported by npcnn.kernels
+    alone)."""
     import platform
+    from importlib.metadata import version
 
-    import matplotlib
-    import numba
-    import sklearn
-
-    from . import __version__
+    from .. import __version__
 
     return {"npcnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__}
+            **{name: version(name) for name in ("numba", "scikit-learn", "matplotlib")}}
 
 
 def pick_samples(labels, result, seed, num_classes):
@@ -219,10 +227,11 @@ def compare_runs(config, out, *, resume=False, progress=True, log=print):
         folder = os.path.join(out, name)
         variant = TrainConfig(**{**asdict(config), "batchnorm": bn})
         if os.path.isfile(os.path.join(folder, "metrics.json")) and resume:
-            log(f"{name}: finished earlier, reusing {folder}")
+            if log:
+                log(f"{name}: finished earlier, reusing {folder}")
             results[name] = read_json(os.path.join(folder, "metrics.json"))
             continue
-        can_resume = resume and os.path.isfile(os.path.join(folder, "checkpoint.npz"))
+        can_resume = resume and _checkpoint(folder).exists()
         results[name] = train_run(variant, folder, resume=can_resume, progress=progress, log=log, data=data)
     histories = {n: read_json(os.path.join(out, n, "history.json")) for n in VARIANTS}
     seconds = {n: results[n]["train_seconds"] for n in VARIANTS}
@@ -230,6 +239,50 @@ def compare_runs(config, out, *, resume=False, progress=True, log=print):
     summary = {n: {k: results[n][k] for k in ("test_accuracy", "test_loss", "train_seconds", "parameters")}
                for n in VARIANTS}
     write_json(os.path.join(out, "comparison.json"), summary)
-    for n in VARIANTS:
-        log(f"{n:>9}: test accuracy {summary[n]['test_accuracy']:.2%}, training {summary[n]['train_seconds']:.0f} s")
     return summary
+
+
+# --------------------------------------------------------------------------- the stages, with keyword settings
+
+# what train_run writes into a run folder, in order (metrics.json last: it marks a finished run)
+RUN_FILES = ("config.json", "model.npz", "history.json", "samples.json", "loss.png", "accuracy.png",
+             "confusion_matrix.png", "classification_report.png", "samples.png", "metrics.json")
+
+
+@dataclass
+class TrainOutput(StageOutput):
+    metrics: dict = None   # test_accuracy, test_loss, classification_report, confusion_matrix, ... (metrics.json)
+
+    def describe(self):
+        m = self.metrics
+        return (f"test accuracy {m['test_accuracy']:.2%} after {m['epochs']} epochs "
+                f"({m['train_seconds']:.0f} s of training); run folder: {self.folder}")
+
+
+def train(out, *, resume=False, progress=True, log=print, **settings):
+    """Train the reference net into the run folder ``out``. ``settings`` are the fields of
+    :class:`TrainConfig` (dataset, data_dir, epochs, batch_size, lr, seed, batchnorm, limit, allow_sample),
+    the report's by default. ``resume=True`` continues an interrupted run. Returns a :class:`TrainOutput`."""
+    out = os.fspath(out)
+    metrics = train_run(TrainConfig(**settings), out, resume=resume, progress=progress, log=log)
+    return TrainOutput(folder=out, files=[os.path.join(out, f) for f in RUN_FILES], metrics=metrics)
+
+
+@dataclass
+class CompareOutput(StageOutput):
+    summary: dict = None   # variant -> test_accuracy, test_loss, train_seconds, parameters (comparison.json)
+
+    def describe(self):
+        return "\n".join(f"{n:>9}: test accuracy {s['test_accuracy']:.2%}, training {s['train_seconds']:.0f} s"
+                         for n, s in self.summary.items())
+
+
+def compare(out, *, resume=False, progress=True, log=print, **settings):
+    """Train the reference net without and with BatchNorm into ``out/plain`` and ``out/batchnorm``, and draw
+    them side by side; ``settings`` as for :func:`train`. With ``resume=True`` a finished variant is reused
+    and an interrupted one continued. Returns a :class:`CompareOutput`."""
+    out = os.fspath(out)
+    summary = compare_runs(TrainConfig(**settings), out, resume=resume, progress=progress, log=log)
+    files = [os.path.join(out, v, f) for v in VARIANTS for f in RUN_FILES]
+    return CompareOutput(folder=out, files=files + [os.path.join(out, "comparison.png"),
+                                                    os.path.join(out, "comparison.json")], summary=summary)

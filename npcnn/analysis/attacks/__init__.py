@@ -1,0 +1,46 @@
+"""Adversarial images: fooling a trained classifier through its own backward pass.
+
+Every attack works on a batch (many images, many targets) with one forward
+and one backward pass per step for the whole batch, via
+:meth:`npcnn.classifier.Classifier.forward_backward` (input gradient only,
+parameter gradients skipped).
+
+Two families, one file each (the results and the checks of the settings have their own):
+
+* **Adam on the input** (the report's section 4): :func:`class_images`,
+  :func:`targeted`, :func:`learn_noise`. The image (or the noise) is wrapped
+  in a :class:`~npcnn.nn.Parameter` and handed to the library's one
+  :class:`~npcnn.optim.Adam` with ``maximize=True``. In :mod:`.adam_loops`.
+* **Sign / L2 steps in pixel space** (torchattacks' semantics):
+  :func:`fgsm`, :func:`pgd`, and :func:`robustness_curve` over a test set.
+  In :mod:`.gradient_attacks`.
+* :mod:`.result`: :class:`AttackResult` (and the transfer / robustness results),
+  :class:`NonFiniteAttackError`. :mod:`.checks`: the checks of the settings.
+
+The input space is explicit
+---------------------------
+``space="normalized"`` (the default of the Adam experiments, as in the
+report) optimises ``z = (x - mean) / std``, the net's own input; the report's
+step sizes refer to it. The gradient there is ``dL/dz = dL/dx * std``.
+``space="pixel"`` optimises ``x`` itself. ``bounds=(low, high)`` are always
+pixel values; when given, the image is clipped into them after every step
+(in the normalised space the equivalent ``(bound - mean) / std``). Without
+bounds nothing stops the image leaving [0, 1]: the report's experiments did
+not bound it, and the results are kept as they are, in pixel units.
+FGSM and PGD always work in pixel space within [0, 1], ``eps`` in pixel units.
+
+Every result stores pixel-space images, whatever space the optimisation ran
+in, and ``probabilities`` are exactly ``clf.predict_proba(result.images)``.
+"""
+from .adam_loops import (CLASS_IMAGE, NOISE, TARGETED, add_noise, class_images, learn_noise, target_pairs, targeted,
+                         transfer_noise)
+from .checks import SPACES, _check_bounds, _check_eps, _check_lr, _check_space, _check_steps, check_classes
+from .gradient_attacks import ATTACKS, NORMS, fgsm, pgd, robustness_curve, run_attack
+from .result import AttackResult, NonFiniteAttackError, RobustnessResult, TransferResult
+
+__all__ = [
+    "class_images", "targeted", "target_pairs", "learn_noise", "add_noise", "transfer_noise",
+    "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes",
+    "AttackResult", "TransferResult", "RobustnessResult", "NonFiniteAttackError",
+    "CLASS_IMAGE", "TARGETED", "NOISE", "ATTACKS", "SPACES", "NORMS",
+]

@@ -1,0 +1,183 @@
+"""FGSM and PGD with torchattacks' semantics, and accuracy under attack over a test set.
+
+* :func:`fgsm`: one signed gradient step of size ``eps``.
+* :func:`pgd`: projected gradient steps in an L-inf box (``norm="linf"``) or an L2 ball (``norm="l2"``).
+* :func:`run_attack`: one of :data:`ATTACKS` by name.
+* :func:`robustness_curve`: accuracy for each ``eps`` over a whole test set, in batches.
+
+All work in pixel space within [0, 1], ``eps`` in pixel units; the objective is the cross-entropy
+of the true labels (untargeted) or minus that of the targets (targeted).
+"""
+import numpy as np
+
+from ...classifier import softmax
+from ...progress import progress_bar
+from .checks import _as_images, _check_eps, _check_finite, _check_steps, _labels, check_classes
+from .result import RobustnessResult, _finish
+
+NORMS = ("linf", "l2")
+
+
+def _ce_objective(labels, targets):
+    """torchattacks' cost: mean cross-entropy (untargeted) or minus that of the target; per-image values."""
+    cls = targets if targets is not None else labels
+    sign = -1.0 if targets is not None else 1.0
+    rows = np.arange(len(cls))
+
+    def objective(logits):
+        shifted = logits.astype(np.float64)
+        shifted -= shifted.max(axis=1, keepdims=True)
+        ce = np.log(np.sum(np.exp(shifted), axis=1)) - shifted[rows, cls]
+        d = softmax(logits)
+        d[rows, cls] -= 1
+        d *= logits.dtype.type(sign / len(cls))
+        return sign * ce, d
+
+    return objective
+
+
+def _ce_gradient(clf, x, objective):
+    box = {}
+
+    def grad_fn(logits):
+        box["value"], d = objective(logits)
+        return d
+
+    _, g = clf.forward_backward(x, grad_fn)
+    return box["value"], g
+
+
+def _prepare(clf, images, labels, targets, eps):
+    eps = _check_eps(eps)
+    x0, shape = _as_images(clf, images)
+    labels = _labels(labels, len(x0))
+    if targets is not None:
+        targets = check_classes(clf, targets)
+        if len(targets) != len(x0):
+            raise ValueError(f"{len(x0)} images but {len(targets)} targets")
+    elif np.any(labels < 0):
+        raise ValueError("an untargeted attack needs the true labels")
+    return eps, x0, shape, labels, targets
+
+
+def fgsm(clf, images, labels, eps, *, targets=None):
+    """Fast gradient sign method, as ``torchattacks.FGSM``: ``x' = clip(x + eps * sign(grad), 0, 1)``.
+
+    ``grad`` is the gradient of the batch-mean cross-entropy of the true labels (untargeted), or of
+    minus that of ``targets`` (targeted, as ``set_mode_targeted_by_label``). ``eps`` in pixel units.
+    """
+    eps, x0, shape, labels, targets = _prepare(clf, images, labels, targets, eps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, g = _ce_gradient(clf, x0, _ce_objective(labels, targets))
+    _check_finite("fgsm", 1, 1, value, g)
+    dt = clf.dtype.type
+    adv = np.clip(x0 + dt(eps) * np.sign(g), 0, 1).astype(clf.dtype, copy=False)
+    settings = {"eps": eps}
+    t = targets if targets is not None else np.full(len(x0), -1)
+    return _finish(clf, "fgsm", adv, x0, adv - x0, t, labels, value[None], shape, settings)
+
+
+def pgd(clf, images, labels, eps, *, norm="linf", step_size=None, steps=10, targets=None, random_start=True,
+        seed=0, progress=False):
+    """Projected gradient descent, as ``torchattacks.PGD`` (``norm="linf"``) and ``PGDL2`` (``norm="l2"``).
+
+    L-inf step: ``x += step_size * sign(grad)``, then back into the eps box around the clean image and
+    into [0, 1]. L2 step: ``x += step_size * grad / (||grad|| + 1e-10)``, then scaled back into the L2
+    ball of radius eps and clipped to [0, 1]. ``grad`` as in :func:`fgsm`. ``step_size`` defaults to
+    ``2.5 * eps / steps``. ``random_start`` draws from ``np.random.default_rng(seed)``: uniform in the
+    box (L-inf), or a random direction with a uniform radius in [0, eps] (L2), then clipped to [0, 1].
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    steps = _check_steps(steps)
+    eps, x0, shape, labels, targets = _prepare(clf, images, labels, targets, eps)
+    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
+    if not (np.isfinite(step_size) and step_size >= 0):
+        raise ValueError(f"step size must be >= 0, got {step_size}")
+    dt = clf.dtype.type
+    n = len(x0)
+    adv = x0.copy()
+    if random_start:
+        rng = np.random.default_rng(seed)
+        if norm == "linf":
+            adv = adv + rng.uniform(-eps, eps, size=adv.shape).astype(clf.dtype)
+        else:
+            d = rng.standard_normal(adv.shape)
+            d *= (rng.uniform(0, 1, size=n) * eps / np.linalg.norm(d.reshape(n, -1), axis=1))[:, None, None, None]
+            adv = adv + d.astype(clf.dtype)
+        adv = np.clip(adv, 0, 1)
+    objective = _ce_objective(labels, targets)
+    history = np.empty((steps, n), dtype=np.float64)
+    name = "pgd" if norm == "linf" else "pgd-l2"
+    for t in progress_bar(range(steps), desc=name, disable=not progress, leave=False):
+        with np.errstate(over="ignore", invalid="ignore"):
+            history[t], g = _ce_gradient(clf, adv, objective)
+        _check_finite(name, t + 1, steps, history[t], g)
+        if norm == "linf":
+            adv = adv + dt(step_size) * np.sign(g)
+            delta = np.clip(adv - x0, -dt(eps), dt(eps))
+        else:
+            gnorm = np.sqrt(np.sum((g * g).reshape(n, -1), axis=1)) + dt(1e-10)
+            adv = adv + dt(step_size) * (g / gnorm[:, None, None, None])
+            delta = adv - x0
+            dnorm = np.sqrt(np.sum((delta * delta).reshape(n, -1), axis=1))
+            with np.errstate(divide="ignore"):
+                factor = np.minimum(dt(eps) / dnorm, dt(1))
+            delta = delta * factor[:, None, None, None]
+        adv = np.clip(x0 + delta, 0, 1).astype(clf.dtype, copy=False)
+    settings = {"eps": eps, "norm": norm, "step_size": step_size, "steps": steps, "random_start": bool(random_start),
+                "seed": seed}
+    tgt = targets if targets is not None else np.full(n, -1)
+    return _finish(clf, name, adv, x0, adv - x0, tgt, labels, history, shape, settings)
+
+
+ATTACKS = {"fgsm": "FGSM (L-inf)", "pgd": "PGD (L-inf)", "pgd-l2": "PGD (L2)"}
+
+
+def run_attack(clf, attack, images, labels, eps, *, steps=10, step_size=None, seed=0, random_start=True,
+               targets=None):
+    """One of :data:`ATTACKS` by name."""
+    if attack == "fgsm":
+        return fgsm(clf, images, labels, eps, targets=targets)
+    if attack in ("pgd", "pgd-l2"):
+        return pgd(clf, images, labels, eps, norm="linf" if attack == "pgd" else "l2", step_size=step_size,
+                   steps=steps, targets=targets, random_start=random_start, seed=seed)
+    raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+
+
+def robustness_curve(clf, images, labels, eps, *, attack="fgsm", steps=10, step_size=None, seed=0,
+                     random_start=True, batch_size=500, progress=True, desc=None):
+    """Accuracy under an untargeted attack for each ``eps`` (pixel units), over a whole test set in batches.
+
+    ``images`` uint8 [N, H, W] or pixel-space floats; ``eps=0`` is the clean accuracy. PGD's
+    step size defaults to ``2.5 * eps / steps`` for each eps. The cross-entropy is averaged per batch,
+    as torchattacks does (this only matters through PGD-L2's 1e-10).
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    eps = np.asarray([_check_eps(e) for e in np.atleast_1d(eps)], dtype=np.float64)
+    if attack != "fgsm":
+        _check_steps(steps)
+    labels = np.asarray(labels, dtype=np.int64)
+    images = np.asarray(images)
+    correct = np.zeros(len(eps), dtype=np.int64)
+    starts = range(0, len(images), batch_size)
+    bar = progress_bar(total=len(eps) * len(starts), desc=desc or f"robustness ({attack})", disable=not progress,
+               leave=False)
+    for b, i in enumerate(starts):
+        x = images[i:i + batch_size]
+        x = x.astype(clf.dtype) / clf.dtype.type(255) if x.dtype == np.uint8 else x.astype(clf.dtype)
+        y = labels[i:i + batch_size]
+        for k, e in enumerate(eps):
+            if e == 0:
+                pred = clf.predict(x)
+            else:
+                r = run_attack(clf, attack, x, y, e, steps=steps, step_size=step_size, seed=[seed, b],
+                               random_start=random_start)
+                pred = r.predicted
+            correct[k] += int(np.sum(pred == y))
+            bar.update()
+    bar.close()
+    settings = {"steps": steps, "step_size": step_size, "seed": seed, "random_start": random_start,
+                "images": len(labels)}
+    return RobustnessResult(attack=attack, eps=eps, accuracy=correct / max(len(labels), 1), settings=settings)

@@ -1,0 +1,268 @@
+"""The report's section 4, "fooling the net": class images, targeted attacks, learned noise, robustness.
+
+The report's settings are the defaults:
+
+* :func:`class_images`  the image each class likes best, grown from noise (15,000 Adam steps of 0.05);
+* :func:`targeted`      real digits pushed to a target class (beta 1e-4, 1,000 steps); ``pairs="all"``
+                        runs the full 10 x 10 source-to-target matrix;
+* :func:`noise`         a noise learned on one digit (1,500 steps of 0.005), then added to another
+                        image and to the whole test set;
+* :func:`robustness`    test accuracy against eps under FGSM / PGD, for one or more runs.
+
+Adam runs in the net's normalised input space unless ``space="pixel"``; ``bounds=(low, high)`` keeps the
+images within those pixel values (default: unbounded, as the report). All four write into
+``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per stage, each file atomically, the ``.npz`` last). Every
+setting is checked before anything is computed or written.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import attacks as A
+from ..plots import attacks as plots
+from .common import StageOutput, Writer, open_run
+
+FOLDER = "attacks"
+DEFAULT_EPS = {"fgsm": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], "pgd": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+               "pgd-l2": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
+NOISE_TARGET = 8
+PAIRS = ("report", "all")
+
+
+@dataclass
+class AttackOutput(StageOutput):
+    attack: A.AttackResult = None   # images, history (the per-step cost), probabilities, success, settings, ...
+
+
+def _check_adam(steps, lr, space, bounds):
+    """The settings of the three Adam stages, checked; ``bounds`` as a pair of floats or None."""
+    A._check_steps(steps)
+    A._check_lr(lr)
+    A._check_space(space)
+    return A._check_bounds(bounds)
+
+
+def _bounds_array(bounds):
+    return np.asarray(bounds if bounds is not None else [np.nan, np.nan], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- class images
+
+@dataclass
+class ClassImagesOutput(AttackOutput):
+    class_names: list = None
+
+    def describe(self):
+        r, names = self.attack, self.class_names
+        lines = [f"class {names[c] if names else c}: predicted {r.predicted[j]} with probability "
+                 f"{r.probabilities[j, r.predicted[j]]:.4f}; final logit {r.history[-1, j]:.2f}"
+                 for j, c in enumerate(r.targets)]
+        lines.append(f"{int(r.success.sum())}/{len(r.targets)} class images predicted as their class; "
+                     f"written to {self.folder}")
+        return "\n".join(lines)
+
+
+def class_images(run, *, classes=None, steps=A.CLASS_IMAGE["steps"], lr=A.CLASS_IMAGE["lr"], seed=0,
+                 space="normalized", bounds=None, progress=True):
+    """For each of ``classes`` (default: all; indices or names), the image its logit likes best, grown by
+    Adam from seeded uniform noise. Returns a :class:`ClassImagesOutput`."""
+    bounds = _check_adam(steps, lr, space, bounds)
+    run = open_run(run)
+    clf = run.classifier
+    classes = A.check_classes(clf, classes if classes else range(clf.num_classes))
+    r = A.class_images(clf, classes, steps=steps, lr=lr, seed=seed, space=space, bounds=bounds, progress=progress)
+    names = clf.class_names
+    out = Writer(run.file(FOLDER))
+    out.figure(plots.class_images(r.images, r.history, r.targets, r.probabilities, names), "class_images.png")
+    for j, c in enumerate(r.targets):
+        out.figure(plots.class_image(r.images[j], r.history[:, j], c, r.probabilities[j, c], names),
+                   f"class_image_{c}.png")
+    out.npz("class_image.npz", {
+        "images": r.images, "targets": r.targets, "probabilities": r.probabilities, "cost": r.history,
+        "start": r.start, "steps": r.settings["steps"], "lr": r.settings["lr"], "seed": seed,
+        "space": r.settings["space"], "bounds": _bounds_array(r.settings["bounds"])})
+    return ClassImagesOutput(folder=out.final, files=out.files, attack=r, class_names=names)
+
+
+# --------------------------------------------------------------------------- targeted
+
+@dataclass
+class TargetedOutput(AttackOutput):
+    pairs: str = "report"
+    summary: dict = None   # success_rate, mean_confidence, mean_l2, mean_linf (pixel units)
+
+    def describe(self):
+        s = self.summary
+        return (f"targeted ({self.pairs}, {len(self.attack.targets)} pairs): success {s['success_rate']:.1%}, "
+                f"mean confidence {s['mean_confidence']:.4f}, mean L2 {s['mean_l2']:.3f}, mean Linf "
+                f"{s['mean_linf']:.3f} (pixel units); written to {self.folder}")
+
+
+def targeted(run, *, pairs="report", beta=A.TARGETED["beta"], steps=A.TARGETED["steps"], lr=A.TARGETED["lr"],
+             space="normalized", bounds=None, progress=True):
+    """Push the run's sample digits to other classes: maximise ``logit_t(v) - beta * ||v - v0||^2`` by Adam.
+    ``pairs="report"``: each digit d to (d + 1) % 10; ``"all"``: every digit to every other class.
+    Returns a :class:`TargetedOutput`."""
+    bounds = _check_adam(steps, lr, space, bounds)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"--beta must be >= 0, got {beta:g}")
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
+    run = open_run(run)
+    clf = run.classifier
+    images, labels = run.test_data()
+    idx, x, y = run.select(images, labels)
+    src, tgt = A.target_pairs(y, pairs, clf.num_classes)
+    r = A.targeted(clf, x[src], tgt, labels=y[src], beta=beta, steps=steps, lr=lr, space=space, bounds=bounds,
+                   progress=progress)
+    names = clf.class_names
+    p_clean = clf.predict_proba(x)[src]
+    report = np.flatnonzero(tgt == (y[src] + 1) % clf.num_classes)
+    out = Writer(run.file(FOLDER))
+    out.figure(plots.targeted_pairs(r.start[report], r.images[report], p_clean[report], r.probabilities[report],
+                                    r.labels[report], r.targets[report], names), "targeted_pairs.png")
+    for i in report:
+        out.figure(plots.targeted_pair(r.start[i], r.images[i], p_clean[i], r.probabilities[i], r.labels[i],
+                                       r.targets[i], names), f"targeted_{r.labels[i]}_to_{r.targets[i]}.png")
+    if pairs == "all":
+        out.figure(plots.targeted_matrix(r.start, r.images, r.labels, r.targets, r.probabilities, names,
+                                         clf.num_classes), "targeted_matrix.png")
+    s = r.summary()
+    out.npz("targeted.npz", {
+        "sources": r.start, "source_labels": r.labels, "source_indices": idx[src], "targets": r.targets,
+        "adversarial": r.images, "probabilities": r.probabilities, "clean_probabilities": p_clean,
+        "success": r.success, "confidence": r.confidence, "l2": r.l2, "linf": r.linf, "cost": r.history,
+        "pairs": pairs, "beta": r.settings["beta"], "steps": r.settings["steps"], "lr": r.settings["lr"],
+        "space": r.settings["space"], "bounds": _bounds_array(r.settings["bounds"]), **s})
+    return TargetedOutput(folder=out.final, files=out.files, attack=r, pairs=pairs, summary=s)
+
+
+# --------------------------------------------------------------------------- learned noise
+
+@dataclass
+class NoiseOutput(AttackOutput):
+    indices: np.ndarray = None           # the digit the noise was learned on, then the other image
+    labels: np.ndarray = None
+    other_probabilities: np.ndarray = None   # the other image + the noise
+    transfer: A.TransferResult = None        # the noise on the (first ``limit``) test images
+
+    def describe(self):
+        (i, j), (a, b) = self.indices, self.labels
+        pa, po, t = self.attack.probabilities[0], self.other_probabilities, self.transfer
+        return (f"digit {i} (a {a}) + noise: predicted {pa.argmax()} ({pa.max():.4f}); "
+                f"other image {j} (a {b}) + noise: predicted {po.argmax()} ({po.max():.4f})\n"
+                f"the noise on {len(t.labels):,} test images: transfer rate {t.transfer_rate:.2%}, accuracy "
+                f"{t.accuracy_clean:.2%} -> {t.accuracy_noisy:.2%}; written to {self.folder}")
+
+
+def noise(run, *, target=NOISE_TARGET, indices=None, steps=A.NOISE["steps"], lr=A.NOISE["lr"], limit=None,
+          space="normalized", bounds=None, progress=True):
+    """Learn a noise that makes the test image ``indices[0]`` a ``target``; add it to ``indices[1]`` and to the
+    first ``limit`` test images (default: all). Default images: the run's samples of digits 0 and 1.
+    Returns a :class:`NoiseOutput`."""
+    bounds = _check_adam(steps, lr, space, bounds)
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    if indices is not None and len(indices) != 2:
+        raise ValueError(f"--indices takes two test-set indices (the digit, then the other image), "
+                         f"got {len(indices)}")
+    run = open_run(run)
+    clf = run.classifier
+    target = int(A.check_classes(clf, [target])[0])
+    images, labels = run.test_data()
+    idx, x, y = run.select(images, labels, indices if indices is not None else run.sample_indices()[:2])
+    if y[0] == target:
+        raise ValueError(f"test image {idx[0]} is already of class {target}; choose another --target or --indices")
+    r = A.learn_noise(clf, x[:1], [target], labels=y[:1], steps=steps, lr=lr, space=space, bounds=bounds,
+                      progress=progress)
+    n = r.perturbation[0]
+    other_adv = A.add_noise(x[1], n, bounds).astype(clf.dtype)
+    p_other = clf.predict_proba(other_adv[None])[0]
+    p_clean = clf.predict_proba(x)
+    lim = limit or len(labels)
+    t = A.transfer_noise(clf, n, images[:lim], labels[:lim], target, bounds=bounds, progress=progress)
+    names = clf.class_names
+    pa = r.probabilities[0]
+    panels = [(p_clean[0].argmax(), p_clean[0].max()), None, (pa.argmax(), pa.max()),
+              (p_clean[1].argmax(), p_clean[1].max()), (p_other.argmax(), p_other.max())]
+    out = Writer(run.file(FOLDER))
+    out.figure(plots.noise_experiment(x[0], n, r.images[0], x[1], other_adv, panels, names,
+                                      title=f"noise learned to make test image {idx[0]} a "
+                                            f"{names[target] if names else target}; transfer rate on {lim:,} test "
+                                            f"images {t.transfer_rate:.1%}"), "noise.png")
+    out.npz("noise.npz", {
+        "image": x[0], "label": y[0], "index": idx[0], "target": target, "noise": n, "adversarial": r.images[0],
+        "probabilities": pa, "clean_probabilities": p_clean[0], "other_image": x[1], "other_label": y[1],
+        "other_index": idx[1], "other_adversarial": other_adv, "other_probabilities": p_other,
+        "other_clean_probabilities": p_clean[1], "transfer_rate": t.transfer_rate,
+        "accuracy_clean": t.accuracy_clean, "accuracy_noisy": t.accuracy_noisy, "transfer_images": lim,
+        "cost": r.history[:, 0],
+        "steps": r.settings["steps"], "lr": r.settings["lr"], "space": r.settings["space"],
+        "bounds": _bounds_array(r.settings["bounds"])})
+    return NoiseOutput(folder=out.final, files=out.files, attack=r, indices=idx, labels=y,
+                       other_probabilities=p_other, transfer=t)
+
+
+# --------------------------------------------------------------------------- robustness
+
+@dataclass
+class RobustnessOutput(StageOutput):
+    attack: str = "fgsm"
+    eps: np.ndarray = None        # attack sizes, pixel units [E]
+    accuracy: dict = None         # variant name -> test accuracy at each eps [E]
+    images: int = 0               # test images used
+
+    def describe(self):
+        lines = [f"{name}: " + ", ".join(f"eps {e:g}: {a:.2%}" for e, a in zip(self.eps, acc))
+                 for name, acc in self.accuracy.items()]
+        return "\n".join(lines + [f"written to {self.folder}"])
+
+
+def _variant_names(runs):
+    names = ["batchnorm" if r.config.get("batchnorm") else "plain" for r in runs]
+    if len(set(names)) < len(names):
+        names = [os.path.basename(os.path.normpath(r.path)) for r in runs]
+    if len(set(names)) < len(names):
+        names = [os.path.normpath(r.path) for r in runs]
+    return names
+
+
+def robustness(run, *, attack="fgsm", eps=None, variants=(), steps=10, step_size=None, seed=0, random_start=True,
+               limit=None, progress=True):
+    """Test accuracy under an untargeted ``attack`` ("fgsm", "pgd" or "pgd-l2") at each ``eps`` (pixel units;
+    default 0 .. 0.3, or 0 .. 3 for pgd-l2), for this run and the ``variants`` (more runs, or their paths, on
+    the same plot). PGD takes ``steps`` of ``step_size`` (default 2.5 * eps / steps), from a seeded random
+    start unless ``random_start=False``. Returns a :class:`RobustnessOutput`."""
+    if attack not in A.ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(A.ATTACKS)}")
+    A._check_steps(steps)
+    eps = np.asarray([A._check_eps(e) for e in (DEFAULT_EPS[attack] if eps is None else eps)], dtype=np.float64)
+    if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"--step-size must be positive, got {step_size:g}")
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    run = open_run(run)
+    runs = [run] + [open_run(v) for v in variants or []]
+    datasets = {r.config.get("dataset") for r in runs}
+    if len(datasets) > 1:
+        raise ValueError(f"--variants: the runs were trained on different data sets ({', '.join(sorted(datasets))})")
+    images, labels = run.test_data()
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    names = _variant_names(runs)
+    acc = [A.robustness_curve(r.classifier, images, labels, eps, attack=attack, steps=steps, step_size=step_size,
+                              seed=seed, random_start=random_start, progress=progress,
+                              desc=f"{name}: {attack}").accuracy
+           for name, r in zip(names, runs)]
+    label = A.ATTACKS[attack] + (f", {steps} steps" if attack != "fgsm" else "")
+    out = Writer(run.file(FOLDER))
+    out.figure(plots.robustness(eps, dict(zip(names, acc)), label,
+                                title=f"test accuracy under {label} ({len(labels):,} test images)"),
+               "robustness.png")
+    out.npz("robustness.npz", {
+        "attack": attack, "eps": eps, "accuracy": np.asarray(acc), "variants": np.asarray(names),
+        "variant_dirs": np.asarray([r.path for r in runs]), "images": len(labels), "steps": steps,
+        "step_size": np.nan if step_size is None else step_size, "random_start": random_start, "seed": seed})
+    return RobustnessOutput(folder=out.final, files=out.files, attack=attack, eps=eps,
+                            accuracy=dict(zip(names, acc)), images=len(labels))

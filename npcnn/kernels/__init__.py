@@ -1,0 +1,79 @@
+"""The numba kernels: the only gathers and scatters in npcnn that are not BLAS.
+
+Everything here is a plain loop over arrays, compiled by numba. With
+``NUMBA_DISABLE_JIT=1`` the same functions run as ordinary Python, so they can
+be stepped through in a debugger (slowly). The layers in :mod:`npcnn.nn` call
+these; this package knows nothing about layers, and it is the one place in
+npcnn that compiles loops with numba (besides :mod:`npcnn.blas`, which calls
+numpy's own BLAS from numba's threads).
+
+One file per family:
+
+- ``_compile.py``      numba's threading layer, the compile options, and the decorator that
+                       builds each kernel twice (threaded and serial) and picks one per call
+- ``columns.py``       im2col / col2im, the conv GEMM's result to NCHW and back, channels-last
+                       padding and columns
+- ``pooling.py``       max-pool forward and backward, and ReLU -> 2x2 max-pool fused onto a conv
+- ``direct_conv.py``   the fused conv -> ReLU -> pool computed directly, for convs with few weights
+                       per filter (the first conv), and its gradients
+- ``winners_grad.py``  the gradients of the channels-last fused conv, from the pool's winners only
+- ``normalization.py`` batch normalisation, NCHW and channels last
+- ``optimizer.py``     the Adam update
+
+Images are NCHW unless a kernel's name says ``nhwc`` (channels last). The
+loops are parallel over the batch (``prange``): each image writes a disjoint
+slice of the output, so no two threads ever touch the same element, and the
+scatter in ``col2im`` needs no atomics and no numpy unbuffered scatter-add.
+Below :data:`PARALLEL_MIN_SIZE` elements a kernel runs its serial copy on the
+calling thread; ``kernel.parallel`` and ``kernel.serial`` call one copy directly.
+
+numba caches the compiled kernels on disk (``cache=True``, in ``__pycache__``
+beside each file) and recompiles a kernel when its own file changes, not when
+a helper it inlines from another file does (``direct_conv.py`` inlines the
+window helpers of ``pooling.py``): after editing such a helper, delete
+``npcnn/kernels/__pycache__``.
+"""
+import sys
+import types
+
+from . import _compile
+from .columns import col2im, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
+from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
+                          is_1x3x3_stride1)
+from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
+                            batchnorm_stats, batchnorm_stats_rows)
+from .optimizer import adam_update
+from .pooling import (bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2, maxpool_backward, maxpool_forward,
+                      maxpool_relu_backward, winners_to_dense_nhwc)
+from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
+
+__all__ = [
+    "PARALLEL_MIN_SIZE",
+    "im2col", "col2im", "cols_to_nchw", "nchw_to_cols", "pad_channels_last", "im2col_nhwc",
+    "maxpool_forward", "maxpool_backward", "bias_relu_maxpool", "maxpool_relu_backward",
+    "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc",
+    "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",
+    "direct_conv_input_grad_1x3x3",
+    "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
+    "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
+    "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
+    "adam_update",
+]
+
+
+class _Package(types.ModuleType):
+    """This package's module type: ``PARALLEL_MIN_SIZE`` is read from and written to
+    ``_compile``, where the kernels read it at every call, so that
+    ``npcnn.kernels.PARALLEL_MIN_SIZE = 0`` (or a test's monkeypatch of it) takes effect."""
+
+    @property
+    def PARALLEL_MIN_SIZE(self):
+        """Elements (of a kernel's size argument) from which a kernel uses numba's threads."""
+        return _compile.PARALLEL_MIN_SIZE
+
+    @PARALLEL_MIN_SIZE.setter
+    def PARALLEL_MIN_SIZE(self, value):
+        _compile.PARALLEL_MIN_SIZE = value
+
+
+sys.modules[__name__].__class__ = _Package

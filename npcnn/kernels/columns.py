@@ -1,0 +1,173 @@
+"""Copies between layouts: receptive fields gathered into a column matrix (and scattered back),
+the conv GEMM's result turned into NCHW (and back), and the channels-last padding and columns of
+the fused ``nhwc`` path.
+
+``im2col`` writes a column matrix of shape ``(K, N*P)`` where ``K = C*kh*kw`` indexes ``(c, i, j)``
+in the same order as a PyTorch conv weight ``(F, C, kh, kw)`` flattened to ``(F, K)``, and column
+``n*P + oy*Wo + ox`` holds the receptive field of output pixel ``(oy, ox)`` of image ``n``. Then
+the convolution is one GEMM: ``W(F, K) @ cols(K, N*P)``, whose result (F, N*P) ("channel-major")
+the fused pooling kernels read directly.
+
+For a fixed ``(c, i, j)`` and output row ``oy``, the ``Wo`` entries of a row of ``cols`` come from
+one contiguous run of the input row ``y = oy*s - p + i`` (for stride 1), so the innermost loops
+copy runs with no per-element bounds test: the part of the run that falls on the padding is
+zeroed separately. That lets LLVM vectorise them.
+"""
+from numba import njit, prange
+
+from ._compile import _OPTS, _kernel
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+@njit(**_OPTS)
+def _valid_range(j, sw, pw, wo, w):
+    """The output columns ``ox`` whose input column ``ox*sw - pw + j`` lies inside [0, w)."""
+    lo = 0
+    while lo < wo and lo * sw - pw + j < 0:
+        lo += 1
+    hi = wo
+    while hi > lo and (hi - 1) * sw - pw + j >= w:
+        hi -= 1
+    return lo, hi
+
+
+@_kernel(size_arg=9)
+def im2col(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    """Gather receptive fields of ``x`` (N, C, H, W) into ``cols`` (C*kh*kw, N*ho*wo).
+
+    Out-of-image positions (the zero padding) are written as 0.
+    """
+    n_img, n_ch, h, w = x.shape
+    p = ho * wo
+    for n in prange(n_img):
+        base = n * p
+        for c in range(n_ch):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    lo, hi = _valid_range(j, sw, pw, wo, w)
+                    off = j - pw
+                    for oy in range(ho):
+                        y = oy * sh - ph + i
+                        col = base + oy * wo
+                        if y < 0 or y >= h:
+                            for ox in range(wo):
+                                cols[row, col + ox] = 0.0
+                            continue
+                        # the padding's zeros by explicit loops: a numba slice costs more than these few stores
+                        for ox in range(lo):
+                            cols[row, col + ox] = 0.0
+                        for ox in range(hi, wo):
+                            cols[row, col + ox] = 0.0
+                        # the run as two slices indexed from 0: indexed as ``cols[row, col + ox]``,
+                        # numba must allow for a negative index, and that test keeps the loop scalar
+                        src = x[n, c, y, lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                        dst = cols[row, col + lo:col + hi]
+                        for k in range(hi - lo):
+                            dst[k] = src[k]
+    return cols
+
+
+@_kernel(size_arg=0)
+def col2im(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
+    """Scatter-add ``cols`` (C*kh*kw, N*ho*wo) back into ``dx`` (N, C, H, W).
+
+    The adjoint of :func:`im2col`: every input pixel receives the sum of the
+    column entries it was copied to; entries that fell on the padding are
+    dropped. ``dx`` is overwritten.
+    """
+    n_img, n_ch, h, w = dx.shape
+    p = ho * wo
+    for n in prange(n_img):
+        base = n * p
+        dx[n] = 0.0
+        for c in range(n_ch):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    lo, hi = _valid_range(j, sw, pw, wo, w)
+                    off = j - pw
+                    for oy in range(ho):
+                        y = oy * sh - ph + i
+                        if y < 0 or y >= h:
+                            continue
+                        col = base + oy * wo
+                        src = cols[row, col + lo:col + hi]     # slices indexed from 0, as in im2col
+                        dst = dx[n, c, y, lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                        for k in range(hi - lo):
+                            dst[k] += src[k]
+    return dx
+
+
+# --------------------------------------------------------------------------- layout changes
+@_kernel(size_arg=0)
+def cols_to_nchw(out_cols, bias, n_img, out):
+    """Turn the GEMM result (F, N*P) into NCHW ``out`` (N, F, P) and add the bias.
+
+    Fusing the bias into this copy saves one pass over the output.
+    """
+    f_out, total = out_cols.shape
+    p = total // n_img
+    for n in prange(n_img):
+        for f in range(f_out):
+            b = bias[f]
+            for q in range(p):
+                out[n, f, q] = out_cols[f, n * p + q] + b
+    return out
+
+
+@_kernel(size_arg=0)
+def nchw_to_cols(g, out_cols):
+    """Turn an NCHW gradient (N, F, P) into the GEMM layout (F, N*P)."""
+    n_img, f_out, p = g.shape
+    for n in prange(n_img):
+        for f in range(f_out):
+            for q in range(p):
+                out_cols[f, n * p + q] = g[n, f, q]
+    return out_cols
+
+
+# --------------------------------------------------------------------------- channels last (the fused ``nhwc`` path)
+# For a conv with many input channels (the second layer: 32 x 3x3 = 288 weights per filter) the
+# fused path works on a zero-padded channels-last copy of the input, ``xp`` (N, H+2p, W+2p, C):
+# im2col then copies C contiguous values per tap instead of one short image row at a time, the
+# GEMM gives a channels-last conv output that ``pooling.bias_relu_maxpool_nhwc_2x2`` reads filter
+# by filter, and the backward (``winners_grad.py``) visits only the pool's winners, with
+# contiguous loops over channels (no col2im).
+@_kernel(size_arg=0)
+def pad_channels_last(x3, ph, pw, xp3):
+    """Zero-pad channels-last images ``x3`` (N, H, W*C) into ``xp3`` (N, H+2ph, (W+2pw)*C):
+    the border is zeroed and each image row copied as one contiguous run."""
+    n_img, h, run = x3.shape
+    left = (xp3.shape[2] - run) // 2                         # pw*C
+    for n in prange(n_img):
+        xp3[n, :ph] = 0.0
+        xp3[n, ph + h:] = 0.0
+        for y in range(h):
+            dst = xp3[n, ph + y]
+            dst[:left] = 0.0
+            dst[left + run:] = 0.0
+            src = x3[n, y]
+            for k in range(run):
+                dst[left + k] = src[k]
+    return xp3
+
+
+@_kernel(size_arg=8)
+def im2col_nhwc(xp3, n_ch, kh, kw, sh, sw, ho, wo, cols):
+    """Receptive fields of the padded channels-last input, given as ``xp3`` (N, Hp, Wp*C), as rows
+    of ``cols`` (N*ho*wo, kh*kw*C), taps in (i, j, c) order: for each kernel row i, the kw*C values
+    are one contiguous run of the input row, copied as one."""
+    n_img = xp3.shape[0]
+    run = kw * n_ch
+    for n in prange(n_img):
+        for oy in range(ho):
+            for ox in range(wo):
+                row = cols[(n * ho + oy) * wo + ox]
+                x0 = ox * sw * n_ch
+                for i in range(kh):
+                    src = xp3[n, oy * sh + i, x0:x0 + run]
+                    dst = row[i * run:(i + 1) * run]
+                    for k in range(run):
+                        dst[k] = src[k]
+    return cols

@@ -1,0 +1,131 @@
+"""The report's stages called from Python (``npcnn.experiments``): what they return, what they write, and
+that a bad setting stops a stage before anything is computed or written. ``reproduce`` calls the same
+functions (its records are keyword settings) and never imports the command line.
+
+The run folder holds an untrained net (the stages only read the run's files); the MNIST test set comes
+from $NPCNN_DATA, as in CI.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from npcnn import experiments, pipeline
+from npcnn.data import Normalization, load_dataset
+from npcnn.io import load_npz, write_json
+from npcnn.models import save_model, seed_cnn
+from npcnn.runs import FORMAT, Run
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    data = os.environ.get("NPCNN_DATA")
+    labels = load_dataset("mnist", "test", root=data)[1]
+    path = tmp_path_factory.mktemp("experiments") / "run"
+    names = [str(c) for c in range(10)]
+    save_model(str(path / "model.npz"), seed_cnn(rng=0), Normalization(0.1307, 0.3081), batchnorm=False,
+               class_names=names)
+    write_json(path / "config.json", {"format": FORMAT, "dataset": "mnist", "data_dir": data, "batchnorm": False,
+                                      "class_names": names})
+    write_json(path / "samples.json", {"indices": [int(np.flatnonzero(labels == c)[0]) for c in range(10)]})
+    return path
+
+
+@pytest.fixture
+def run(base_run, tmp_path):
+    """A fresh copy of the run folder for each test."""
+    return shutil.copytree(base_run, tmp_path / "run")
+
+
+def test_occlusion_from_python(run):
+    r = experiments.occlusion(run, patch=7, indices=[3, 5], progress=False)
+    assert isinstance(r, experiments.inside.OcclusionOutput) and isinstance(r, experiments.StageOutput)
+    assert r.folder == str(run / "occlusion")
+    assert [os.path.basename(f) for f in r.files] == ["occlusion_test3.png", "occlusion_test5.png",
+                                                      "attribution.png", "occlusion.npz"]   # the .npz last
+    assert sorted(os.listdir(run / "occlusion")) == sorted(os.path.basename(f) for f in r.files)
+    assert all(os.path.getsize(f) > 0 for f in r.files)
+    np.testing.assert_array_equal(r.indices, [3, 5])
+    assert r.occlusion.patch == (7, 7) and r.occlusion.stride == (2, 2)
+    assert r.occlusion.probability.shape == r.occlusion.predicted.shape == (2, 11, 11)   # (28 - 7) // 2 + 1
+    z = load_npz(r.files[-1])
+    np.testing.assert_array_equal(z["probability"], r.occlusion.probability)
+    np.testing.assert_array_equal(z["labels"], r.labels)
+    assert z["patch"].tolist() == [7, 7]
+    assert r.describe().endswith(f"written to {run / 'occlusion'}")
+    # a Run works as well as a path, and a rerun replaces the folder
+    r2 = experiments.occlusion(Run.open(run), patch=(6, 8), stride=3, indices=[4], progress=False)
+    assert r2.occlusion.probability.shape == (1, 8, 7)
+    assert sorted(os.listdir(run / "occlusion")) == ["attribution.png", "occlusion.npz", "occlusion_test4.png"]
+
+
+def test_class_images_from_python(run):
+    r = experiments.class_images(str(run), classes=[3, "7"], steps=2, progress=False)
+    np.testing.assert_array_equal(r.attack.targets, [3, 7])
+    assert r.attack.history.shape == (2, 2)
+    assert [os.path.basename(f) for f in r.files] == ["class_images.png", "class_image_3.png", "class_image_7.png",
+                                                      "class_image.npz"]
+    assert r.folder == str(run / "attacks") and all(os.path.isfile(f) for f in r.files)
+    np.testing.assert_array_equal(load_npz(r.files[-1])["images"], r.attack.images)
+    assert r.describe().splitlines()[-1].endswith(f"written to {run / 'attacks'}")
+
+
+BAD = [
+    ("occlusion", dict(patch=(3, 4, 5)), "--patch takes one or two numbers, got 3"),
+    ("occlusion", dict(patch=29), "does not fit"),
+    ("occlusion", dict(stride=0), "stride must be a positive"),
+    ("occlusion", dict(indices=[10_000]), "index 10000 is out of range"),
+    ("inspect", dict(filters=[15, 32]), "filter 32 is out of range"),
+    ("inspect", dict(digits=[10]), "digit 10 is out of range"),
+    ("saliency", dict(stdev=-1), "--stdev must be >= 0"),
+    ("saliency", dict(method="simpson"), "method must be one of"),
+    ("class_images", dict(steps=0), "steps must be a positive integer, got 0"),
+    ("class_images", dict(classes=["twelve"]), "unknown class 'twelve'"),
+    ("targeted", dict(beta=-1), "--beta must be >= 0"),
+    ("targeted", dict(pairs="some"), "pairs must be 'report' or 'all'"),
+    ("noise", dict(indices=[1]), "--indices takes two test-set indices"),
+    ("noise", dict(target=0), "is already of class 0"),
+    ("robustness", dict(eps=[0.1, -0.1]), "eps must be >= 0, got -0.1"),
+    ("robustness", dict(attack="cw"), "unknown attack 'cw'"),
+    ("robustness", dict(variants=["/nonexistent/run"]), "no such run folder"),
+]
+
+
+@pytest.mark.parametrize("stage, settings, message", BAD, ids=[f"{s}-{m}" for s, _, m in BAD])
+def test_a_bad_setting_raises_before_anything_is_written(run, stage, settings, message):
+    before = sorted(os.listdir(run))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        getattr(experiments, stage)(run, progress=False, **settings)
+    assert sorted(os.listdir(run)) == before   # no output folder, no partial folder
+
+
+def test_settings_are_checked_before_the_run_is_even_opened(tmp_path):
+    with pytest.raises(ValueError, match="--patch takes one or two numbers"):
+        experiments.occlusion(tmp_path / "missing", patch=[1, 2, 3])
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        experiments.targeted(tmp_path / "missing", steps=-5)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_reproduce_records_keyword_settings_and_names_a_failed_stage(tmp_path, monkeypatch):
+    import json
+
+    for s in pipeline.stages(str(tmp_path), "mnist", quick=True):
+        assert s.function is getattr(experiments, s.function.__name__)
+        assert s.key() == json.loads(json.dumps(s.settings))
+    failing = pipeline.Stage("occlusion", experiments.occlusion, str(tmp_path / "missing"), str(tmp_path / "x"),
+                             dict(patch=7))
+    monkeypatch.setattr(pipeline, "stages", lambda *a, **k: [failing])
+    with pytest.raises(pipeline.StageFailed, match=r"^stage occlusion failed \(.*no such run folder\); fix the "
+                                                   r"cause and rerun the same command"):
+        pipeline.reproduce(str(tmp_path / "out"), log=lambda *a: None)
+    assert not (tmp_path / "out" / "pipeline.json").exists()   # a failed stage is not recorded as done
+
+
+def test_the_pipeline_does_not_import_the_command_line():
+    code = "import sys, npcnn.pipeline; print(sorted(m for m in sys.modules if m.startswith('npcnn.cli')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
