@@ -120,7 +120,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args(argv)
-    # as Sequential runs a batch this size: BLAS on one thread, npcnn's threads for the GEMMs (and
+    # as the fast path runs a batch this size: BLAS on one thread, npcnn's threads for the GEMMs (and
     # no BLAS thread left spinning by the layer-by-layer part when the whole step is timed)
     with parallel.one_blas_thread(parallel.own_threads_pay(np.empty((args.batch, 1, 28, 28), np.float32))):
         rows, fused_rows, extras = profile(args.batch, args.batchnorm, args.repeats, np.dtype(args.dtype))

@@ -70,7 +70,7 @@ def look_inside(args):
     # smoothed version (SmoothGrad) and integrated gradients from a black image.
     sal = {
         "saliency": saliency(clf, x, y),
-        "smoothgrad": smoothgrad(clf, x, y, samples=25, stdev=0.15, rng=0),
+        "smoothgrad": smoothgrad(clf, x, y, samples=25, stdev=0.15, seed=0),
         "integrated_gradients": integrated_gradients(clf, x, y, steps=50),
     }
     save_figure(inside.saliency(x, sal, y, names), os.path.join(out, "saliency.png"))

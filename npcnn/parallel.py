@@ -7,7 +7,7 @@ kernel is only as fast as its slowest thread: in a training step at batch 64
 the second conv's input gradient took 1.75 ms right after a GEMM against
 0.83 ms alone, no faster than on one thread (measured on 2 cores).
 
-So while a :class:`~npcnn.nn.Sequential` runs forward or backward on a batch
+So while the fast path (:mod:`npcnn.fast`) runs forward or backward on a batch
 big enough for numba's kernels to use threads, BLAS is held to one thread
 (:func:`one_blas_thread`; the user's setting comes back on the way out) and
 npcnn shares its larger GEMMs among its own threads instead: :func:`matmul`
@@ -31,7 +31,7 @@ from . import blas
 #: among the threads; smaller ones (about 0.05 ms on one core) are not worth handing out.
 SPLIT_MIN_MACS = 1 << 21
 
-#: :class:`~npcnn.nn.Sequential` takes the GEMMs' threads over from BLAS from inputs of this many
+#: The fast path (:mod:`npcnn.fast`) takes the GEMMs' threads over from BLAS from inputs of this many
 #: values on (about 20 MNIST images). Below it the kernels have little to share, and BLAS's own
 #: threads run the few small GEMMs faster than npcnn's blocks would (the attack loop on one image:
 #: 2,900 steps/s with BLAS's threads, 2,150 with npcnn's).

@@ -82,7 +82,7 @@ def test_saliency_equals_captum(output, absolute, batchnorm):
     clf = make_classifier(batchnorm)
     x = digits(3)
     assert kink_margin(clf, x) > TIE_FREE
-    ours = saliency(clf, x, TARGET, output=output, abs=absolute)
+    ours = saliency(clf, x, TARGET, output=output, absolute=absolute)
     ref = Saliency(PixelTorch(clf, output)).attribute(torch.from_numpy(x[:, None]), target=torch.from_numpy(TARGET),
                                                       abs=absolute).detach().numpy()[:, 0]
     assert ours.shape == (3, 28, 28)
@@ -150,7 +150,7 @@ def test_smoothgrad_is_the_mean_saliency_of_noisy_copies(absolute):
     x = digits(2)
     t = np.array([4, 9])
     samples, stdev, seed = 4, 0.2, 7
-    ours = smoothgrad(clf, x, t, samples=samples, stdev=stdev, abs=absolute, rng=seed, batch_size=3)
+    ours = smoothgrad(clf, x, t, samples=samples, stdev=stdev, absolute=absolute, seed=seed, batch_size=3)
     assert ours.shape == (2, 28, 28)
     noise = np.random.default_rng(seed).normal(0.0, stdev, (samples, 2, 28, 28))
     assert min(kink_margin(clf, x + n) for n in noise) > TIE_FREE
@@ -158,9 +158,9 @@ def test_smoothgrad_is_the_mean_saliency_of_noisy_copies(absolute):
     per_sample = [vanilla.attribute(torch.from_numpy((x + noise[s])[:, None]), target=torch.from_numpy(t),
                                     abs=absolute).detach().numpy()[:, 0] for s in range(samples)]
     assert rel_err(ours, np.mean(per_sample, axis=0)) < 1e-10
-    assert rel_err(ours, saliency(clf, x, t, abs=absolute)) > 1e-3  # the noise does something
+    assert rel_err(ours, saliency(clf, x, t, absolute=absolute)) > 1e-3  # the noise does something
     # the noise stream does not depend on the chunking
-    np.testing.assert_allclose(smoothgrad(clf, x, t, samples=samples, stdev=stdev, abs=absolute, rng=seed,
+    np.testing.assert_allclose(smoothgrad(clf, x, t, samples=samples, stdev=stdev, absolute=absolute, seed=seed,
                                           batch_size=1000), ours, atol=1e-12)
 
 

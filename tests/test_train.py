@@ -1,4 +1,5 @@
-"""The training pipeline: fit/evaluate, and examples/train_mnist.py run as a user runs it."""
+"""The training pipeline: fit/evaluate, examples/train_mnist.py (the loop written out) and ``npcnn train``
+run as a user runs them."""
 import json
 import os
 import signal
@@ -24,8 +25,16 @@ RUN_FILES = ["config.json", "history.json", "metrics.json", "model.npz", "sample
              "confusion_matrix.png", "classification_report.png", "samples.png"]
 
 
+CLI_TRAIN = [sys.executable, "-m", "npcnn.cli", "train"]
+
+
 def run_example(*args, **kwargs):
     return subprocess.run([sys.executable, str(EXAMPLE), *map(str, args)], capture_output=True, text=True,
+                          cwd=kwargs.pop("cwd", REPO), **kwargs)
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([*CLI_TRAIN, *map(str, args)], capture_output=True, text=True,
                           cwd=kwargs.pop("cwd", REPO), **kwargs)
 
 
@@ -76,10 +85,11 @@ def test_saved_model_reproduces_the_reported_accuracy(quick_run):
 
 
 def test_interrupted_run_resumes_to_identical_weights(quick_run, tmp_path):
-    """Ctrl-C after epoch 1 of 2, then --resume: same weights and history as the uninterrupted run."""
+    """``npcnn train``: Ctrl-C after epoch 1 of 2, then --resume: the same weights and history as the
+    uninterrupted run of examples/train_mnist.py (the example's loop is the library's, step for step)."""
     reference, _ = quick_run
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, str(EXAMPLE), *QUICK, "--out", str(out)], cwd=REPO,
+    proc = subprocess.Popen([*CLI_TRAIN, *QUICK, "--out", str(out)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},  # see each epoch line as it happens
                             # a shell running us in the background ignores SIGINT, and the child would
@@ -94,9 +104,9 @@ def test_interrupted_run_resumes_to_identical_weights(quick_run, tmp_path):
     assert (out / "checkpoint.npz").is_file() and not (out / "metrics.json").exists()
     assert "Traceback" not in err
 
-    refused = run_example(*QUICK, "--out", out)  # without --resume: refuses, keeps the checkpoint
+    refused = run_cli(*QUICK, "--out", out)  # without --resume: refuses, keeps the checkpoint
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = run_example(*QUICK, "--out", out, "--resume")
+    resumed = run_cli(*QUICK, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and "epoch  1/2" not in resumed.stdout
 

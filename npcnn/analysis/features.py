@@ -16,24 +16,28 @@ from ..nn import Conv2d, ReLU
 REPORT_FILTERS = (15, 4, 1, 2, 8)
 
 
-def _model(net):
+def _model(classifier):
     """The Sequential of a Classifier (without its LogSoftmax), or the Sequential itself."""
-    return getattr(net, "body", net)
+    return getattr(classifier, "body", classifier)
 
 
-def conv_layers(net):
-    """``{"conv1": Conv2d, "conv2": Conv2d, ...}`` in the order they appear in the Sequential."""
-    convs = [layer for layer in _model(net) if isinstance(layer, Conv2d)]
+def conv_layers(classifier):
+    """``{"conv1": Conv2d, "conv2": Conv2d, ...}`` in the order they appear in the Sequential.
+
+    ``classifier``: a :class:`~npcnn.classifier.Classifier` or a :class:`~npcnn.nn.Sequential`.
+    """
+    convs = [layer for layer in _model(classifier) if isinstance(layer, Conv2d)]
     return {f"conv{i + 1}": layer for i, layer in enumerate(convs)}
 
 
-def filters(net, conv2_filters=REPORT_FILTERS):
+def filters(classifier, conv2_filters=REPORT_FILTERS):
     """The learned kernels: all of conv1 ``[32, 1, 3, 3]`` and the chosen conv2 filters ``[k, 32, 3, 3]``.
 
     Returns a dict with ``conv1``, ``conv2`` (the chosen filters, in the order
     given) and ``conv2_filters`` (their indices). Copies, in float64.
+    ``classifier``: a :class:`~npcnn.classifier.Classifier` or a :class:`~npcnn.nn.Sequential`.
     """
-    convs = conv_layers(net)
+    convs = conv_layers(classifier)
     if len(convs) < 2:
         raise ValueError(f"the model has {len(convs)} Conv2d layer(s); filters() needs two")
     w1 = convs["conv1"].weight.data
@@ -46,8 +50,8 @@ def filters(net, conv2_filters=REPORT_FILTERS):
             "conv2_filters": np.array(chosen, dtype=np.int64)}
 
 
-def feature_maps(classifier, x, post_activation=False, layers=None):
-    """The outputs of each conv layer for pixel-space images ``x`` [N, H, W] or [N, 1, H, W].
+def feature_maps(classifier, images, post_activation=False, layers=None):
+    """The outputs of each conv layer for pixel-space ``images`` [N, H, W] or [N, 1, H, W].
 
     Returns ``{"conv1": [N, C, H, W], "conv2": ...}``: the conv output itself
     (before the activation, as the report plots them), or, with
@@ -57,8 +61,8 @@ def feature_maps(classifier, x, post_activation=False, layers=None):
     ``classifier.batch_size`` images; eval mode.
     """
     model = _model(classifier)
-    x = classifier._as_input(x)
-    if len(x) == 0:
+    images = classifier._as_input(images)
+    if len(images) == 0:
         raise ValueError("feature_maps: no images given")
     convs = conv_layers(model)
     wanted = list(convs) if layers is None else list(layers)
@@ -67,8 +71,8 @@ def feature_maps(classifier, x, post_activation=False, layers=None):
         raise ValueError(f"no layer {unknown[0]!r}; the model has {', '.join(convs) or 'no conv layers'}")
     classifier.model.eval()
     out = {name: [] for name in wanted}
-    for i in range(0, len(x), classifier.batch_size):
-        h = classifier.normalize(x[i:i + classifier.batch_size])
+    for i in range(0, len(images), classifier.batch_size):
+        h = classifier.normalize(images[i:i + classifier.batch_size])
         todo, pending, seen = set(wanted), None, 0  # maps still to record; the conv awaiting its ReLU
         for layer in model:
             if not todo:

@@ -94,13 +94,13 @@ def check_settings(image_shape, patch, stride):
     return patch, stride
 
 
-def occlusion(classifier, x, target=None, patch=10, stride=2, fill=0.0, batch_size=256, progress=False):
+def occlusion(classifier, images, target=None, patch=10, stride=2, fill=0.0, batch_size=256, progress=False):
     """Occlude each image with a ``patch`` of value ``fill`` at every grid position; see the module doc.
 
     Parameters
     ----------
     classifier : npcnn.classifier.Classifier
-    x : array [N, H, W] or [N, 1, H, W], pixel space [0, 1]
+    images : array [N, H, W] or [N, 1, H, W], pixel space [0, 1]
     target : None, int or int array [N]
         The class whose probability is tracked (the true label, as the
         report). None: the class predicted for the unoccluded image.
@@ -113,22 +113,22 @@ def occlusion(classifier, x, target=None, patch=10, stride=2, fill=0.0, batch_si
     -------
     OcclusionResult
     """
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3:
-        raise ValueError(f"occlusion: expected images of shape [N, H, W] or [N, 1, H, W], got {np.shape(x)}")
-    if len(x) == 0:
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"occlusion: expected images of shape [N, H, W] or [N, 1, H, W], got {np.shape(images)}")
+    if len(images) == 0:
         raise ValueError("occlusion: no images given")
     if int(batch_size) <= 0:
         raise ValueError(f"occlusion: batch_size must be positive, got {batch_size}")
-    n, h, w = x.shape
+    n, h, w = images.shape
     patch, stride = check_settings((h, w), patch, stride)
     fill = float(fill)
     dtype = classifier.dtype
-    x = x.astype(dtype, copy=False)
+    images = images.astype(dtype, copy=False)
 
-    base = np.concatenate([classifier.predict_proba(x[i:i + int(batch_size)])  # same chunks: same buffers
+    base = np.concatenate([classifier.predict_proba(images[i:i + int(batch_size)])  # same chunks: same buffers
                            for i in range(0, n, int(batch_size))])
     if target is None:
         target = base.argmax(axis=1)
@@ -150,7 +150,7 @@ def occlusion(classifier, x, target=None, patch=10, stride=2, fill=0.0, batch_si
     for start in chunks:
         flat = np.arange(start, min(start + int(batch_size), total))   # (image, position) pairs, row-major
         img, pos = flat // positions, flat % positions
-        occluded = np.where(masks[pos], fill_value, x[img])            # [B, H, W], one chunk at a time
+        occluded = np.where(masks[pos], fill_value, images[img])       # [B, H, W], one chunk at a time
         p = classifier.predict_proba(occluded)
         probability[flat] = p[np.arange(len(flat)), target[img]]
         predicted[flat] = p.argmax(axis=1)

@@ -5,7 +5,7 @@ Three methods, all in pixel space and batched through
 input-only backward pass per chunk of images), with Captum's conventions:
 
 * :func:`saliency`: the gradient ``dS_t/dx`` (``captum.attr.Saliency``; its
-  ``abs=True`` default is ours too).
+  ``abs=True`` default is our ``absolute=True``).
 * :func:`smoothgrad`: the mean of the saliency of ``samples`` noisy copies
   ``x + N(0, stdev^2)`` (``captum.attr.NoiseTunnel(Saliency(...)).attribute(
   x, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev)``; the absolute
@@ -26,16 +26,16 @@ OUTPUTS = ("logit", "probability")
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
-def _prepare(classifier, x, target):
-    x = classifier._as_input(x)[:, 0]
-    if len(x) == 0:
+def _prepare(classifier, images, target):
+    images = classifier._as_input(images)[:, 0]
+    if len(images) == 0:
         raise ValueError("saliency: no images given")
     if target is None:
-        target = classifier.predict(x)
-    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),)).copy()
+        target = classifier.predict(images)
+    target = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(images),)).copy()
     if np.any((target < 0) | (target >= classifier.num_classes)):
         raise ValueError(f"saliency: target classes must be in 0..{classifier.num_classes - 1}, got {target.tolist()}")
-    return x.astype(classifier.dtype, copy=False), target
+    return images.astype(classifier.dtype, copy=False), target
 
 
 def score_gradient(output):
@@ -69,37 +69,39 @@ def _gradients(classifier, images, target, output, batch_size=None):
     return out
 
 
-def saliency(classifier, x, target=None, output="logit", abs=True):
-    """Vanilla gradient ``dS_t/dx`` [N, H, W] (its absolute value when ``abs``), as ``captum.attr.Saliency``."""
-    x, target = _prepare(classifier, x, target)
-    g = _gradients(classifier, x, target, output)
-    return np.abs(g) if abs else g
+def saliency(classifier, images, target=None, output="logit", absolute=True):
+    """Vanilla gradient ``dS_t/dx`` [N, H, W] of ``images`` (its absolute value when ``absolute``), as
+    ``captum.attr.Saliency`` (whose ``abs`` is our ``absolute``)."""
+    images, target = _prepare(classifier, images, target)
+    g = _gradients(classifier, images, target, output)
+    return np.abs(g) if absolute else g
 
 
-def smoothgrad(classifier, x, target=None, output="logit", samples=25, stdev=0.15, abs=True, rng=0,
+def smoothgrad(classifier, images, target=None, output="logit", samples=25, stdev=0.15, absolute=True, seed=0,
                batch_size=None):
-    """SmoothGrad [N, H, W]: the mean of :func:`saliency` over ``samples`` copies ``x + noise``.
+    """SmoothGrad [N, H, W]: the mean of :func:`saliency` over ``samples`` copies ``images + noise``.
 
     ``noise`` has shape [samples, N, H, W], drawn in one stream from
-    ``np.random.default_rng(rng)`` as ``normal(0, stdev)``: the result equals
-    ``mean_s saliency(x + noise[s])``. No clipping to [0, 1] (as Captum).
+    ``np.random.default_rng(seed)`` as ``normal(0, stdev)``: the result equals
+    ``mean_s saliency(images + noise[s])``. No clipping to [0, 1] (as Captum).
+    With ``absolute`` the absolute value is taken per noisy copy, before the mean.
     """
-    x, target = _prepare(classifier, x, target)
+    images, target = _prepare(classifier, images, target)
     if int(samples) <= 0:
         raise ValueError(f"smoothgrad: samples must be positive, got {samples}")
     if not stdev >= 0:
         raise ValueError(f"smoothgrad: stdev must be >= 0, got {stdev}")
-    rng = np.random.default_rng(rng)
-    n = len(x)
+    rng = np.random.default_rng(seed)
+    n = len(images)
     total = int(samples) * n
     batch_size = int(batch_size or classifier.batch_size)
-    acc = np.zeros(x.shape, dtype=np.float64)
+    acc = np.zeros(images.shape, dtype=np.float64)
     for start in range(0, total, batch_size):
         flat = np.arange(start, min(start + batch_size, total))        # (sample, image) pairs, sample-major
         img = flat % n
-        noisy = x[img] + rng.normal(0.0, stdev, (len(flat),) + x.shape[1:]).astype(x.dtype)
+        noisy = images[img] + rng.normal(0.0, stdev, (len(flat),) + images.shape[1:]).astype(images.dtype)
         g = _gradients(classifier, noisy, target[img], output, batch_size)
-        _sum_by_image(acc, img, np.abs(g) if abs else g)
+        _sum_by_image(acc, img, np.abs(g) if absolute else g)
     return (acc / int(samples)).astype(classifier.dtype)
 
 
@@ -141,26 +143,27 @@ def ig_points(steps, method="gausslegendre"):
     return alphas, weights.astype(np.float32).astype(np.float64)
 
 
-def integrated_gradients(classifier, x, target=None, output="logit", baseline=0.0, steps=50,
+def integrated_gradients(classifier, images, target=None, output="logit", baseline=0.0, steps=50,
                          method="gausslegendre", batch_size=None):
-    """Integrated gradients [N, H, W] from ``baseline`` (a pixel value or an array like ``x``; 0 = black).
+    """Integrated gradients [N, H, W] from ``baseline`` (a pixel value or an array like ``images``; 0 = black).
 
+    For each image ``x`` of ``images`` and its baseline ``x0``:
     ``(x - x0) * sum_k w_k dS_t/dx(x0 + a_k (x - x0))`` with Captum's points
     and weights (:func:`ig_points`); all ``steps * N`` interpolated images go
     through the net in chunks. The attributions sum to about
     ``S_t(x) - S_t(x0)`` (completeness), closer with more steps.
     """
-    x, target = _prepare(classifier, x, target)
+    images, target = _prepare(classifier, images, target)
     alphas, weights = ig_points(steps, method)
-    x0 = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
-    n = len(x)
+    x0 = np.broadcast_to(np.asarray(baseline, dtype=images.dtype), images.shape)
+    n = len(images)
     total = len(alphas) * n
     batch_size = int(batch_size or classifier.batch_size)
-    acc = np.zeros(x.shape, dtype=np.float64)
+    acc = np.zeros(images.shape, dtype=np.float64)
     for start in range(0, total, batch_size):
         flat = np.arange(start, min(start + batch_size, total))        # (step, image) pairs, step-major
         step, img = flat // n, flat % n
-        a = alphas[step].astype(x.dtype)[:, None, None]
-        g = _gradients(classifier, x0[img] + a * (x[img] - x0[img]), target[img], output, batch_size)
+        a = alphas[step].astype(images.dtype)[:, None, None]
+        g = _gradients(classifier, x0[img] + a * (images[img] - x0[img]), target[img], output, batch_size)
         _sum_by_image(acc, img, g * weights[step][:, None, None])
-    return ((x - x0) * acc).astype(classifier.dtype)
+    return ((images - x0) * acc).astype(classifier.dtype)

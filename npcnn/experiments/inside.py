@@ -136,8 +136,9 @@ def saliency(run, *, indices=None, output="logit", steps=50, method="gausslegend
     clf = run.classifier
     absolute = not signed
     maps = {
-        "saliency": saliency_map(clf, x, y, output=output, abs=absolute),
-        "smoothgrad": smoothgrad(clf, x, y, output=output, samples=samples, stdev=stdev, abs=absolute, rng=seed),
+        "saliency": saliency_map(clf, x, y, output=output, absolute=absolute),
+        "smoothgrad": smoothgrad(clf, x, y, output=output, samples=samples, stdev=stdev, absolute=absolute,
+                                 seed=seed),
         "integrated_gradients": integrated_gradients(clf, x, y, output=output, steps=steps, method=method),
     }
     names = clf.class_names

@@ -122,11 +122,7 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
         history, start_epoch = checkpoint.load(model, optimizer)
         if log:
             log(f"resuming {out} after epoch {start_epoch}")
-    write_json(os.path.join(out, "config.json"), {
-        "format": FORMAT, **asdict(config), "data_source": info.source, "data_path": os.path.abspath(info.path),
-        "class_names": list(info.class_names), "normalization": normalization.as_dict(),
-        "versions": library_versions(),
-    })
+    write_config(out, config, info, normalization)
     if log:
         variant = "with BatchNorm" if config.batchnorm else "without BatchNorm"
         log(f"training the reference net {variant}: {count_parameters(model):,} parameters, "
@@ -135,6 +131,16 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
                   normalization=normalization, seed=config.seed, history=history, start_epoch=start_epoch,
                   checkpoint=checkpoint, progress=progress, log=log)
     return finish_run(out, config, model, normalization, history, test, info)
+
+
+def write_config(out, config, info, normalization):
+    """``out/config.json``: the run's settings, where its data came from, its normalisation, the versions."""
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "config.json"), {
+        "format": FORMAT, **asdict(config), "data_source": info.source, "data_path": os.path.abspath(info.path),
+        "class_names": list(info.class_names), "normalization": normalization.as_dict(),
+        "versions": library_versions(),
+    })
 
 
 def finish_run(out, config, model, normalization, history, test, info):

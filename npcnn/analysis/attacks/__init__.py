@@ -30,7 +30,7 @@ not bound it, and the results are kept as they are, in pixel units.
 FGSM and PGD always work in pixel space within [0, 1], ``eps`` in pixel units.
 
 Every result stores pixel-space images, whatever space the optimisation ran
-in, and ``probabilities`` are exactly ``clf.predict_proba(result.images)``.
+in, and ``probabilities`` are exactly ``classifier.predict_proba(result.images)``.
 """
 from .adam_loops import (CLASS_IMAGE, NOISE, TARGETED, add_noise, class_images, learn_noise, target_pairs, targeted,
                          transfer_noise)

@@ -31,22 +31,22 @@ NOISE = {"steps": 1_500, "lr": 0.005}
 class _Space:
     """Maps between pixel space and the space the optimisation runs in."""
 
-    def __init__(self, clf, space, bounds):
-        self.clf, self.space, self.bounds = clf, _check_space(space), _check_bounds(bounds)
-        dt = clf.dtype.type
-        self.mean, self.std = dt(clf.normalization.mean), dt(clf.normalization.std)
+    def __init__(self, classifier, space, bounds):
+        self.classifier, self.space, self.bounds = classifier, _check_space(space), _check_bounds(bounds)
+        dt = classifier.dtype.type
+        self.mean, self.std = dt(classifier.normalization.mean), dt(classifier.normalization.std)
         self.lo = self.hi = None
         if self.bounds is not None:
-            lo, hi = np.asarray(self.bounds, dtype=clf.dtype)
+            lo, hi = np.asarray(self.bounds, dtype=classifier.dtype)
             if space == "normalized":
                 lo, hi = (lo - self.mean) / self.std, (hi - self.mean) / self.std
             self.lo, self.hi = lo, hi
 
     def from_pixel(self, x):
-        return self.clf.normalize(x) if self.space == "normalized" else x.copy()
+        return self.classifier.normalize(x) if self.space == "normalized" else x.copy()
 
     def to_pixel(self, v):
-        return self.clf.normalization.to_pixel(v) if self.space == "normalized" else v
+        return self.classifier.normalization.to_pixel(v) if self.space == "normalized" else v
 
     def final_pixels(self, v):
         """The saved pixel images: a new array, clipped to the bounds (removes the rounding of z -> x)."""
@@ -64,7 +64,7 @@ class _Space:
         return v
 
 
-def _adam_loop(clf, what, param, point, objective, steps, lr, space, progress, project=None):
+def _adam_loop(classifier, what, param, point, objective, steps, lr, space, progress, project=None):
     """Run ``steps`` Adam ascent steps on ``param``.
 
     ``point()`` gives the current image in the optimisation space;
@@ -85,7 +85,7 @@ def _adam_loop(clf, what, param, point, objective, steps, lr, space, progress, p
     for t in progress_bar(range(steps), desc=what, disable=not progress, leave=False, mininterval=0.5):
         with np.errstate(over="ignore", invalid="ignore"):
             box["v"] = point()
-            _, gx = clf.forward_backward(space.to_pixel(box["v"]), grad_fn)
+            _, gx = classifier.forward_backward(space.to_pixel(box["v"]), grad_fn)
             g = space.pixel_grad_to_space(gx)
             if box["extra"] is not None:
                 g = g + box["extra"]
@@ -118,7 +118,7 @@ def _logit_objective(targets, beta=0.0, v0=None):
     return objective
 
 
-def class_images(clf, classes=None, *, steps=CLASS_IMAGE["steps"], lr=CLASS_IMAGE["lr"], seed=0,
+def class_images(classifier, classes=None, *, steps=CLASS_IMAGE["steps"], lr=CLASS_IMAGE["lr"], seed=0,
                  space="normalized", bounds=None, image_shape=(28, 28), progress=True):
     """The image each class's logit likes best, grown from seeded noise (the report's "non-targeted attack").
 
@@ -129,20 +129,20 @@ def class_images(clf, classes=None, *, steps=CLASS_IMAGE["steps"], lr=CLASS_IMAG
     report's "cost").
     """
     steps, lr = _check_steps(steps), _check_lr(lr)
-    targets = check_classes(clf, range(clf.num_classes) if classes is None else classes)
-    sp = _Space(clf, space, bounds)
+    targets = check_classes(classifier, range(classifier.num_classes) if classes is None else classes)
+    sp = _Space(classifier, space, bounds)
     rng = np.random.default_rng(seed)
-    x0 = rng.random((len(targets), 1, *image_shape)).astype(clf.dtype)
+    x0 = rng.random((len(targets), 1, *image_shape)).astype(classifier.dtype)
     param = Parameter(sp.clip(sp.from_pixel(x0)))
-    history = _adam_loop(clf, "class images", param, lambda: param.data, _logit_objective(targets),
+    history = _adam_loop(classifier, "class images", param, lambda: param.data, _logit_objective(targets),
                          steps, lr, sp, progress, sp.clip)
     images = sp.final_pixels(param.data)
     settings = {"steps": steps, "lr": lr, "seed": seed, "space": space, "bounds": sp.bounds}
-    return _finish(clf, "class-image", images, x0, images - x0, targets, np.full(len(targets), -1), history,
+    return _finish(classifier, "class-image", images, x0, images - x0, targets, np.full(len(targets), -1), history,
                    (len(targets), *image_shape), settings)
 
 
-def targeted(clf, images, targets, *, labels=None, beta=TARGETED["beta"], steps=TARGETED["steps"],
+def targeted(classifier, images, targets, *, labels=None, beta=TARGETED["beta"], steps=TARGETED["steps"],
              lr=TARGETED["lr"], space="normalized", bounds=None, progress=True):
     """Push each real image towards its target class: maximise ``logit_t(v) - beta * ||v - v0||^2``.
 
@@ -153,25 +153,25 @@ def targeted(clf, images, targets, *, labels=None, beta=TARGETED["beta"], steps=
     if not (np.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be >= 0, got {beta}")
     steps, lr, x0, shape, targets, labels, sp, v0 = _start_from_images(
-        clf, "targeted", images, targets, labels, steps, lr, space, bounds)
+        classifier, "targeted", images, targets, labels, steps, lr, space, bounds)
     param = Parameter(sp.clip(v0.copy()))
-    history = _adam_loop(clf, "targeted", param, lambda: param.data, _logit_objective(targets, beta, v0),
+    history = _adam_loop(classifier, "targeted", param, lambda: param.data, _logit_objective(targets, beta, v0),
                          steps, lr, sp, progress, sp.clip)
     adv = sp.final_pixels(param.data)
     settings = {"steps": steps, "lr": lr, "beta": float(beta), "space": space, "bounds": sp.bounds}
-    return _finish(clf, "targeted", adv, x0, adv - x0, targets, labels, history, shape, settings)
+    return _finish(classifier, "targeted", adv, x0, adv - x0, targets, labels, history, shape, settings)
 
 
-def _start_from_images(clf, what, images, targets, labels, steps, lr, space, bounds):
+def _start_from_images(classifier, what, images, targets, labels, steps, lr, space, bounds):
     """The checked settings and starting point shared by the attacks that start from real images:
     ``steps, lr, x0`` (pixel space), the caller's ``shape``, ``targets``, ``labels``, the space and
     ``v0``, the clean images in that space."""
     steps, lr = _check_steps(steps), _check_lr(lr)
-    x0, shape = _as_images(clf, images)
-    targets = check_classes(clf, targets)
+    x0, shape = _as_images(classifier, images)
+    targets = check_classes(classifier, targets)
     if len(targets) != len(x0):
         raise ValueError(f"{what}: {len(x0)} images but {len(targets)} targets")
-    sp = _Space(clf, space, bounds)
+    sp = _Space(classifier, space, bounds)
     return steps, lr, x0, shape, targets, _labels(labels, len(x0)), sp, sp.from_pixel(x0)
 
 
@@ -193,7 +193,7 @@ def target_pairs(labels, pairs="report", num_classes=10):
     raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
 
 
-def learn_noise(clf, images, targets, *, labels=None, steps=NOISE["steps"], lr=NOISE["lr"], space="normalized",
+def learn_noise(classifier, images, targets, *, labels=None, steps=NOISE["steps"], lr=NOISE["lr"], space="normalized",
                 bounds=None, progress=True):
     """Learn an additive noise ``n`` (from zero) that makes the net call ``image + n`` the target.
 
@@ -202,19 +202,19 @@ def learn_noise(clf, images, targets, *, labels=None, steps=NOISE["steps"], lr=N
     result is the noise in pixel units; ``images`` are the digits plus their noise.
     """
     steps, lr, x0, shape, targets, labels, sp, v0 = _start_from_images(
-        clf, "learn_noise", images, targets, labels, steps, lr, space, bounds)
+        classifier, "learn_noise", images, targets, labels, steps, lr, space, bounds)
     noise = Parameter(np.zeros_like(v0))
 
     def project(n):  # keep v0 + n inside the bounds
         if sp.lo is not None:
             np.clip(n, sp.lo - v0, sp.hi - v0, out=n)
 
-    history = _adam_loop(clf, "noise", noise, lambda: v0 + noise.data, _logit_objective(targets), steps, lr, sp,
+    history = _adam_loop(classifier, "noise", noise, lambda: v0 + noise.data, _logit_objective(targets), steps, lr, sp,
                          progress, project)
     adv = sp.final_pixels(v0 + noise.data)
     pixel_noise = noise.data * sp.std if space == "normalized" else noise.data.copy()
     settings = {"steps": steps, "lr": lr, "space": space, "bounds": sp.bounds}
-    return _finish(clf, "noise", adv, x0, pixel_noise, targets, labels, history, shape, settings)
+    return _finish(classifier, "noise", adv, x0, pixel_noise, targets, labels, history, shape, settings)
 
 
 def add_noise(images, noise, bounds=None):
@@ -224,23 +224,24 @@ def add_noise(images, noise, bounds=None):
     return np.clip(out, *bounds) if bounds is not None else out
 
 
-def transfer_noise(clf, noise, images, labels, target, *, bounds=None, batch_size=1000, progress=True):
+def transfer_noise(classifier, noise, images, labels, target, *, bounds=None, batch_size=1000, progress=True):
     """Add one learned noise (pixel units, [H, W]) to every image and see what the net says.
 
     ``images`` uint8 [N, H, W] or pixel-space floats. Returns a :class:`TransferResult`: accuracy
     with and without the noise and the transfer rate (images not of the target class now predicted
     as the target).
     """
-    target = int(check_classes(clf, [target])[0])
+    target = int(check_classes(classifier, [target])[0])
     labels = np.asarray(labels, dtype=np.int64)
     images = np.asarray(images)
     clean, noisy, prob = [], [], []
     for i in progress_bar(range(0, len(images), batch_size), desc="noise on the test set", disable=not progress,
                   leave=False):
         x = images[i:i + batch_size]
-        x = x.astype(clf.dtype) / clf.dtype.type(255) if x.dtype == np.uint8 else x.astype(clf.dtype)
-        clean.append(clf.predict(x))
-        p = clf.predict_proba(add_noise(x, noise, bounds).astype(clf.dtype))
+        dtype = classifier.dtype
+        x = x.astype(dtype) / dtype.type(255) if x.dtype == np.uint8 else x.astype(dtype)
+        clean.append(classifier.predict(x))
+        p = classifier.predict_proba(add_noise(x, noise, bounds).astype(dtype))
         noisy.append(p.argmax(axis=1))
         prob.append(p[:, target])
     return TransferResult(target=target, labels=labels, predicted_clean=np.concatenate(clean),

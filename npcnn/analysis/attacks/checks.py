@@ -47,9 +47,9 @@ def _check_eps(eps):
     return eps
 
 
-def check_classes(clf, classes):
+def check_classes(classifier, classes):
     """Class indices as an int array; a class may be given by index or by name. Clear error otherwise."""
-    names = clf.class_names or [str(i) for i in range(clf.num_classes)]
+    names = classifier.class_names or [str(i) for i in range(classifier.num_classes)]
     out = []
     for c in np.atleast_1d(np.asarray(classes, dtype=object)):
         if isinstance(c, str) and c in names:
@@ -59,19 +59,19 @@ def check_classes(clf, classes):
             i = int(c)
         except (TypeError, ValueError):
             i = None
-        if i is None or i != float(c) or not 0 <= i < clf.num_classes:
-            raise ValueError(f"unknown class {c!r}: the net's classes are 0..{clf.num_classes - 1} "
+        if i is None or i != float(c) or not 0 <= i < classifier.num_classes:
+            raise ValueError(f"unknown class {c!r}: the net's classes are 0..{classifier.num_classes - 1} "
                              f"({', '.join(names)})")
         out.append(i)
     return np.asarray(out, dtype=np.int64)
 
 
-def _as_images(clf, images):
+def _as_images(classifier, images):
     """Pixel-space images as [N, 1, H, W] in the classifier's dtype (a copy), and the caller's shape."""
     x = np.asarray(images)
     shape = x.shape
-    x = clf._as_input(x)
-    return np.array(x, dtype=clf.dtype, copy=True), shape
+    x = classifier._as_input(x)
+    return np.array(x, dtype=classifier.dtype, copy=True), shape
 
 
 def _labels(labels, n, what="labels"):

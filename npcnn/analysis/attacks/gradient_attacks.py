@@ -36,23 +36,23 @@ def _ce_objective(labels, targets):
     return objective
 
 
-def _ce_gradient(clf, x, objective):
+def _ce_gradient(classifier, x, objective):
     box = {}
 
     def grad_fn(logits):
         box["value"], d = objective(logits)
         return d
 
-    _, g = clf.forward_backward(x, grad_fn)
+    _, g = classifier.forward_backward(x, grad_fn)
     return box["value"], g
 
 
-def _prepare(clf, images, labels, targets, eps):
+def _prepare(classifier, images, labels, targets, eps):
     eps = _check_eps(eps)
-    x0, shape = _as_images(clf, images)
+    x0, shape = _as_images(classifier, images)
     labels = _labels(labels, len(x0))
     if targets is not None:
-        targets = check_classes(clf, targets)
+        targets = check_classes(classifier, targets)
         if len(targets) != len(x0):
             raise ValueError(f"{len(x0)} images but {len(targets)} targets")
     elif np.any(labels < 0):
@@ -60,24 +60,24 @@ def _prepare(clf, images, labels, targets, eps):
     return eps, x0, shape, labels, targets
 
 
-def fgsm(clf, images, labels, eps, *, targets=None):
+def fgsm(classifier, images, labels, eps, *, targets=None):
     """Fast gradient sign method, as ``torchattacks.FGSM``: ``x' = clip(x + eps * sign(grad), 0, 1)``.
 
     ``grad`` is the gradient of the batch-mean cross-entropy of the true labels (untargeted), or of
     minus that of ``targets`` (targeted, as ``set_mode_targeted_by_label``). ``eps`` in pixel units.
     """
-    eps, x0, shape, labels, targets = _prepare(clf, images, labels, targets, eps)
+    eps, x0, shape, labels, targets = _prepare(classifier, images, labels, targets, eps)
     with np.errstate(over="ignore", invalid="ignore"):
-        value, g = _ce_gradient(clf, x0, _ce_objective(labels, targets))
+        value, g = _ce_gradient(classifier, x0, _ce_objective(labels, targets))
     _check_finite("fgsm", 1, 1, value, g)
-    dt = clf.dtype.type
-    adv = np.clip(x0 + dt(eps) * np.sign(g), 0, 1).astype(clf.dtype, copy=False)
+    dt = classifier.dtype.type
+    adv = np.clip(x0 + dt(eps) * np.sign(g), 0, 1).astype(classifier.dtype, copy=False)
     settings = {"eps": eps}
     t = targets if targets is not None else np.full(len(x0), -1)
-    return _finish(clf, "fgsm", adv, x0, adv - x0, t, labels, value[None], shape, settings)
+    return _finish(classifier, "fgsm", adv, x0, adv - x0, t, labels, value[None], shape, settings)
 
 
-def pgd(clf, images, labels, eps, *, norm="linf", step_size=None, steps=10, targets=None, random_start=True,
+def pgd(classifier, images, labels, eps, *, norm="linf", step_size=None, steps=10, targets=None, random_start=True,
         seed=0, progress=False):
     """Projected gradient descent, as ``torchattacks.PGD`` (``norm="linf"``) and ``PGDL2`` (``norm="l2"``).
 
@@ -90,28 +90,28 @@ def pgd(clf, images, labels, eps, *, norm="linf", step_size=None, steps=10, targ
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     steps = _check_steps(steps)
-    eps, x0, shape, labels, targets = _prepare(clf, images, labels, targets, eps)
+    eps, x0, shape, labels, targets = _prepare(classifier, images, labels, targets, eps)
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     if not (np.isfinite(step_size) and step_size >= 0):
         raise ValueError(f"step size must be >= 0, got {step_size}")
-    dt = clf.dtype.type
+    dt = classifier.dtype.type
     n = len(x0)
     adv = x0.copy()
     if random_start:
         rng = np.random.default_rng(seed)
         if norm == "linf":
-            adv = adv + rng.uniform(-eps, eps, size=adv.shape).astype(clf.dtype)
+            adv = adv + rng.uniform(-eps, eps, size=adv.shape).astype(classifier.dtype)
         else:
             d = rng.standard_normal(adv.shape)
             d *= (rng.uniform(0, 1, size=n) * eps / np.linalg.norm(d.reshape(n, -1), axis=1))[:, None, None, None]
-            adv = adv + d.astype(clf.dtype)
+            adv = adv + d.astype(classifier.dtype)
         adv = np.clip(adv, 0, 1)
     objective = _ce_objective(labels, targets)
     history = np.empty((steps, n), dtype=np.float64)
     name = "pgd" if norm == "linf" else "pgd-l2"
     for t in progress_bar(range(steps), desc=name, disable=not progress, leave=False):
         with np.errstate(over="ignore", invalid="ignore"):
-            history[t], g = _ce_gradient(clf, adv, objective)
+            history[t], g = _ce_gradient(classifier, adv, objective)
         _check_finite(name, t + 1, steps, history[t], g)
         if norm == "linf":
             adv = adv + dt(step_size) * np.sign(g)
@@ -124,28 +124,28 @@ def pgd(clf, images, labels, eps, *, norm="linf", step_size=None, steps=10, targ
             with np.errstate(divide="ignore"):
                 factor = np.minimum(dt(eps) / dnorm, dt(1))
             delta = delta * factor[:, None, None, None]
-        adv = np.clip(x0 + delta, 0, 1).astype(clf.dtype, copy=False)
+        adv = np.clip(x0 + delta, 0, 1).astype(classifier.dtype, copy=False)
     settings = {"eps": eps, "norm": norm, "step_size": step_size, "steps": steps, "random_start": bool(random_start),
                 "seed": seed}
     tgt = targets if targets is not None else np.full(n, -1)
-    return _finish(clf, name, adv, x0, adv - x0, tgt, labels, history, shape, settings)
+    return _finish(classifier, name, adv, x0, adv - x0, tgt, labels, history, shape, settings)
 
 
 ATTACKS = {"fgsm": "FGSM (L-inf)", "pgd": "PGD (L-inf)", "pgd-l2": "PGD (L2)"}
 
 
-def run_attack(clf, attack, images, labels, eps, *, steps=10, step_size=None, seed=0, random_start=True,
+def run_attack(classifier, attack, images, labels, eps, *, steps=10, step_size=None, seed=0, random_start=True,
                targets=None):
     """One of :data:`ATTACKS` by name."""
     if attack == "fgsm":
-        return fgsm(clf, images, labels, eps, targets=targets)
+        return fgsm(classifier, images, labels, eps, targets=targets)
     if attack in ("pgd", "pgd-l2"):
-        return pgd(clf, images, labels, eps, norm="linf" if attack == "pgd" else "l2", step_size=step_size,
+        return pgd(classifier, images, labels, eps, norm="linf" if attack == "pgd" else "l2", step_size=step_size,
                    steps=steps, targets=targets, random_start=random_start, seed=seed)
     raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
 
 
-def robustness_curve(clf, images, labels, eps, *, attack="fgsm", steps=10, step_size=None, seed=0,
+def robustness_curve(classifier, images, labels, eps, *, attack="fgsm", steps=10, step_size=None, seed=0,
                      random_start=True, batch_size=500, progress=True, desc=None):
     """Accuracy under an untargeted attack for each ``eps`` (pixel units), over a whole test set in batches.
 
@@ -166,13 +166,14 @@ def robustness_curve(clf, images, labels, eps, *, attack="fgsm", steps=10, step_
                leave=False)
     for b, i in enumerate(starts):
         x = images[i:i + batch_size]
-        x = x.astype(clf.dtype) / clf.dtype.type(255) if x.dtype == np.uint8 else x.astype(clf.dtype)
+        dtype = classifier.dtype
+        x = x.astype(dtype) / dtype.type(255) if x.dtype == np.uint8 else x.astype(dtype)
         y = labels[i:i + batch_size]
         for k, e in enumerate(eps):
             if e == 0:
-                pred = clf.predict(x)
+                pred = classifier.predict(x)
             else:
-                r = run_attack(clf, attack, x, y, e, steps=steps, step_size=step_size, seed=[seed, b],
+                r = run_attack(classifier, attack, x, y, e, steps=steps, step_size=step_size, seed=[seed, b],
                                random_start=random_start)
                 pred = r.predicted
             correct[k] += int(np.sum(pred == y))

@@ -41,7 +41,7 @@ class AttackResult:
         ``logit_t - beta ||v - v0||^2`` for targeted, the cross-entropy
         (``-CE`` of the target when targeted) for FGSM / PGD.
     probabilities : ndarray [N, C]
-        ``clf.predict_proba(images)``.
+        ``classifier.predict_proba(images)``.
     settings : dict
         The settings the attack ran with.
     """
@@ -133,10 +133,10 @@ class RobustnessResult:
     settings: dict = field(default_factory=dict)
 
 
-def _finish(clf, attack, images, start, perturbation, targets, labels, history, shape, settings):
-    """The :class:`AttackResult`, arrays back in the caller's ``shape``, with ``clf.predict_proba(images)``."""
+def _finish(classifier, attack, images, start, perturbation, targets, labels, history, shape, settings):
+    """The :class:`AttackResult`, arrays back in the caller's ``shape``, with ``classifier.predict_proba(images)``."""
     images = images.reshape(shape)
     return AttackResult(attack=attack, images=images, start=start.reshape(shape),
                         perturbation=perturbation.reshape(shape), targets=np.asarray(targets, dtype=np.int64),
                         labels=np.asarray(labels, dtype=np.int64), history=history,
-                        probabilities=clf.predict_proba(images), settings=settings)
+                        probabilities=classifier.predict_proba(images), settings=settings)
