@@ -10,7 +10,7 @@ What it measures (MNIST-shaped random batches, float32, the reference net
 * **attack**: steps/s of the attack loop on 1, 10 and 90 images: forward, the
   gradient of the target log-probability with respect to the input only,
   one Adam step (maximize) on the image. npcnn's path is
-  ``Sequential.backward(g, param_grads=False)`` + ``npcnn.optim.Adam`` on a
+  ``fast.plan(model).backward(g, param_grads=False)`` + ``npcnn.optim.Adam`` on a
   ``Parameter`` image;
 * **peak RSS** (``VmHWM``, i.e. the ``ru_maxrss`` of this process alone) of each measuring subprocess;
 * the **GEMM floor**: the net's own GEMMs of a training step timed through
@@ -363,11 +363,11 @@ def peak_rss_mb():
 
 def npcnn_extras(quick):
     """Input gradient vs full backward, and the GEMM floor of a training step."""
-    from npcnn import seed_cnn
+    from npcnn import fast, seed_cnn
     out = {}
     reps = 5 if quick else 30
     for batch in (10, 64):
-        model = seed_cnn(rng=0).eval()
+        model = fast.plan(seed_cnn(rng=0)).eval()      # the fast path, as occlusion and the attacks run it
         x, _ = _data(batch)
         g = np.ones((batch, 10), np.float32)
         model.forward(x)

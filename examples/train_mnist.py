@@ -34,7 +34,7 @@ def main(args):
     model = seed_cnn(batchnorm=args.batchnorm, num_classes=len(info.class_names), rng=args.seed)
     loss = NLLLoss()                                           # the model ends in LogSoftmax
     optimizer = Adam(model.parameters(), lr=args.lr)
-    net = fast.plan(model)              # the same layers, conv -> ReLU -> pool fused (NPCNN_FAST=0: not)
+    net = fast.plan(model)             # the same layers, conv -> ReLU -> pool fused (NPCNN_FAST=0: not)
     write_config(args.out, config, info, normalization)
     history = History()
     for epoch in range(args.epochs):

@@ -47,11 +47,18 @@ class Classifier:
         """Pixel space [N, 1, H, W] -> the net's input space, in the model's dtype."""
         return self.normalization.to_normalized(x.astype(self.dtype, copy=False)).astype(self.dtype, copy=False)
 
+    def _net(self):
+        """The body on the fast path (:func:`npcnn.fast.plan`), kept: its fused steps keep their buffers."""
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan.model is not self.body or plan.fuse != fast.FUSE:
+            self._plan = fast.plan(self.body)
+        return self._plan
+
     def logits(self, x):
         """Pre-softmax outputs [N, C] for pixel-space images, in batches."""
         self.model.eval()
         x = self._as_input(x)
-        net = fast.plan(self.body)
+        net = self._net()
         outs = [net.forward(self.normalize(x[i:i + self.batch_size]))
                 for i in range(0, len(x), self.batch_size)]
         return np.concatenate(outs) if outs else np.empty((0, self.num_classes), self.dtype)
@@ -72,7 +79,7 @@ class Classifier:
         """
         self.model.eval()
         x = self._as_input(x)
-        net = fast.plan(self.body)
+        net = self._net()
         logits = net.forward(self.normalize(x))
         grad_logits = np.asarray(grad_fn(logits), dtype=self.dtype)
         dz = net.backward(grad_logits, param_grads=False)

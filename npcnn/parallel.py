@@ -67,7 +67,7 @@ def num_threads():
 
 def own_threads_pay(x):
     """True when npcnn should run the GEMMs of a pass over ``x`` on its own threads."""
-    return x.size >= OWN_THREADS_MIN_VALUES
+    return np.size(x) >= OWN_THREADS_MIN_VALUES
 
 
 def _set_blas_threads(counts):

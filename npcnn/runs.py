@@ -71,14 +71,15 @@ class Run:
         from .data.datasets import ENV_VAR
 
         c = self.config
-        if root is not None or c.get("data_dir"):
-            return root if root is not None else c["data_dir"]
+        recorded = c.get("data_path") if c.get("data_source") in ("root", "env") else None
+        recorded = recorded if recorded and os.path.isdir(recorded) else None
+        if root is not None:
+            return root
+        if c.get("data_dir"):   # as trained; a relative one seen from another folder: the recorded path
+            return c["data_dir"] if os.path.isdir(c["data_dir"]) or recorded is None else recorded
         if os.environ.get(ENV_VAR):
             return None  # load_dataset reads it
-        recorded = c.get("data_path")
-        if recorded and c.get("data_source") in ("root", "env") and os.path.isdir(recorded):
-            return recorded
-        return None
+        return recorded
 
     def test_data(self, root=None):
         """The run's test set: (uint8 images [N, 28, 28], labels [N]), from the same source it was trained on

@@ -126,6 +126,7 @@ def test_reproduce_records_keyword_settings_and_names_a_failed_stage(tmp_path, m
 
 
 def test_the_pipeline_does_not_import_the_command_line():
-    code = "import sys, npcnn.pipeline; print(sorted(m for m in sys.modules if m.startswith('npcnn.cli')))"
+    code = ("import sys, npcnn.pipeline, npcnn.experiments; npcnn.pipeline.stages('out', 'mnist', True); "
+            "print(sorted(m for m in sys.modules if m.startswith('npcnn.cli')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -81,8 +81,8 @@ def test_fused_sequential_equals_layer_by_layer(batchnorm):
     res = []
     for fuse in (True, False):
         m = seed_cnn(batchnorm=batchnorm, rng=1)
-        net = fast.plan(m, enabled=fuse)           # the fast path, or the readable layers one by one
-        assert isinstance(net, fast.FastSequential) == fuse
+        net = fast.plan(m, fuse=fuse)              # fused, or the readable layers one by one
+        assert net.fuse == fuse and any(isinstance(s, fast.ConvReLUPool) for s in net.steps()) == fuse
         y = net.forward(x)
         dx = net.backward(g)
         res.append((y, dx, [p.grad for p in m.parameters()], m.state_dict()))
@@ -285,7 +285,7 @@ def test_sharing_is_per_thread():
 
 
 def test_one_blas_thread_nests_and_restores():
-    """Sequential.forward/backward hold BLAS to one thread and give the user's setting back, even
+    """The fast path's forward/backward hold BLAS to one thread and give the user's setting back, even
     after an error inside."""
     from threadpoolctl import threadpool_info, threadpool_limits
     from npcnn import parallel
@@ -486,8 +486,8 @@ def test_blas_kernel_drives_a_32_bit_cblas_too(dtype, by_rows):
     np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
 
 
-def test_without_a_callable_blas_sequential_leaves_blas_its_threads(monkeypatch):
-    """If npcnn cannot find numpy's cblas (another numpy build), Sequential neither limits BLAS nor
+def test_without_a_callable_blas_the_fast_path_leaves_blas_its_threads(monkeypatch):
+    """If npcnn cannot find numpy's cblas (another numpy build), the fast path neither limits BLAS nor
     splits GEMMs, and computes the same."""
     from threadpoolctl import threadpool_info
     from npcnn import blas, parallel

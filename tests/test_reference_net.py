@@ -33,7 +33,7 @@ def test_reference_net_forward_backward_matches_torch(batchnorm, dtype, fuse):
     x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
     g = rng.standard_normal((5, 10)).astype(dtype)
     # the fast path fuses Conv2d -> ReLU -> MaxPool2d; it and the readable layers must both agree with torch
-    y, dx, grads = run_npcnn(fast.plan(net, enabled=fuse), x, g)
+    y, dx, grads = run_npcnn(fast.plan(net, fuse=fuse), x, g)
     y_t, dx_t, grads_t = run_torch(twin, x, g)
     assert set(grads) == set(grads_t)
     tol = TOL[np.dtype(dtype)]

@@ -22,10 +22,6 @@ COMMANDS = {
 }
 
 
-class UsageError(Exception):
-    """A bad argument or input the user can fix; printed as one line."""
-
-
 def positive_int(text):
     value = int(text)
     if value <= 0:
@@ -37,13 +33,6 @@ def positive_float(text):
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def nonnegative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -62,7 +51,7 @@ def main(argv=None):
 
 
 def run_guarded(func, args):
-    """Run a command; expected failures become ``npcnn: error: ...`` on stderr and exit code 1 (2 for usage)."""
+    """Run a command; expected failures become ``npcnn: error: ...`` on stderr and exit code 1 (a bad flag is argparse's: its usage line and exit code 2)."""
     from ..data import ChecksumError, DatasetNotFoundError, DownloadError, IDXError
     from ..models import ModelFileError
     from ..nn.loss import NonFiniteLossError
@@ -78,9 +67,6 @@ def run_guarded(func, args):
     except KeyboardInterrupt:
         print("\nnpcnn: interrupted", file=sys.stderr)
         return 130
-    except UsageError as e:
-        print(f"npcnn: error: {e}", file=sys.stderr)
-        return 2
     except (StageFailed, ReportError, RunDirError, DatasetNotFoundError, DownloadError, ChecksumError, IDXError, ModelFileError, NonFiniteLossError,
             OSError, ValueError) as e:
         print(f"npcnn: error: {e or type(e).__name__}", file=sys.stderr)

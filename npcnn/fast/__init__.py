@@ -7,46 +7,50 @@ with the same Parameters, faster:
 * every Conv2d -> ReLU -> MaxPool2d triple becomes one :class:`~npcnn.fast.fused.ConvReLUPool`
   step (the conv output is never stored, the ReLU is folded into the pool's winners);
 * BLAS is held to one thread while the net runs and npcnn shares its larger GEMMs among its own
-  threads (:mod:`npcnn.parallel`), from batches big enough for that to pay.
+  threads (:mod:`npcnn.parallel`), from batches big enough for that to pay. Without this, BLAS's
+  threads spin between GEMMs while numba's run the kernels, and two cores serve four threads.
 
 Training, the Classifier (so occlusion, saliency and the attacks) and the benchmarks use it::
 
-    net = fast.plan(model)          # a FastSequential over model's layers, or model itself when off
+    net = fast.plan(model)          # a FastSequential over model's layers
     out = net.forward(x)
     dx = net.backward(grad)         # dL/dW into model's Parameters, as model.backward would
 
-It is switched off with one setting: ``NPCNN_FAST=0`` in the environment, or ``fast.ENABLED = False``
-(then ``plan`` returns the model unchanged and every layer runs its readable code; a training
-step of the reference net is then about 2x slower: see docs/performance.md). Both give the same
+The fusion is switched off with one setting: ``NPCNN_FAST=0`` in the environment, or
+``npcnn.fast.FUSE = False`` (or ``plan(model, fuse=False)``). Every layer then runs its readable code in
+``npcnn/nn/``, with the threads still arranged as above; the README gives the cost. Both give the same
 results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.py`` and
 ``tests/test_layers_torch.py`` hold each against the other and against PyTorch.
 """
 import os
-import weakref
 
 from .. import parallel
 from .fused import ConvReLUPool, fusable
 
-__all__ = ["ENABLED", "plan", "FastSequential", "ConvReLUPool", "fusable"]
+__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "fusable"]
 
-#: The fast path is on unless ``NPCNN_FAST=0``; set ``npcnn.fast.ENABLED = False`` to switch it off.
-ENABLED = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
+#: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
+FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class FastSequential:
     """A :class:`~npcnn.nn.Sequential`'s layers grouped into fast steps; forward / backward like it.
 
-    Everything but ``forward`` and ``backward`` (parameters, ``train()`` / ``eval()``,
-    ``state_dict()``, indexing) is the model's own: the steps share its layer objects and Parameters.
-    The grouping is redone at every forward, so a model changed in place is followed; each fused step
-    keeps its scratch buffers from one call to the next.
+    ``fuse=False`` keeps every layer a step of its own (the readable code), threads still arranged.
+    Everything but ``forward``, ``backward``, ``train`` and ``eval`` (parameters, ``state_dict()``,
+    indexing, ...) is the model's own: the steps share its layer objects and Parameters. The grouping
+    is redone at every forward, so a model changed in place is followed; each fused step keeps its
+    scratch buffers from one call to the next, as long as its three layers stay in the model.
     """
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, fuse=True):
+        self.model, self.fuse = model, bool(fuse)
         self._fused = {}        # (id(conv), id(relu), id(pool)) -> ConvReLUPool, buffers kept
+        self._steps = None
 
-    def __getattr__(self, name):                    # parameters(), train(), eval(), layers, ...
+    def __getattr__(self, name):                    # parameters(), zero_grad(), state_dict(), layers, ...
+        if name.startswith("__") or name in ("model", "fuse", "_fused", "_steps", "_own_threads"):
+            raise AttributeError(name)              # (copy and pickle ask before __init__ has run)
         return getattr(self.model, name)
 
     def __getitem__(self, i):
@@ -56,21 +60,28 @@ class FastSequential:
         return len(self.model)
 
     def __repr__(self):
-        return f"FastSequential({self.steps()!r})"
+        return f"FastSequential({self.steps()!r}, fuse={self.fuse})"
+
+    def train(self, mode=True):
+        self.model.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
 
     def steps(self):
-        """The model's layers, each Conv2d -> ReLU -> MaxPool2d triple as one ConvReLUPool."""
-        layers, steps, i = self.model.layers, [], 0
+        """The model's layers, each Conv2d -> ReLU -> MaxPool2d triple as one ConvReLUPool when fusing."""
+        layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
-            if fusable(layers, i):
+            if self.fuse and fusable(layers, i):
                 key = tuple(id(layer) for layer in layers[i:i + 3])
-                if key not in self._fused:
-                    self._fused[key] = ConvReLUPool(*layers[i:i + 3])
-                steps.append(self._fused[key])
+                fused[key] = self._fused.get(key) or ConvReLUPool(*layers[i:i + 3])
+                steps.append(fused[key])
                 i += 3
             else:
                 steps.append(layers[i])
                 i += 1
+        self._fused = fused     # steps whose layers left the model go, with their buffers
         return steps
 
     def __call__(self, x):
@@ -90,7 +101,9 @@ class FastSequential:
         ``input_grad=False`` says nobody needs dL/dx (training): a fused first step then skips it and
         None is returned.
         """
-        with parallel.one_blas_thread(getattr(self, "_own_threads", True)):
+        if self._steps is None:
+            raise RuntimeError("FastSequential.backward called before forward")
+        with parallel.one_blas_thread(self._own_threads):
             steps = self._steps
             for step in reversed(steps):
                 if isinstance(step, ConvReLUPool):
@@ -100,17 +113,12 @@ class FastSequential:
             return grad_out
 
 
-_PLANS = weakref.WeakKeyDictionary()   # model -> its FastSequential (kept: its fused steps own buffers)
-
-
-def plan(model, enabled=None):
-    """``model`` (a Sequential) on the fast path, or ``model`` itself when the fast path is off
-    (``enabled=False``, or ``ENABLED`` is False). Anything that is not a Sequential is returned as is.
-    Cheap to call every time: one FastSequential is kept per model."""
+def plan(model, fuse=None):
+    """``model`` (a Sequential) on the fast path: a new :class:`FastSequential` over its layers, fusing
+    unless ``fuse`` (default: :data:`FUSE`) is False. Keep it and call it again and again: its fused
+    steps keep their buffers. Anything that is not a Sequential is returned as is."""
     from ..nn.module import Sequential
 
-    if not (ENABLED if enabled is None else enabled) or not isinstance(model, Sequential):
+    if not isinstance(model, Sequential):
         return model
-    if model not in _PLANS:
-        _PLANS[model] = FastSequential(model)
-    return _PLANS[model]
+    return FastSequential(model, FUSE if fuse is None else fuse)

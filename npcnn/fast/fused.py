@@ -36,9 +36,11 @@ the same way.
 
 :class:`ConvReLUPool` owns everything the step keeps between forward and
 backward (the input, padded copies, the winners, the pooled output, scratch
-buffers); the three layers are only read (their hyper-parameters and the
-conv's Parameters, into which the gradients go). The gemm path borrows the
-conv's own im2col + GEMM halves (``Conv2d._forward_cols`` / ``_backward_cols``).
+buffers); of the three layers it reads the hyper-parameters and the conv's
+Parameters, into which the gradients go. The exception is the gemm path: it
+borrows the conv's own im2col + GEMM halves (``Conv2d._forward_cols`` /
+``_backward_cols``), which keep the conv's input and columns on the conv, as
+``Conv2d.forward`` does.
 The paths sum in different orders, so they agree with the layers run one by
 one to rounding, not to the bit (``tests/test_kernels_fast.py``).
 """
