@@ -152,6 +152,11 @@ def test_first_layer_kernels_equal_the_gemm_path(n, h, w, pad, ties, threads, mo
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+#: Sharing work among threads cannot be seen with one thread (NUMBA_NUM_THREADS=1): those tests say so
+NEEDS_TWO_THREADS = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                                       reason="compares two threads with one: NUMBA_NUM_THREADS=1 allows only one")
+
+
 @contextlib.contextmanager
 def numba_threads(n):
     """numba's thread count set to ``n`` inside the block (npcnn's own threads follow it)."""
@@ -163,6 +168,7 @@ def numba_threads(n):
         numba.set_num_threads(before)
 
 
+@NEEDS_TWO_THREADS
 def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
     """With several chunks, the channels-last conv shares them among threads while npcnn runs
     BLAS on one thread: the outputs, winners and gradients equal those of one thread walking the chunks."""
@@ -188,6 +194,7 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
 
+@NEEDS_TWO_THREADS
 def test_channels_last_conv_in_real_threads_equals_one_thread(monkeypatch):
     """The same through the real thread pool, on a batch that does not split evenly."""
     from npcnn import parallel
