@@ -445,8 +445,9 @@ def check_peers(peers, tol=2e-4):
 def compile_times():
     """First-use numba compile time (cold NUMBA_CACHE_DIR) and again with the warm cache."""
     code = ("import time, numpy as np; t0 = time.perf_counter(); "
-            "from npcnn import seed_cnn, NLLLoss; from npcnn.optim import Adam; "
-            "m = seed_cnn(); m_bn = seed_cnn(batchnorm=True); x = np.zeros((4, 1, 28, 28), np.float32); "
+            "from npcnn import fast, seed_cnn, NLLLoss; from npcnn.optim import Adam; "
+            "m = fast.plan(seed_cnn()); m_bn = fast.plan(seed_cnn(batchnorm=True)); "
+            "x = np.zeros((4, 1, 28, 28), np.float32); "
             "t = np.zeros(4, np.int64); L = NLLLoss()\n"
             "def step(net):\n"
             "    o = Adam(net.parameters()); L.forward(net.forward(x), t); net.backward(L.backward()); o.step()\n"
