@@ -5,7 +5,9 @@
 * FGSM / PGD / PGD-L2 (untargeted and targeted, no random start) equal torchattacks in float64: the
   torch model is made float64 and the normalisation sits inside it, so torchattacks sees [0, 1] inputs
   and computes in float64 like us.
-* On a net trained to >= 98 %: class images, the 10 x 10 targeted matrix, FGSM at eps 0.3.
+* The beta sweep's batched loop: each beta's row equals that beta's loop in PyTorch.
+* On a net trained to >= 98 %: class images, the 10 x 10 targeted matrix, the report's pairs at the default
+  settings (PyTorch's Adam lr 1e-3) and across the beta sweep (L2 does not grow with beta), FGSM at eps 0.3.
 
 The comparisons with PyTorch are tie-aware: every image an attack passes through (the start and every
 iterate) is checked to be away from the net's kinks (``ties.kink_margin``). MNIST digits have exactly black
@@ -183,6 +185,22 @@ def test_targeted_loop_matches_torch(clf64, samples):
     _close(r.perturbation, images - x, "perturbation")
 
 
+def test_targeted_sweep_rows_match_torch(clf64, samples):
+    """Each beta's row of the one batched loop is the loop for that beta alone (Adam's update is per pixel)."""
+    clf, body = clf64
+    x, y = samples
+    src, tgt = np.array([1, 3, 8]), np.array([7, 5, 0])
+    x = lifted(x[src])
+    rows = A.targeted_sweep(clf, x, tgt, [0.0, 0.05], labels=y[src], steps=100, lr=0.01, progress=False)
+    assert [r.settings["beta"] for r in rows] == [0.0, 0.05]
+    for r, beta in zip(rows, [0.0, 0.05]):
+        images, history, iterates = torch_adam_loop(body, clf.normalization, x, tgt, 100, 0.01, beta=beta)
+        assert_tie_free(clf, iterates)
+        _close(r.images, images, f"images, beta {beta}")
+        _close(r.history, history, f"history, beta {beta}")
+        np.testing.assert_array_equal(r.probabilities, clf.predict_proba(r.images))
+
+
 @pytest.mark.parametrize("space, bounds", [("normalized", None), ("pixel", (0.0, 1.0))])
 def test_noise_loop_matches_torch(clf64, samples, space, bounds):
     clf, body = clf64
@@ -283,13 +301,14 @@ def test_class_images_are_their_class(run):
 
 
 def test_targeted_matrix_succeeds(run, samples):
-    # The report's setting (beta 1e-4, starting at x0) with 100 steps of 0.01 instead of 1,000: success
-    # is reached by ~100 steps (97 % here, 31 % at 50); later steps only add confidence and distance.
+    # The report's beta 1e-4 from x0, with 100 steps of 0.01 instead of 1,000 of the default 1e-3 (PyTorch's):
+    # this checks the matrix, not the step size (that is test_targeted_defaults_...). At 0.01 success is
+    # reached by ~100 steps (97 % here, 31 % at 50); later steps only add confidence and distance.
     x, y = samples
     clf = run.classifier
     src, tgt = A.target_pairs(y, "all")
     assert len(src) == 90 and np.all(y[src] != tgt)
-    r = A.targeted(clf, x[src], tgt, labels=y[src], steps=100, progress=False)
+    r = A.targeted(clf, x[src], tgt, labels=y[src], steps=100, lr=0.01, progress=False)
     s = r.summary()
     assert s["success_rate"] >= 0.9, s
     assert 0 < s["mean_linf"] and 0 < s["mean_l2"]
@@ -298,6 +317,48 @@ def test_targeted_matrix_succeeds(run, samples):
     # the report's pairs are the diagonal d -> d + 1 of the matrix
     rs, rt = A.target_pairs(y, "report")
     np.testing.assert_array_equal(rt, (y + 1) % 10)
+
+
+@pytest.fixture(scope="session")
+def report_sweep(run, samples):
+    """The report's pairs (d -> d + 1) at every beta of the sweep, with the default steps and step size, in one
+    batched loop (60 images; the same per beta as A.targeted alone: test_targeted_sweep_rows_match_torch)."""
+    x, y = samples
+    src, tgt = A.target_pairs(y, "report")
+    return A.targeted_sweep(run.classifier, x[src], tgt, A.SWEEP_BETAS, labels=y[src], progress=False)
+
+
+def test_targeted_defaults_are_pytorchs_adam_and_reach_the_report_pairs(run, report_sweep):
+    import inspect
+
+    from npcnn import experiments
+
+    # the report gives no step size: PyTorch's Adam default, everywhere the attack is called
+    assert A.TARGETED == {"steps": 1_000, "lr": 1e-3, "beta": 1e-4}
+    for f in (A.targeted, A.targeted_sweep, experiments.targeted, experiments.targeted_sweep):
+        assert inspect.signature(f).parameters["lr"].default == 1e-3, f
+    # All 1,000 steps: this 1-epoch net needs them (600 steps: 8 of 10). 9 of 10 here (0 -> 1 ends as a 2,
+    # 9 -> 0 reaches p = 0.92), at mean L2 6.6 and L-inf 0.49; on the 10-epoch full-MNIST net all 10, at 5.4
+    # (the issue's target, >= 90 %, is for that net: README). A net trained for one epoch on another CPU ends
+    # on other weights, so this one asks for 8 of 10: one more near miss must not fail the suite.
+    r = report_sweep[A.SWEEP_BETAS.index(A.TARGETED["beta"])]
+    assert r.settings == {"steps": 1000, "lr": 1e-3, "beta": 1e-4, "space": "normalized", "bounds": None}
+    s = r.summary()
+    assert s["success_rate"] >= 0.8 and s["mean_l2"] <= 8, s
+    np.testing.assert_array_equal(r.probabilities, run.classifier.predict_proba(r.images))
+
+
+def test_l2_does_not_grow_with_beta(report_sweep):
+    # At the penalised optimum the distance can only shrink as beta grows (for b1 < b2 and optima v1, v2, the
+    # two optimality inequalities add up to (b2 - b1)(|v1 - v0|^2 - |v2 - v0|^2) >= 0). Adam stops after
+    # 1,000 steps, not at the optimum, and below beta ~1e-3 the penalty barely acts: a pair's L2 moves by a few
+    # hundredths either way (the batch's rounding alone does as much), so the mean may rise a little there
+    # (it does not on this net; 5 % allowed, since another CPU trains another net).
+    l2 = np.array([r.summary()["mean_l2"] for r in report_sweep])
+    assert np.all(l2[1:] <= l2[:-1] * 1.05), l2
+    # where the penalty acts (beta >= 1e-2), clearly less: here 6.66, 6.63, 6.43, 5.12, 1.57, 0.14
+    assert l2[-1] < l2[-2] < l2[-3] < 0.9 * l2[0], l2
+    assert report_sweep[-1].success_rate < report_sweep[0].success_rate   # beta 1: the penalty wins
 
 
 def test_fgsm_eps_03_breaks_the_net(run, test_set):

@@ -55,6 +55,41 @@ def test_targeted_files(run, capsys):
     assert "success" in out and "mean Linf" in out
 
 
+def test_targeted_beta_sweep_files(run, capsys):
+    code, out, err = attack(capsys, run.path, "targeted", "--beta", 0, 1e-2, 1, "--steps", 5)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "targeted_sweep.npz"))
+    np.testing.assert_array_equal(d["betas"], [0, 1e-2, 1])
+    assert d["adversarial"].shape == (3, 10, 28, 28) and d["probabilities"].shape == (3, 10, 10)
+    assert d["l2"].shape == d["linf"].shape == d["success"].shape == (3, 10) and d["mean_l2"].shape == (3,)
+    for k in range(3):
+        np.testing.assert_array_equal(d["probabilities"][k], run.classifier.predict_proba(d["adversarial"][k]))
+    for name in ("targeted_sweep.png", "targeted_sweep_digits.png"):
+        assert os.path.getsize(run.file("attacks", name)) > 0
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["beta 0", "beta 0.01", "beta 1"]
+    assert lines[3].startswith("targeted sweep (report, 10 pairs, 3 betas")
+
+
+def test_one_beta_is_the_single_attack_as_before(run, capsys):
+    sweep = run.file("attacks", "targeted_sweep.npz")
+    before = os.path.getmtime(sweep) if os.path.exists(sweep) else None
+    code, out, err = attack(capsys, run.path, "targeted", "--beta", "1e-3", "--steps", 2)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "targeted.npz"))
+    assert float(d["beta"]) == 1e-3 and float(d["lr"]) == 1e-3 and d["adversarial"].shape == (10, 28, 28)
+    assert out.startswith("targeted (report, 10 pairs): success")
+    assert (os.path.getmtime(sweep) if os.path.exists(sweep) else None) == before   # the sweep's file untouched
+
+
+def test_help_states_the_targeted_step_size_and_the_sweep(capsys):
+    with pytest.raises(SystemExit):
+        main(["attack", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0.001 targeted, PyTorch's Adam default, as the report gives none" in text
+    assert "several values run a sweep instead, e.g. --beta 0 1e-4 1e-3 1e-2 1e-1 1" in text
+
+
 def test_noise_files(run, capsys):
     images, labels = run.test_data()
     i, j = [k for k in range(50) if labels[k] != 2][:2]
@@ -107,7 +142,10 @@ def fake_run(tmp_path_factory):
     (["class-image", "--bounds", "0.5", "0.5"], "bounds must have low < high"),
     (["class-image", "--beta", "0.1"], "--beta does not apply to `class-image`"),
     (["class-image", "--steps", "3", "--lr", "1e38"], "NaN or infinite at step 2 of 3"),
-    (["targeted", "--beta", "-1"], "--beta must be >= 0"),
+    (["targeted", "--beta", "-1"], "--beta must be >= 0, got -1"),
+    (["targeted", "--beta"], "--beta takes one or more values, each a number >= 0; got none"),
+    (["targeted", "--beta", "0", "1e-4", "-0.5"], "--beta must be >= 0, got -0.5"),
+    (["class-image", "--beta"], "--beta does not apply to `class-image`"),
     (["targeted", "--steps", "-5"], "steps must be a positive integer"),
     (["noise", "--target", "ten"], "unknown class 'ten'"),
     (["noise", "--indices", "1"], "--indices takes two test-set indices"),

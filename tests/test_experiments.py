@@ -73,6 +73,51 @@ def test_class_images_from_python(run):
     assert r.describe().splitlines()[-1].endswith(f"written to {run / 'attacks'}")
 
 
+def test_targeted_sweep_from_python(run):
+    """One row per beta (sorted, repeats dropped), every array read off the saved images; only the sweep's files."""
+    clf = Run.open(run).classifier
+    r = experiments.targeted_sweep(run, betas=[1e-2, 0, 1e-2, 1], steps=3, progress=False)
+    assert isinstance(r, experiments.adversarial.TargetedSweepOutput)
+    np.testing.assert_array_equal(r.betas, [0, 1e-2, 1])
+    assert [os.path.basename(f) for f in r.files] == ["targeted_sweep.png", "targeted_sweep_digits.png",
+                                                      "targeted_sweep.npz"]   # the .npz last
+    assert sorted(os.listdir(run / "attacks")) == sorted(os.path.basename(f) for f in r.files)  # no targeted.npz
+    d = load_npz(r.files[-1])
+    np.testing.assert_array_equal(d["betas"], [0, 1e-2, 1])
+    assert d["sources"].shape == (10, 28, 28) and d["adversarial"].shape == (3, 10, 28, 28)
+    assert d["probabilities"].shape == (3, 10, 10) and d["cost"].shape == (3, 3, 10)
+    np.testing.assert_array_equal(d["targets"], (d["source_labels"] + 1) % 10)   # the report's pairs
+    for k, beta in enumerate(r.betas):
+        np.testing.assert_array_equal(d["probabilities"][k], clf.predict_proba(d["adversarial"][k]))
+        rows = np.arange(10)
+        np.testing.assert_array_equal(d["confidence"][k], d["probabilities"][k][rows, d["targets"]])
+        np.testing.assert_array_equal(d["success"][k], d["probabilities"][k].argmax(axis=1) == d["targets"])
+        diff = (d["adversarial"][k] - d["sources"]).reshape(10, -1).astype(np.float64)
+        np.testing.assert_allclose(d["l2"][k], np.linalg.norm(diff, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(d["linf"][k], np.abs(diff).max(axis=1), rtol=1e-6)
+        assert r.attacks[k].settings["beta"] == beta
+    for key in ("success_rate", "mean_confidence", "mean_l2", "mean_linf"):
+        assert d[key].shape == (3,)
+    np.testing.assert_allclose(d["mean_l2"], d["l2"].mean(axis=1))
+    np.testing.assert_allclose(d["success_rate"], d["success"].mean(axis=1))
+    assert float(d["lr"]) == 1e-3 and int(d["steps"]) == 3 and str(d["pairs"]) == "report"
+    lines = r.describe().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("beta 0: success") and lines[2].startswith("beta 1: success")
+    assert lines[-1].endswith(f"written to {run / 'attacks'}")
+
+
+def test_reproduce_runs_the_sweep_at_pytorchs_step_size():
+    from npcnn.analysis.attacks import SWEEP_BETAS
+
+    for quick in (False, True):
+        by_name = {s.name: s for s in pipeline.stages("out", "mnist", quick)}
+        sweep, targeted = by_name["targeted-sweep"], by_name["targeted"]
+        assert sweep.function is experiments.targeted_sweep and sweep.output.endswith("targeted_sweep.npz")
+        assert sweep.settings == dict(pairs="report", betas=list(SWEEP_BETAS), steps=1000, lr=1e-3)
+        # the step size is recorded: a folder attacked at the old default 0.01 is attacked again
+        assert targeted.settings == dict(pairs="all", steps=1000, lr=1e-3)
+
+
 BAD = [
     ("occlusion", dict(patch=(3, 4, 5)), "--patch takes one or two numbers, got 3"),
     ("occlusion", dict(patch=29), "does not fit"),
@@ -86,6 +131,10 @@ BAD = [
     ("class_images", dict(classes=["twelve"]), "unknown class 'twelve'"),
     ("targeted", dict(beta=-1), "--beta must be >= 0"),
     ("targeted", dict(pairs="some"), "pairs must be 'report' or 'all'"),
+    ("targeted_sweep", dict(betas=[]), "--beta takes one or more values, each a number >= 0; got none"),
+    ("targeted_sweep", dict(betas=[0, -1e-3]), "--beta must be >= 0, got -0.001"),
+    ("targeted_sweep", dict(betas=[0, float("nan")]), "--beta must be >= 0, got nan"),
+    ("targeted_sweep", dict(pairs="some"), "pairs must be 'report' or 'all'"),
     ("noise", dict(indices=[1]), "--indices takes two test-set indices"),
     ("noise", dict(target=0), "is already of class 0"),
     ("robustness", dict(eps=[0.1, -0.1]), "eps must be >= 0, got -0.1"),
@@ -107,6 +156,8 @@ def test_settings_are_checked_before_the_run_is_even_opened(tmp_path):
         experiments.occlusion(tmp_path / "missing", patch=[1, 2, 3])
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         experiments.targeted(tmp_path / "missing", steps=-5)
+    with pytest.raises(ValueError, match="--beta takes one or more values"):
+        experiments.targeted_sweep(tmp_path / "missing", betas=[])
     assert not (tmp_path / "missing").exists()
 
 

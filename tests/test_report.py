@@ -14,7 +14,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from npcnn.report import ReportError, build_report, write_report
+import numpy as np
+
+from npcnn.io import load_npz
+from npcnn.report import ReportError, build_report, sweep_sentence, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -77,8 +80,8 @@ def test_reproduce_quick_writes_every_section(reproduced):
     assert [s for s in SECTIONS if s in p.ids] == SECTIONS
     assert "not run" not in page.replace("not run:</strong> the speed benchmark", "")
     assert p.scripts == 0 and p.external == []  # self-contained: nothing to fetch
-    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[class-image]", "[targeted]", "[noise]",
-                 "[robustness]", "[report]"):
+    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[class-image]", "[targeted]",
+                 "[targeted-sweep]", "[noise]", "[robustness]", "[report]"):
         assert line in result.stdout
 
 
@@ -113,6 +116,26 @@ def test_numbers_on_the_page_come_from_the_run_files(reproduced):
     assert "799,078" in page and "10,014" in page
     history = json.loads((out / "plain" / "history.json").read_text())
     assert f"{history['test_loss'][-1]:.4f}" in page
+    # section 4: the targeted attack's step size said, the sweep's table and sentence read off its arrays
+    assert page.count("1,000 Adam steps of 0.001 (PyTorch's Adam default: the report gives no step size)") == 2
+    d = load_npz(out / "plain" / "attacks" / "targeted_sweep.npz")
+    assert d["betas"].tolist() == [0, 1e-4, 1e-3, 1e-2, 1e-1, 1] and d["adversarial"].shape == (6, 10, 28, 28)
+    l2, rate = d["l2"].mean(axis=1), d["success"].mean(axis=1)
+    assert all(f"<td>{m:.3f}</td>" in page for m in l2)
+    assert f"<p class='sweep'>{sweep_sentence(d['betas'], l2, rate)}</p>" in page
+    assert page.index("<h4>Beside it: the penalty") > page.index("alt=\"targeted pairs\"")   # the report's first
+
+
+def test_the_sweep_sentence_says_what_the_arrays_show():
+    betas = np.array([0, 1e-4, 1e-2, 1])
+    text = sweep_sentence(betas, np.array([5.0, 4.95, 3.0, 0.5]), np.array([1, 1, 0.8, 0]))
+    assert text == ("The closer the image must stay, the less it moves: mean L2 goes from 5.00 at beta 0 to 0.50 at "
+                    "beta 1 (never rising), and every pair reaches its target up to beta 0.0001, 0.00 % at beta 1; "
+                    "at the report's beta 0.0001 it is 4.95, -1.0 % against no penalty.")
+    text = sweep_sentence(betas[1:], np.array([3.0, 3.1, 0.5]), np.array([0.5, 0.5, 0]))
+    assert "(not monotone in this run), and the success rate goes from 50.00 % to 0.00 %." in text
+    assert "report's beta" not in text   # no beta 0 to compare with
+    assert "every pair reaches its target at every beta" in sweep_sentence(betas, np.ones(4), np.ones(4))
 
 
 def test_report_opens_in_chromium_with_every_image_loaded(reproduced, tmp_path):
@@ -147,7 +170,7 @@ def test_reproduce_reuses_finished_stages(reproduced):
     before = (out / "report.html").stat().st_mtime_ns
     result = npcnn("reproduce", "--quick", "--out", out, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("reused") == 8
+    assert result.stdout.count("reused") == 9
     assert (out / "report.html").stat().st_mtime_ns >= before
 
 

@@ -18,14 +18,14 @@ One module per section of the report:
 * :mod:`.training`     2 training: :func:`train`, :func:`compare` (with and without BatchNorm); write RUN_DIR itself
 * :mod:`.inside`       3 inside the net: :func:`inspect` (filters, feature maps), :func:`occlusion`,
                        :func:`saliency`; write ``inspect/``, ``occlusion/``, ``saliency/``, each whole or not at all
-* :mod:`.adversarial`  4 fooling the net: :func:`class_images`, :func:`targeted`, :func:`noise`,
-                       :func:`robustness`; write ``attacks/``
+* :mod:`.adversarial`  4 fooling the net: :func:`class_images`, :func:`targeted`, :func:`targeted_sweep`,
+                       :func:`noise`, :func:`robustness`; write ``attacks/``
 * :mod:`.common`       what they share: opening the run, its chosen test images, writing the folder
 """
-from .adversarial import class_images, noise, robustness, targeted
+from .adversarial import class_images, noise, robustness, targeted, targeted_sweep
 from .common import StageOutput
 from .inside import inspect, occlusion, saliency
 from .training import TrainConfig, compare, compare_runs, train, train_run
 
-__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "class_images", "targeted", "noise",
-           "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]
+__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "class_images", "targeted", "targeted_sweep",
+           "noise", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]

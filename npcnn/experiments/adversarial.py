@@ -3,14 +3,17 @@
 The report's settings are the defaults:
 
 * :func:`class_images`  the image each class likes best, grown from noise (15,000 Adam steps of 0.05);
-* :func:`targeted`      real digits pushed to a target class (beta 1e-4, 1,000 steps); ``pairs="all"``
-                        runs the full 10 x 10 source-to-target matrix;
+* :func:`targeted`      real digits pushed to a target class (beta 1e-4, 1,000 steps; the report gives no
+                        step size, so Adam's lr is PyTorch's default, 1e-3); ``pairs="all"`` runs the full
+                        10 x 10 source-to-target matrix;
+* :func:`targeted_sweep` the same for several betas (default 0, 1e-4, 1e-3, 1e-2, 0.1, 1): success, target
+                        probability, L2 and L-inf against beta;
 * :func:`noise`         a noise learned on one digit (1,500 steps of 0.005), then added to another
                         image and to the whole test set;
 * :func:`robustness`    test accuracy against eps under FGSM / PGD, for one or more runs.
 
 Adam runs in the net's normalised input space unless ``space="pixel"``; ``bounds=(low, high)`` keeps the
-images within those pixel values (default: unbounded, as the report). All four write into
+images within those pixel values (default: unbounded, as the report). All five write into
 ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per stage, each file atomically, the ``.npz`` last). Every
 setting is checked before anything is computed or written.
 """
@@ -28,6 +31,8 @@ DEFAULT_EPS = {"fgsm": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], "pgd": [0.0, 0.05
                "pgd-l2": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
 NOISE_TARGET = 8
 PAIRS = ("report", "all")
+SWEEP_SHOWN = (1, 2, 4, 7)   # source digits drawn across the betas (the report's 1 -> 2 and 2 -> 3 among them)
+CURVES = ("success_rate", "mean_confidence", "mean_l2", "mean_linf")
 
 
 @dataclass
@@ -99,11 +104,30 @@ class TargetedOutput(AttackOutput):
                 f"{s['mean_linf']:.3f} (pixel units); written to {self.folder}")
 
 
+def _check_betas(betas):
+    """One or more betas, each >= 0, as a sorted array without repeats; an error naming --beta otherwise."""
+    values = np.atleast_1d(np.asarray(betas, dtype=np.float64)).ravel()
+    if values.size == 0:
+        raise ValueError("--beta takes one or more values, each a number >= 0; got none")
+    for b in values:
+        if not (np.isfinite(b) and b >= 0):
+            raise ValueError(f"--beta must be >= 0, got {b:g}")
+    return np.unique(values)
+
+
+def _pairs(run, pairs):
+    """The run's sample digits and the (source, target) pairs: indices, images, labels, sources, targets."""
+    images, labels = run.test_data()
+    idx, x, y = run.select(images, labels)
+    src, tgt = A.target_pairs(y, pairs, run.classifier.num_classes)
+    return idx, x, y, src, tgt
+
+
 def targeted(run, *, pairs="report", beta=A.TARGETED["beta"], steps=A.TARGETED["steps"], lr=A.TARGETED["lr"],
              space="normalized", bounds=None, progress=True):
     """Push the run's sample digits to other classes: maximise ``logit_t(v) - beta * ||v - v0||^2`` by Adam.
-    ``pairs="report"``: each digit d to (d + 1) % 10; ``"all"``: every digit to every other class.
-    Returns a :class:`TargetedOutput`."""
+    ``pairs="report"``: each digit d to (d + 1) % 10; ``"all"``: every digit to every other class. The report
+    gives no step size: ``lr`` is PyTorch's Adam default, 1e-3. Returns a :class:`TargetedOutput`."""
     bounds = _check_adam(steps, lr, space, bounds)
     if not (np.isfinite(beta) and beta >= 0):
         raise ValueError(f"--beta must be >= 0, got {beta:g}")
@@ -111,9 +135,7 @@ def targeted(run, *, pairs="report", beta=A.TARGETED["beta"], steps=A.TARGETED["
         raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
     run = open_run(run)
     clf = run.classifier
-    images, labels = run.test_data()
-    idx, x, y = run.select(images, labels)
-    src, tgt = A.target_pairs(y, pairs, clf.num_classes)
+    idx, x, y, src, tgt = _pairs(run, pairs)
     r = A.targeted(clf, x[src], tgt, labels=y[src], beta=beta, steps=steps, lr=lr, space=space, bounds=bounds,
                    progress=progress)
     names = clf.class_names
@@ -136,6 +158,59 @@ def targeted(run, *, pairs="report", beta=A.TARGETED["beta"], steps=A.TARGETED["
         "pairs": pairs, "beta": r.settings["beta"], "steps": r.settings["steps"], "lr": r.settings["lr"],
         "space": r.settings["space"], "bounds": _bounds_array(r.settings["bounds"]), **s})
     return TargetedOutput(folder=out.final, files=out.files, attack=r, pairs=pairs, summary=s)
+
+
+# --------------------------------------------------------------------------- beta sweep
+
+@dataclass
+class TargetedSweepOutput(StageOutput):
+    pairs: str = "report"
+    betas: np.ndarray = None   # [B], ascending
+    attacks: list = None       # one A.AttackResult per beta
+    curves: dict = None        # success_rate, mean_confidence, mean_l2, mean_linf (pixel units): [B] each
+
+    def describe(self):
+        c = self.curves
+        lines = [f"beta {b:g}: success {s:.1%}, mean target probability {p:.4f}, mean L2 {l2:.3f}, mean Linf "
+                 f"{li:.3f}" for b, s, p, l2, li in zip(self.betas, *(c[k] for k in CURVES))]
+        lines.append(f"targeted sweep ({self.pairs}, {len(self.attacks[0].targets)} pairs, {len(self.betas)} betas; "
+                     f"distances in pixel units); written to {self.folder}")
+        return "\n".join(lines)
+
+
+def targeted_sweep(run, *, betas=A.SWEEP_BETAS, pairs="report", steps=A.TARGETED["steps"], lr=A.TARGETED["lr"],
+                   space="normalized", bounds=None, progress=True):
+    """:func:`targeted` for each of ``betas`` (sorted, repeats dropped), all in one Adam loop: success rate,
+    target probability, L2 and L-inf against beta (``targeted_sweep.png``), a few digits across the betas
+    (``targeted_sweep_digits.png``), and ``targeted_sweep.npz`` (one row per beta). Returns a
+    :class:`TargetedSweepOutput`."""
+    bounds = _check_adam(steps, lr, space, bounds)
+    betas = _check_betas(betas)
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
+    run = open_run(run)
+    clf = run.classifier
+    idx, x, y, src, tgt = _pairs(run, pairs)
+    rs = A.targeted_sweep(clf, x[src], tgt, betas, labels=y[src], steps=steps, lr=lr, space=space, bounds=bounds,
+                          progress=progress)
+    curves = {k: np.array([r.summary()[k] for r in rs]) for k in CURVES}
+    shown = [int(np.flatnonzero(y[src] == d)[0]) for d in SWEEP_SHOWN if np.any(y[src] == d)] or [0]
+    adv = np.stack([r.images for r in rs])
+    probs = np.stack([r.probabilities for r in rs])
+    l2, linf = np.stack([r.l2 for r in rs]), np.stack([r.linf for r in rs])
+    out = Writer(run.file(FOLDER))
+    out.figure(plots.beta_sweep(betas, curves, l2, linf, np.stack([r.confidence for r in rs]),
+                                report_beta=A.TARGETED["beta"], title=f"targeted attack against beta ({len(src)} "
+                                f"pairs, {steps} Adam steps of {lr:g})"), "targeted_sweep.png")
+    out.figure(plots.beta_sweep_digits(x[src][shown], adv[:, shown], probs[:, shown], l2[:, shown], y[src][shown],
+                                       tgt[shown], betas, clf.class_names), "targeted_sweep_digits.png")
+    out.npz("targeted_sweep.npz", {
+        "betas": betas, "sources": x[src], "source_labels": y[src], "source_indices": idx[src], "targets": tgt,
+        "clean_probabilities": clf.predict_proba(x)[src], "adversarial": adv, "probabilities": probs,
+        "success": np.stack([r.success for r in rs]), "confidence": np.stack([r.confidence for r in rs]),
+        "l2": l2, "linf": linf, "cost": np.stack([r.history for r in rs]), "shown": np.asarray(shown),
+        "pairs": pairs, "steps": steps, "lr": float(lr), "space": space, "bounds": _bounds_array(bounds), **curves})
+    return TargetedSweepOutput(folder=out.final, files=out.files, pairs=pairs, betas=betas, attacks=rs, curves=curves)
 
 
 # --------------------------------------------------------------------------- learned noise

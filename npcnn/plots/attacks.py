@@ -157,6 +157,82 @@ def targeted_matrix(sources, adversarial, source_labels, targets, probabilities,
     return fig
 
 
+def _beta_axis(ax, betas):
+    """x axis over beta: symmetric-log when the sweep includes 0 (0 stays on the axis), log when it does not."""
+    betas = np.asarray(betas, dtype=np.float64)
+    positive = betas[betas > 0]
+    if len(positive) and positive.min() != betas.min():
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+    elif len(positive) > 1:
+        ax.set_xscale("log")
+    if len(betas) > 1:
+        ax.set_xlim(betas.min(), betas.max())   # the end points' markers are drawn unclipped
+    ax.set_xticks(betas, [f"{b:g}" for b in betas], fontsize=7, rotation=45)
+    ax.minorticks_off()
+    ax.set_xlabel("beta", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def beta_sweep(betas, curves, l2, linf, confidence, report_beta=None, title="targeted attack against beta"):
+    """Success rate, target probability, L2 and L-inf against beta: means as lines, the pairs' range shaded.
+
+    ``curves``: {"success_rate", "mean_confidence", "mean_l2", "mean_linf"} -> [B]; ``l2``, ``linf``,
+    ``confidence``: [B, N] per pair. ``report_beta`` is marked when it lies in the sweep's range.
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.3))
+    panels = [("success_rate", None, "success rate"), ("mean_confidence", confidence, "probability of the target"),
+              ("mean_l2", l2, "L2 distance (pixel units)"), ("mean_linf", linf, "L-inf distance (pixel units)")]
+    for ax, (key, per_pair, label) in zip(axes, panels):
+        ax.plot(betas, curves[key], "o-", color="tab:red", label="mean over pairs", clip_on=False)
+        if per_pair is not None:
+            per_pair = np.asarray(per_pair)
+            ax.fill_between(betas, per_pair.min(axis=1), per_pair.max(axis=1), color="tab:red", alpha=0.15,
+                            label="range over pairs")
+        if key in ("success_rate", "mean_confidence"):
+            ax.set_ylim(-0.02, 1.05)
+        else:
+            ax.set_ylim(bottom=0)
+        if report_beta is not None and np.min(betas) <= report_beta <= np.max(betas):
+            ax.axvline(report_beta, color="k", ls="--", lw=1, label=f"the report's beta ({report_beta:g})")
+        _beta_axis(ax, betas)
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.suptitle(title, y=1.0, va="bottom")  # above the panels; save_figure crops to fit
+    return fig
+
+
+def beta_sweep_digits(sources, adversarial, probabilities, l2, labels, targets, betas, class_names=None,
+                      title="a few test images across the betas"):
+    """Rows: source digits; columns: the source, then its adversarial image at each beta.
+
+    ``sources`` [K, H, W]; ``adversarial`` [B, K, H, W]; ``probabilities`` [B, K, C]; ``l2`` [B, K]. Each cell
+    shows the target's probability and the L2 distance, framed green when the net predicts the target, red
+    when not. All cells share one grey scale: [0, 1], widened to the images' range when they leave it.
+    """
+    k, b = len(sources), len(betas)
+    scale = (min(0.0, float(np.min(adversarial))), max(1.0, float(np.max(adversarial))))
+    if scale != (0.0, 1.0):
+        title = f"{title}\n(one grey scale for all: [{scale[0]:.2f}, {scale[1]:.2f}] pixel units)"
+    fig, axes = plt.subplots(k, b + 1, figsize=(1.45 * (b + 1), 1.6 * k + 0.3), squeeze=False)
+    for i in range(k):
+        t = int(targets[i])
+        _show(axes[i, 0], sources[i], "source" if i == 0 else "", scale=scale)
+        axes[i, 0].set_ylabel(f"{_name(class_names, labels[i])} -> {_name(class_names, t)}", fontsize=9)
+        for j in range(b):
+            p = np.asarray(probabilities[j][i])
+            head = f"beta {betas[j]:g}\n" if i == 0 else ""
+            ax = axes[i, j + 1]
+            _show(ax, adversarial[j][i], f"{head}p={p[t]:.2f}, L2 {float(l2[j][i]):.2f}", fontsize=7, scale=scale)
+            for side in ax.spines.values():
+                side.set_edgecolor("green" if p.argmax() == t else "red")
+                side.set_linewidth(2)
+    fig.tight_layout()
+    fig.suptitle(title, y=1.0, va="bottom")  # above the panels; save_figure crops to fit
+    return fig
+
+
 def noise_experiment(image, noise, adversarial, other, other_adversarial, predictions, class_names=None,
                      title="learned noise and its transfer"):
     """Digit, noise, digit + noise, other image, other image + noise.

@@ -6,7 +6,8 @@ for the whole batch.
 
 * :func:`class_images`: the image each class's logit likes best, grown from noise.
 * :func:`targeted`: real images pushed towards a target class (``logit_t - beta ||v - v0||^2``);
-  :func:`target_pairs` picks the source images and targets.
+  :func:`target_pairs` picks the source images and targets; :func:`targeted_sweep` runs it for
+  several betas at once.
 * :func:`learn_noise`: an additive noise that makes the net call ``image + noise`` the target;
   :func:`transfer_noise` adds it to a whole test set, :func:`add_noise` to any images.
 
@@ -24,7 +25,10 @@ from .result import TransferResult, _finish
 
 # the report's settings (step sizes in the normalised space)
 CLASS_IMAGE = {"steps": 15_000, "lr": 0.05}
-TARGETED = {"steps": 1_000, "lr": 0.01, "beta": 1e-4}  # the report gives no step size here; 0.01 is ours
+# the report gives no step size here; its code used torch.optim.Adam, whose default is lr 1e-3
+TARGETED = {"steps": 1_000, "lr": 1e-3, "beta": 1e-4}
+#: the betas of the sweep: no penalty, the report's, and up to where the penalty wins
+SWEEP_BETAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 NOISE = {"steps": 1_500, "lr": 0.005}
 
 
@@ -101,18 +105,23 @@ def _adam_loop(classifier, what, param, point, objective, steps, lr, space, prog
 
 
 def _logit_objective(targets, beta=0.0, v0=None):
-    """``logit_t(v) - beta * ||v - v0||^2`` per image, with its gradients."""
+    """``logit_t(v) - beta * ||v - v0||^2`` per image, with its gradients; ``beta`` one number, or one
+    per image ([N], the sweep)."""
     rows = np.arange(len(targets))
+    per_image = np.ndim(beta) > 0
 
     def objective(logits, v):
         value = logits[rows, targets].astype(np.float64)
         dlogits = np.zeros_like(logits)
         dlogits[rows, targets] = 1
         extra = None
-        if beta:
+        if per_image or beta:
             d = v - v0
             value = value - beta * np.sum((d * d).reshape(len(d), -1), axis=1, dtype=np.float64)
-            extra = d * d.dtype.type(-2 * beta)
+            if per_image:
+                extra = d * (-2 * np.asarray(beta, dtype=d.dtype)).reshape(-1, *([1] * (d.ndim - 1)))
+            else:
+                extra = d * d.dtype.type(-2 * beta)
         return value, dlogits, extra
 
     return objective
@@ -148,10 +157,10 @@ def targeted(classifier, images, targets, *, labels=None, beta=TARGETED["beta"],
 
     ``v`` is the image in the optimisation space (``z`` by default, as the report), starting at the
     clean image ``v0``; the penalty is measured in that space. One Adam step per iteration for the whole
-    batch; ``images`` [N, H, W] pixel space, ``targets`` [N].
+    batch; ``images`` [N, H, W] pixel space, ``targets`` [N]. The report gives beta and the steps but no
+    step size: ``lr`` defaults to PyTorch's Adam default, 1e-3 (the report's code used ``torch.optim.Adam``).
     """
-    if not (np.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    beta = _check_beta(beta)
     steps, lr, x0, shape, targets, labels, sp, v0 = _start_from_images(
         classifier, "targeted", images, targets, labels, steps, lr, space, bounds)
     param = Parameter(sp.clip(v0.copy()))
@@ -160,6 +169,43 @@ def targeted(classifier, images, targets, *, labels=None, beta=TARGETED["beta"],
     adv = sp.final_pixels(param.data)
     settings = {"steps": steps, "lr": lr, "beta": float(beta), "space": space, "bounds": sp.bounds}
     return _finish(classifier, "targeted", adv, x0, adv - x0, targets, labels, history, shape, settings)
+
+
+def targeted_sweep(classifier, images, targets, betas=SWEEP_BETAS, *, labels=None, steps=TARGETED["steps"],
+                   lr=TARGETED["lr"], space="normalized", bounds=None, progress=True):
+    """:func:`targeted` for every beta in ``betas``: a list of :class:`AttackResult`, one per beta, in order.
+
+    All betas run as one batch (``len(betas) * N`` images, one Adam loop, each image with its own beta);
+    Adam's update is per pixel, so each result is the one :func:`targeted` gives for that beta alone
+    (up to the rounding of a larger batch). For the penalised optimum, the distance ``||v - v0||`` can only
+    shrink as beta grows; after a finite number of Adam steps that holds closely, not exactly.
+    """
+    betas = [_check_beta(b) for b in np.atleast_1d(np.asarray(betas, dtype=np.float64))]
+    if not betas:
+        raise ValueError("betas: an empty sweep; give one or more values >= 0")
+    steps, lr, x0, shape, targets, labels, sp, v0 = _start_from_images(
+        classifier, "targeted", images, targets, labels, steps, lr, space, bounds)
+    n, k = len(x0), len(betas)
+    v0 = np.concatenate([v0] * k)
+    per_image = np.repeat(np.asarray(betas, dtype=np.float64), n)
+    param = Parameter(sp.clip(v0.copy()))
+    history = _adam_loop(classifier, "targeted sweep", param, lambda: param.data,
+                         _logit_objective(np.tile(targets, k), per_image, v0), steps, lr, sp, progress, sp.clip)
+    adv = sp.final_pixels(param.data)
+    out = []
+    for j, beta in enumerate(betas):
+        rows = slice(j * n, (j + 1) * n)
+        settings = {"steps": steps, "lr": lr, "beta": beta, "space": space, "bounds": sp.bounds}
+        out.append(_finish(classifier, "targeted", adv[rows], x0, adv[rows] - x0, targets, labels,
+                           history[:, rows], shape, settings))
+    return out
+
+
+def _check_beta(beta):
+    beta = float(beta)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be >= 0, got {beta:g}")
+    return beta
 
 
 def _start_from_images(classifier, what, images, targets, labels, steps, lr, space, bounds):
