@@ -20,6 +20,22 @@ import torch
 from test_features import PixelTorch
 
 
+def _walk(clf, x):
+    """The float64 torch twin of ``clf``, and a generator of (index, layer, that layer's input) over its body."""
+    body = PixelTorch(clf).body.double()
+    norm = clf.normalization
+    h = (torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(-1, 1, 28, 28) - norm.mean) / norm.std
+
+    def layers():
+        nonlocal h
+        with torch.no_grad():
+            for i, layer in enumerate(body):
+                yield i, layer, h
+                h = layer(h)
+
+    return body, layers()
+
+
 def _margins(clf, x):
     """Per kink, in the order of the layers: (index of the layer, margin tensor at that layer's output).
 
@@ -27,22 +43,18 @@ def _margins(clf, x):
     largest and second largest value of each window (inf where the window is all zeros after a ReLU: the
     gradient is zero whichever input wins). Only 2x2 stride-2 pools (the report's) are handled.
     """
-    body = PixelTorch(clf).body.double()
-    norm = clf.normalization
-    h = (torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(-1, 1, 28, 28) - norm.mean) / norm.std
+    body, layers = _walk(clf, x)
     out = []
-    with torch.no_grad():
-        for i, layer in enumerate(body):
-            if isinstance(layer, torch.nn.ReLU):
-                out.append((i, h.abs()))
-            elif isinstance(layer, torch.nn.MaxPool2d):
-                assert (layer.kernel_size, layer.stride, layer.padding) in ((2, 2, 0), ((2, 2), (2, 2), (0, 0))), layer
-                n, c, hh, ww = h.shape
-                win = h[..., :hh // 2 * 2, :ww // 2 * 2].reshape(n, c, hh // 2, 2, ww // 2, 2)
-                top = torch.sort(win.permute(0, 1, 2, 4, 3, 5).reshape(n, c, hh // 2, ww // 2, 4), -1).values
-                gap = top[..., 3] - top[..., 2]
-                out.append((i, torch.where(top[..., 3] > 0, gap, torch.full_like(gap, np.inf))))
-            h = layer(h)
+    for i, layer, h in layers:
+        if isinstance(layer, torch.nn.ReLU):
+            out.append((i, h.abs()))
+        elif isinstance(layer, torch.nn.MaxPool2d):
+            assert (layer.kernel_size, layer.stride, layer.padding) in ((2, 2, 0), ((2, 2), (2, 2), (0, 0))), layer
+            n, c, hh, ww = h.shape
+            win = h[..., :hh // 2 * 2, :ww // 2 * 2].reshape(n, c, hh // 2, 2, ww // 2, 2)
+            top = torch.sort(win.permute(0, 1, 2, 4, 3, 5).reshape(n, c, hh // 2, ww // 2, 4), -1).values
+            gap = top[..., 3] - top[..., 2]
+            out.append((i, torch.where(top[..., 3] > 0, gap, torch.full_like(gap, np.inf))))
     return body, out
 
 
@@ -50,19 +62,14 @@ def kink_pattern(clf, x):
     """Which side of every kink ``x`` is on (ReLU active or not, which input of each pool window wins),
     as one boolean/int vector: where two inputs give the same pattern, the net is one linear map between
     them, so a finite difference across them is exact up to rounding."""
-    body = PixelTorch(clf).body.double()
-    norm = clf.normalization
-    h = (torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(-1, 1, 28, 28) - norm.mean) / norm.std
     parts = []
-    with torch.no_grad():
-        for layer in body:
-            if isinstance(layer, torch.nn.ReLU):
-                parts.append((h > 0).reshape(-1).numpy().astype(np.int64))
-            elif isinstance(layer, torch.nn.MaxPool2d):
-                top, idx = torch.nn.functional.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding,
-                                                          return_indices=True)
-                parts.append(torch.where(top > 0, idx, -1).reshape(-1).numpy())  # all zeros: no gradient
-            h = layer(h)
+    for _, layer, h in _walk(clf, x)[1]:
+        if isinstance(layer, torch.nn.ReLU):
+            parts.append((h > 0).reshape(-1).numpy().astype(np.int64))
+        elif isinstance(layer, torch.nn.MaxPool2d):
+            top, idx = torch.nn.functional.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding,
+                                                      return_indices=True)
+            parts.append(torch.where(top > 0, idx, -1).reshape(-1).numpy())  # all zeros: no gradient
     return np.concatenate(parts)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..analysis import attacks as A
 from ..plots import attacks as plots
-from .common import StageOutput, Writer, open_run
+from .common import StageOutput, Writer, chosen_images, open_run
 
 FOLDER = "attacks"
 DEFAULT_EPS = {"fgsm": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], "pgd": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
@@ -109,16 +109,18 @@ def _check_betas(betas):
     values = np.atleast_1d(np.asarray(betas, dtype=np.float64)).ravel()
     if values.size == 0:
         raise ValueError("--beta takes one or more values, each a number >= 0; got none")
-    for b in values:
-        if not (np.isfinite(b) and b >= 0):
-            raise ValueError(f"--beta must be >= 0, got {b:g}")
-    return np.unique(values)
+    return np.unique([A._check_nonnegative(b, "--beta") for b in values])
+
+
+def _check_pairs(pairs):
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
+    return pairs
 
 
 def _pairs(run, pairs):
     """The run's sample digits and the (source, target) pairs: indices, images, labels, sources, targets."""
-    images, labels = run.test_data()
-    idx, x, y = run.select(images, labels)
+    idx, x, y = chosen_images(run)
     src, tgt = A.target_pairs(y, pairs, run.classifier.num_classes)
     return idx, x, y, src, tgt
 
@@ -129,10 +131,8 @@ def targeted(run, *, pairs="report", beta=A.TARGETED["beta"], steps=A.TARGETED["
     ``pairs="report"``: each digit d to (d + 1) % 10; ``"all"``: every digit to every other class. The report
     gives no step size: ``lr`` is PyTorch's Adam default, 1e-3. Returns a :class:`TargetedOutput`."""
     bounds = _check_adam(steps, lr, space, bounds)
-    if not (np.isfinite(beta) and beta >= 0):
-        raise ValueError(f"--beta must be >= 0, got {beta:g}")
-    if pairs not in PAIRS:
-        raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
+    beta = A._check_nonnegative(beta, "--beta")
+    _check_pairs(pairs)
     run = open_run(run)
     clf = run.classifier
     idx, x, y, src, tgt = _pairs(run, pairs)
@@ -186,8 +186,7 @@ def targeted_sweep(run, *, betas=A.SWEEP_BETAS, pairs="report", steps=A.TARGETED
     :class:`TargetedSweepOutput`."""
     bounds = _check_adam(steps, lr, space, bounds)
     betas = _check_betas(betas)
-    if pairs not in PAIRS:
-        raise ValueError(f"pairs must be 'report' or 'all', got {pairs!r}")
+    _check_pairs(pairs)
     run = open_run(run)
     clf = run.classifier
     idx, x, y, src, tgt = _pairs(run, pairs)
@@ -198,8 +197,9 @@ def targeted_sweep(run, *, betas=A.SWEEP_BETAS, pairs="report", steps=A.TARGETED
     adv = np.stack([r.images for r in rs])
     probs = np.stack([r.probabilities for r in rs])
     l2, linf = np.stack([r.l2 for r in rs]), np.stack([r.linf for r in rs])
+    confidence = np.stack([r.confidence for r in rs])
     out = Writer(run.file(FOLDER))
-    out.figure(plots.beta_sweep(betas, curves, l2, linf, np.stack([r.confidence for r in rs]),
+    out.figure(plots.beta_sweep(betas, curves, l2, linf, confidence,
                                 report_beta=A.TARGETED["beta"], title=f"targeted attack against beta ({len(src)} "
                                 f"pairs, {steps} Adam steps of {lr:g})"), "targeted_sweep.png")
     out.figure(plots.beta_sweep_digits(x[src][shown], adv[:, shown], probs[:, shown], l2[:, shown], y[src][shown],
@@ -207,7 +207,7 @@ def targeted_sweep(run, *, betas=A.SWEEP_BETAS, pairs="report", steps=A.TARGETED
     out.npz("targeted_sweep.npz", {
         "betas": betas, "sources": x[src], "source_labels": y[src], "source_indices": idx[src], "targets": tgt,
         "clean_probabilities": clf.predict_proba(x)[src], "adversarial": adv, "probabilities": probs,
-        "success": np.stack([r.success for r in rs]), "confidence": np.stack([r.confidence for r in rs]),
+        "success": np.stack([r.success for r in rs]), "confidence": confidence,
         "l2": l2, "linf": linf, "cost": np.stack([r.history for r in rs]), "shown": np.asarray(shown),
         "pairs": pairs, "steps": steps, "lr": float(lr), "space": space, "bounds": _bounds_array(bounds), **curves})
     return TargetedSweepOutput(folder=out.final, files=out.files, pairs=pairs, betas=betas, attacks=rs, curves=curves)

@@ -34,7 +34,8 @@ in, and ``probabilities`` are exactly ``classifier.predict_proba(result.images)`
 """
 from .adam_loops import (CLASS_IMAGE, NOISE, SWEEP_BETAS, TARGETED, add_noise, class_images, learn_noise,
                          target_pairs, targeted, targeted_sweep, transfer_noise)
-from .checks import SPACES, _check_bounds, _check_eps, _check_lr, _check_space, _check_steps, check_classes
+from .checks import (SPACES, _check_bounds, _check_eps, _check_lr, _check_nonnegative, _check_space, _check_steps,
+                     check_classes)
 from .gradient_attacks import ATTACKS, NORMS, fgsm, pgd, robustness_curve, run_attack
 from .result import AttackResult, NonFiniteAttackError, RobustnessResult, TransferResult
 

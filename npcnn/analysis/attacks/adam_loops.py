@@ -19,8 +19,8 @@ import numpy as np
 from ...nn.module import Parameter
 from ...optim import Adam
 from ...progress import progress_bar
-from .checks import (_as_images, _check_bounds, _check_finite, _check_lr, _check_space, _check_steps, _labels,
-                     check_classes)
+from .checks import (_as_images, _check_bounds, _check_finite, _check_lr, _check_nonnegative, _check_space,
+                     _check_steps, _labels, check_classes)
 from .result import TransferResult, _finish
 
 # the report's settings (step sizes in the normalised space)
@@ -202,10 +202,7 @@ def targeted_sweep(classifier, images, targets, betas=SWEEP_BETAS, *, labels=Non
 
 
 def _check_beta(beta):
-    beta = float(beta)
-    if not (np.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be >= 0, got {beta:g}")
-    return beta
+    return _check_nonnegative(beta, "beta")
 
 
 def _start_from_images(classifier, what, images, targets, labels, steps, lr, space, bounds):

@@ -40,11 +40,16 @@ def _check_space(space):
     return space
 
 
+def _check_nonnegative(value, name):
+    """``value`` as a float, finite and >= 0; else a ValueError naming the setting."""
+    value = float(value)
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0, got {value:g}")
+    return value
+
+
 def _check_eps(eps):
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be >= 0, got {eps:g}")
-    return eps
+    return _check_nonnegative(eps, "eps")
 
 
 def check_classes(classifier, classes):
