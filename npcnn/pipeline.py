@@ -17,9 +17,9 @@ from .io import read_json, write_json
 # The report's settings, and the reduced ones of --quick (same stages, smaller numbers). The targeted
 # attacks keep the report's 1,000 steps in --quick: at Adam's lr 1e-3 fewer do not reach the targets
 # (200 steps: none of the 10 report pairs on the --quick net; 500: 4 of 10; 1,000: all).
-FULL = dict(limit=None, epochs=10, class_steps=15000, targeted_steps=1000, noise_steps=1500,
+FULL = dict(limit=None, epochs=10, class_steps=15000, targeted_steps=1000, noise_steps=1500, sweep_limit=None,
             eps=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], robustness_attack="fgsm")
-QUICK = dict(limit=6000, epochs=2, class_steps=400, targeted_steps=1000, noise_steps=300,
+QUICK = dict(limit=6000, epochs=2, class_steps=400, targeted_steps=1000, noise_steps=300, sweep_limit=None,
              eps=[0.0, 0.1, 0.2, 0.3], robustness_attack="fgsm")
 
 # what a stage may fail with that the user can fix (anything else is a bug, and keeps its traceback)
@@ -47,6 +47,7 @@ class Stage:
 def stages(out, dataset, quick, data_dir=None, seed=0):
     from . import experiments  # here, not at the top: `npcnn` imports this module for StageFailed alone
     from .analysis.attacks import SWEEP_BETAS, TARGETED
+    from .experiments.noise import NOISE_LRS
 
     s = QUICK if quick else FULL
     plain, bn = os.path.join(out, "plain"), os.path.join(out, "batchnorm")
@@ -65,7 +66,10 @@ def stages(out, dataset, quick, data_dir=None, seed=0):
               dict(pairs="all", **targeted)),
         Stage("targeted-sweep", experiments.targeted_sweep, plain, os.path.join(attacks, "targeted_sweep.npz"),
               dict(pairs="report", betas=list(SWEEP_BETAS), **targeted)),
-        Stage("noise", experiments.noise, plain, os.path.join(attacks, "noise.npz"), dict(steps=s["noise_steps"])),
+        Stage("noise", experiments.noise, plain, os.path.join(attacks, "noise.npz"),
+              dict(steps=s["noise_steps"], seed=seed)),
+        Stage("noise-sweep", experiments.noise_sweep, plain, os.path.join(attacks, "noise_sweep.npz"),
+              dict(lrs=list(NOISE_LRS), steps=s["noise_steps"], limit=s["sweep_limit"], seed=seed)),
         Stage("robustness", experiments.robustness, plain, os.path.join(attacks, "robustness.npz"),
               dict(attack=s["robustness_attack"], eps=s["eps"], variants=[bn])),
     ]

@@ -91,21 +91,67 @@ def test_help_states_the_targeted_step_size_and_the_sweep(capsys):
 
 
 def test_noise_files(run, capsys):
+    """One noise per chosen digit: each digit's own result, its other image, its transfer, all read back."""
     images, labels = run.test_data()
-    i, j = [k for k in range(50) if labels[k] != 2][:2]
-    code, out, err = attack(capsys, run.path, "noise", "--target", 2, "--indices", i, j, "--steps", 5,
-                            "--limit", 200)
+    chosen = [k for k in range(60) if labels[k] != 2][:3] + [int(np.flatnonzero(labels[:60] == 2)[0])]
+    code, out, err = attack(capsys, run.path, "noise", "--target", 2, "--indices", *chosen, "--steps", 5,
+                            "--limit", 200, "--seed", 4)
     assert code == 0, err
     d = load_npz(run.file("attacks", "noise.npz"))
     clf = run.classifier
-    assert int(d["target"]) == 2 and int(d["label"]) == labels[i] and int(d["other_label"]) == labels[j]
-    np.testing.assert_array_equal(d["image"], images[i] / np.float32(255))
-    np.testing.assert_array_equal(d["probabilities"], clf.predict_proba(d["adversarial"][None])[0])
-    np.testing.assert_array_equal(d["other_probabilities"], clf.predict_proba(d["other_adversarial"][None])[0])
-    np.testing.assert_allclose(d["other_adversarial"], d["other_image"] + d["noise"], atol=1e-6)
-    noisy = clf.predict(images[:200] / np.float32(255) + d["noise"])
-    assert float(d["transfer_rate"]) == pytest.approx(np.mean(noisy[labels[:200] != 2] == 2))
-    assert os.path.getsize(run.file("attacks", "noise.png")) > 0
+    kept = chosen[:3]                                   # the 2 is left out: it is already the target
+    assert f"left out (already the target): [{chosen[3]}]" in out
+    np.testing.assert_array_equal(d["indices"], kept)
+    np.testing.assert_array_equal(d["labels"], labels[kept])
+    np.testing.assert_array_equal(d["targets"], [2, 2, 2])
+    np.testing.assert_array_equal(d["images"], images[kept] / np.float32(255))
+    assert d["noises"].shape == (3, 28, 28) and d["cost"].shape == (5, 3)
+    np.testing.assert_array_equal(d["probabilities"], clf.predict_proba(d["adversarial"]))
+    np.testing.assert_array_equal(d["other_probabilities"], clf.predict_proba(d["other_adversarial"]))
+    np.testing.assert_allclose(d["adversarial"], d["images"] + d["noises"], atol=1e-6)
+    np.testing.assert_allclose(d["other_adversarial"], d["other_images"] + d["noises"], atol=1e-6)
+    np.testing.assert_array_equal(d["other_images"], images[d["other_indices"]] / np.float32(255))
+    assert np.all(d["other_labels"] != d["labels"]) and np.all(d["other_labels"] != 2)
+    for k in range(3):
+        noisy = clf.predict(images[:200] / np.float32(255) + d["noises"][k])
+        assert float(d["transfer_rate"][k]) == pytest.approx(np.mean(noisy[labels[:200] != 2] == 2))
+        assert float(d["accuracy_noisy"][k]) == pytest.approx(np.mean(noisy == labels[:200]))
+    np.testing.assert_allclose(d["noise_l2"], np.linalg.norm(d["noises"].reshape(3, -1), axis=1), rtol=1e-5)
+    for name in ["noise.png"] + [f"noise_{labels[k]}_to_2.png" for k in kept]:
+        assert os.path.getsize(run.file("attacks", name)) > 0
+
+
+def test_noise_default_targets_are_the_next_class(run, capsys):
+    images, labels = run.test_data()
+    code, out, err = attack(capsys, run.path, "noise", "--indices", 0, 1, 2, "--steps", 3, "--limit", 50)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "noise.npz"))
+    np.testing.assert_array_equal(d["targets"], (labels[:3] + 1) % 10)
+    assert str(d["target_rule"]) == "next"
+
+
+def test_noise_sweep_files(run, capsys):
+    """Several --lr values: one row per step size, sorted; at 5 steps from zero the noise grows with lr."""
+    images, labels = run.test_data()
+    code, out, err = attack(capsys, run.path, "noise", "--lr", 0.004, 0.001, 0.002, "--indices", 0, 1,
+                            "--steps", 5, "--limit", 100)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "noise_sweep.npz"))
+    clf = run.classifier
+    assert d["lrs"].tolist() == [0.001, 0.002, 0.004]
+    assert d["noises"].shape == (3, 2, 28, 28) and d["transfer_rate"].shape == (3, 2)
+    np.testing.assert_allclose(d["noise_l2"], np.linalg.norm(d["noises"].reshape(3, 2, -1), axis=2), rtol=1e-5)
+    assert np.all(np.diff(d["mean_noise_l2"]) > 0)
+    for j in range(3):
+        adv = d["images"] + d["noises"][j]
+        np.testing.assert_allclose(d["probabilities"][j], clf.predict_proba(adv.astype(np.float32)), atol=1e-6)
+        noisy = clf.predict(images[:100] / np.float32(255) + d["noises"][j, 1])
+        target = int(d["targets"][1])
+        assert float(d["transfer_rate"][j, 1]) == pytest.approx(np.mean(noisy[labels[:100] != target] == target))
+    np.testing.assert_allclose(d["mean_transfer_rate"], d["transfer_rate"].mean(axis=1))
+    for name in ("noise_sweep.png", "noise_sweep_digits.png"):
+        assert os.path.getsize(run.file("attacks", name)) > 0
+    assert "lr 0.001: noise L2" in out
 
 
 def test_robustness_files(run, capsys):
@@ -148,7 +194,11 @@ def fake_run(tmp_path_factory):
     (["class-image", "--beta"], "--beta does not apply to `class-image`"),
     (["targeted", "--steps", "-5"], "steps must be a positive integer"),
     (["noise", "--target", "ten"], "unknown class 'ten'"),
-    (["noise", "--indices", "1"], "--indices takes two test-set indices"),
+    (["noise", "--indices", "3", "--target", "0"], "every chosen test image is already of class 0"),
+    (["noise", "--lr"], "--lr takes one or more values, each a number > 0; got none"),
+    (["noise", "--lr", "0.001", "-0.002"], "step size (lr) must be positive, got -0.002"),
+    (["targeted", "--lr", "0.001", "0.002"], "--lr takes one value for `targeted` (several only for noise"),
+    (["class-image", "--lr"], "--lr takes one value for `class-image`"),
     (["noise", "--indices", "1", "99999"], "index 99999 is out of range"),
     (["robustness", "--eps", "0.1", "-0.1"], "eps must be >= 0, got -0.1"),
     (["robustness", "--variants", "/nonexistent/run"], "no such run folder"),

@@ -6,6 +6,7 @@ The run folder holds an untrained net (the stages only read the run's files); th
 from $NPCNN_DATA, as in CI.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,8 +136,12 @@ BAD = [
     ("targeted_sweep", dict(betas=[0, -1e-3]), "--beta must be >= 0, got -0.001"),
     ("targeted_sweep", dict(betas=[0, float("nan")]), "--beta must be >= 0, got nan"),
     ("targeted_sweep", dict(pairs="some"), "pairs must be 'report' or 'all'"),
-    ("noise", dict(indices=[1]), "--indices takes two test-set indices"),
-    ("noise", dict(target=0), "is already of class 0"),
+    ("noise", dict(indices=[]), "--indices: give one or more test-set indices"),
+    ("noise", dict(target=0, indices=[3, 10]), "every chosen test image is already of class 0"),
+    ("noise", dict(limit=0), "--limit must be positive, got 0"),
+    ("noise_sweep", dict(lrs=[]), "--lr takes one or more values, each a number > 0; got none"),
+    ("noise_sweep", dict(lrs=[0.001, 0]), "step size (lr) must be positive, got 0"),
+    ("noise_sweep", dict(indices=[99999]), "index 99999 is out of range"),
     ("robustness", dict(eps=[0.1, -0.1]), "eps must be >= 0, got -0.1"),
     ("robustness", dict(attack="cw"), "unknown attack 'cw'"),
     ("robustness", dict(variants=["/nonexistent/run"]), "no such run folder"),
@@ -146,7 +151,7 @@ BAD = [
 @pytest.mark.parametrize("stage, settings, message", BAD, ids=[f"{s}-{m}" for s, _, m in BAD])
 def test_a_bad_setting_raises_before_anything_is_written(run, stage, settings, message):
     before = sorted(os.listdir(run))
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         getattr(experiments, stage)(run, progress=False, **settings)
     assert sorted(os.listdir(run)) == before   # no output folder, no partial folder
 

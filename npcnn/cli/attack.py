@@ -6,8 +6,8 @@ Experiments (the report's settings are the defaults):
 * ``targeted``     real digits pushed to a target class (beta 1e-4, 1,000 steps; the report gives no
                    step size, so Adam's is PyTorch's default, 1e-3); ``--pairs all`` runs the full
                    10 x 10 source-to-target matrix; several ``--beta`` values run a sweep over beta;
-* ``noise``        a noise learned on one digit (1,500 steps of 0.005), then added to another
-                   image and to the whole test set;
+* ``noise``        one noise per sample digit (1,500 steps of 0.005), each added to another random
+                   image and to the whole test set; several ``--lr`` values run a sweep over the step size;
 * ``robustness``   test accuracy against eps under FGSM / PGD, for one or more runs.
 
 Writes ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per experiment, the ``.npz`` last).
@@ -15,7 +15,6 @@ Every argument is checked before anything is computed or written. The work is do
 :mod:`npcnn.experiments.adversarial`; this module only parses the arguments.
 """
 EXPERIMENTS = ("class-image", "targeted", "noise", "robustness")
-NOISE_TARGET = 8  # the default of npcnn.experiments.noise, for the help text
 
 # option -> experiments it applies to (anything else is an error, not silently ignored)
 APPLIES = {
@@ -46,11 +45,14 @@ def register(sub):
                    help="one of: " + ", ".join(EXPERIMENTS))
     p.add_argument("--steps", type=int, help="optimisation steps (default: 15000 class-image, 1000 targeted, "
                                              "1500 noise, 10 for PGD)")
-    p.add_argument("--lr", type=float, help="Adam step size (default: 0.05 class-image and 0.005 noise, the "
-                                            "report's; 0.001 targeted, PyTorch's Adam default, as the report "
-                                            "gives none there; in the normalised input space unless --space "
-                                            "pixel)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the starting noise / PGD's random start (default 0)")
+    p.add_argument("--lr", type=float, nargs="*", metavar="LR",
+                   help="Adam step size (default: 0.05 class-image and 0.005 noise, the report's; 0.001 targeted, "
+                        "PyTorch's Adam default, as the report gives none there; in the normalised input space "
+                        "unless --space pixel); noise: several values run a sweep over the noise's size, e.g. "
+                        "--lr 0.0005 0.001 0.002 0.005 0.01 (attacks/noise_sweep.npz, noise_sweep.png, "
+                        "noise_sweep_digits.png)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the starting noise (class-image), the other image "
+                                                       "each noise is tried on (noise), PGD's random start (default 0)")
     p.add_argument("--classes", nargs="+", help="class-image: the classes to draw (default: all)")
     p.add_argument("--beta", type=float, nargs="*", metavar="BETA",
                    help="targeted: weight of the squared-distance penalty, >= 0 (default 1e-4, the report's); "
@@ -59,9 +61,10 @@ def register(sub):
                         "targeted_sweep.png, targeted_sweep_digits.png)")
     p.add_argument("--pairs", choices=["report", "all"], help="targeted: one pair per digit d -> (d+1) %% 10 "
                                                               "(report, default) or all 90 pairs (all)")
-    p.add_argument("--target", help=f"noise: the class the noise aims at (default {NOISE_TARGET})")
-    p.add_argument("--indices", nargs="+", type=int, help="noise: test-set index of the digit, then of the other "
-                                                          "image (default: the run's samples of digits 0 and 1)")
+    p.add_argument("--target", help="noise: the class every noise aims at (default: each digit d to (d + 1) %% 10; "
+                                    "digits already of --target are left out)")
+    p.add_argument("--indices", nargs="+", type=int, help="noise: test-set indices of the digits to learn a noise "
+                                                          "for (default: the run's sample of each class)")
     p.add_argument("--attack", choices=["fgsm", "pgd", "pgd-l2"], help="robustness: the attack (default fgsm)")
     p.add_argument("--eps", nargs="+", type=float, help="robustness: attack sizes in pixel units "
                                                         "(default 0 .. 0.3, or 0 .. 3 for pgd-l2)")
@@ -93,7 +96,7 @@ def _check_options(args):
 STAGES = {
     "class-image": ("class_images", ("lr", "seed", "classes", "bounds", "space")),
     "targeted": ("targeted", ("lr", "beta", "pairs", "bounds", "space")),
-    "noise": ("noise", ("lr", "target", "indices", "limit", "bounds", "space")),
+    "noise": ("noise", ("lr", "seed", "target", "indices", "limit", "bounds", "space")),
     "robustness": ("robustness", ("attack", "eps", "variants", "step_size", "limit", "seed")),
 }
 
@@ -107,6 +110,13 @@ def settings(args):
         kwargs["bounds"] = tuple(kwargs["bounds"])
     if args.experiment == "robustness" and args.no_random_start:
         kwargs["random_start"] = False
+    if "lr" in kwargs and len(kwargs["lr"]) != 1:
+        if args.experiment != "noise":
+            raise ValueError(f"--lr takes one value for `{args.experiment}` (several only for noise, a sweep), "
+                             f"got {len(kwargs['lr'])}")
+        name, kwargs["lrs"] = "noise_sweep", kwargs.pop("lr")
+    elif "lr" in kwargs:
+        kwargs["lr"] = kwargs["lr"][0]
     if "beta" in kwargs and len(kwargs["beta"]) != 1:   # several betas (or none, which the stage refuses): a sweep
         name, kwargs["betas"] = "targeted_sweep", kwargs.pop("beta")
     elif "beta" in kwargs:

@@ -19,13 +19,16 @@ One module per section of the report:
 * :mod:`.inside`       3 inside the net: :func:`inspect` (filters, feature maps), :func:`occlusion`,
                        :func:`saliency`; write ``inspect/``, ``occlusion/``, ``saliency/``, each whole or not at all
 * :mod:`.adversarial`  4 fooling the net: :func:`class_images`, :func:`targeted`, :func:`targeted_sweep`,
-                       :func:`noise`, :func:`robustness`; write ``attacks/``
+                       :func:`robustness`; write ``attacks/``
+* :mod:`.noise`        4 the learned noise: :func:`noise` (one per digit), :func:`noise_sweep` (its step size);
+                       write ``attacks/``
 * :mod:`.common`       what they share: opening the run, its chosen test images, writing the folder
 """
-from .adversarial import class_images, noise, robustness, targeted, targeted_sweep
+from .adversarial import class_images, robustness, targeted, targeted_sweep
 from .common import StageOutput
 from .inside import inspect, occlusion, saliency
+from .noise import noise, noise_sweep
 from .training import TrainConfig, compare, compare_runs, train, train_run
 
 __all__ = ["train", "compare", "inspect", "occlusion", "saliency", "class_images", "targeted", "targeted_sweep",
-           "noise", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]
+           "noise", "noise_sweep", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]

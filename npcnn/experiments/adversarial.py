@@ -8,12 +8,11 @@ The report's settings are the defaults:
                         10 x 10 source-to-target matrix;
 * :func:`targeted_sweep` the same for several betas (default 0, 1e-4, 1e-3, 1e-2, 0.1, 1): success, target
                         probability, L2 and L-inf against beta;
-* :func:`noise`         a noise learned on one digit (1,500 steps of 0.005), then added to another
-                        image and to the whole test set;
+* :func:`noise`, :func:`noise_sweep` (in :mod:`.noise`): one noise learned per digit, tried on other images;
 * :func:`robustness`    test accuracy against eps under FGSM / PGD, for one or more runs.
 
 Adam runs in the net's normalised input space unless ``space="pixel"``; ``bounds=(low, high)`` keeps the
-images within those pixel values (default: unbounded, as the report). All five write into
+images within those pixel values (default: unbounded, as the report). All write into
 ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per stage, each file atomically, the ``.npz`` last). Every
 setting is checked before anything is computed or written.
 """
@@ -29,7 +28,6 @@ from .common import StageOutput, Writer, chosen_images, open_run
 FOLDER = "attacks"
 DEFAULT_EPS = {"fgsm": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], "pgd": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
                "pgd-l2": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
-NOISE_TARGET = 8
 PAIRS = ("report", "all")
 SWEEP_SHOWN = (1, 2, 4, 7)   # source digits drawn across the betas (the report's 1 -> 2 and 2 -> 3 among them)
 CURVES = ("success_rate", "mean_confidence", "mean_l2", "mean_linf")
@@ -211,72 +209,6 @@ def targeted_sweep(run, *, betas=A.SWEEP_BETAS, pairs="report", steps=A.TARGETED
         "l2": l2, "linf": linf, "cost": np.stack([r.history for r in rs]), "shown": np.asarray(shown),
         "pairs": pairs, "steps": steps, "lr": float(lr), "space": space, "bounds": _bounds_array(bounds), **curves})
     return TargetedSweepOutput(folder=out.final, files=out.files, pairs=pairs, betas=betas, attacks=rs, curves=curves)
-
-
-# --------------------------------------------------------------------------- learned noise
-
-@dataclass
-class NoiseOutput(AttackOutput):
-    indices: np.ndarray = None           # the digit the noise was learned on, then the other image
-    labels: np.ndarray = None
-    other_probabilities: np.ndarray = None   # the other image + the noise
-    transfer: A.TransferResult = None        # the noise on the (first ``limit``) test images
-
-    def describe(self):
-        (i, j), (a, b) = self.indices, self.labels
-        pa, po, t = self.attack.probabilities[0], self.other_probabilities, self.transfer
-        return (f"digit {i} (a {a}) + noise: predicted {pa.argmax()} ({pa.max():.4f}); "
-                f"other image {j} (a {b}) + noise: predicted {po.argmax()} ({po.max():.4f})\n"
-                f"the noise on {len(t.labels):,} test images: transfer rate {t.transfer_rate:.2%}, accuracy "
-                f"{t.accuracy_clean:.2%} -> {t.accuracy_noisy:.2%}; written to {self.folder}")
-
-
-def noise(run, *, target=NOISE_TARGET, indices=None, steps=A.NOISE["steps"], lr=A.NOISE["lr"], limit=None,
-          space="normalized", bounds=None, progress=True):
-    """Learn a noise that makes the test image ``indices[0]`` a ``target``; add it to ``indices[1]`` and to the
-    first ``limit`` test images (default: all). Default images: the run's samples of digits 0 and 1.
-    Returns a :class:`NoiseOutput`."""
-    bounds = _check_adam(steps, lr, space, bounds)
-    if limit is not None and limit <= 0:
-        raise ValueError(f"--limit must be positive, got {limit}")
-    if indices is not None and len(indices) != 2:
-        raise ValueError(f"--indices takes two test-set indices (the digit, then the other image), "
-                         f"got {len(indices)}")
-    run = open_run(run)
-    clf = run.classifier
-    target = int(A.check_classes(clf, [target])[0])
-    images, labels = run.test_data()
-    idx, x, y = run.select(images, labels, indices if indices is not None else run.sample_indices()[:2])
-    if y[0] == target:
-        raise ValueError(f"test image {idx[0]} is already of class {target}; choose another --target or --indices")
-    r = A.learn_noise(clf, x[:1], [target], labels=y[:1], steps=steps, lr=lr, space=space, bounds=bounds,
-                      progress=progress)
-    n = r.perturbation[0]
-    other_adv = A.add_noise(x[1], n, bounds).astype(clf.dtype)
-    p_other = clf.predict_proba(other_adv[None])[0]
-    p_clean = clf.predict_proba(x)
-    lim = limit or len(labels)
-    t = A.transfer_noise(clf, n, images[:lim], labels[:lim], target, bounds=bounds, progress=progress)
-    names = clf.class_names
-    pa = r.probabilities[0]
-    panels = [(p_clean[0].argmax(), p_clean[0].max()), None, (pa.argmax(), pa.max()),
-              (p_clean[1].argmax(), p_clean[1].max()), (p_other.argmax(), p_other.max())]
-    out = Writer(run.file(FOLDER))
-    out.figure(plots.noise_experiment(x[0], n, r.images[0], x[1], other_adv, panels, names,
-                                      title=f"noise learned to make test image {idx[0]} a "
-                                            f"{names[target] if names else target}; transfer rate on {lim:,} test "
-                                            f"images {t.transfer_rate:.1%}"), "noise.png")
-    out.npz("noise.npz", {
-        "image": x[0], "label": y[0], "index": idx[0], "target": target, "noise": n, "adversarial": r.images[0],
-        "probabilities": pa, "clean_probabilities": p_clean[0], "other_image": x[1], "other_label": y[1],
-        "other_index": idx[1], "other_adversarial": other_adv, "other_probabilities": p_other,
-        "other_clean_probabilities": p_clean[1], "transfer_rate": t.transfer_rate,
-        "accuracy_clean": t.accuracy_clean, "accuracy_noisy": t.accuracy_noisy, "transfer_images": lim,
-        "cost": r.history[:, 0],
-        "steps": r.settings["steps"], "lr": r.settings["lr"], "space": r.settings["space"],
-        "bounds": _bounds_array(r.settings["bounds"])})
-    return NoiseOutput(folder=out.final, files=out.files, attack=r, indices=idx, labels=y,
-                       other_probabilities=p_other, transfer=t)
 
 
 # --------------------------------------------------------------------------- robustness

@@ -233,28 +233,6 @@ def beta_sweep_digits(sources, adversarial, probabilities, l2, labels, targets, 
     return fig
 
 
-def noise_experiment(image, noise, adversarial, other, other_adversarial, predictions, class_names=None,
-                     title="learned noise and its transfer"):
-    """Digit, noise, digit + noise, other image, other image + noise.
-
-    ``predictions``: five ``(class, probability)`` pairs, one per panel (the noise's own panel is
-    shown without one: pass ``None``).
-    """
-    fig, axes = plt.subplots(1, 5, figsize=(11, 2.8))
-    titles = ["digit", "noise", "digit + noise", "other image", "other + noise"]
-    panels = [image, noise, adversarial, other, other_adversarial]
-    for ax, name, img, pred in zip(axes, titles, panels, predictions):
-        label = name if pred is None else f"{name}\n{_name(class_names, pred[0])} ({pred[1]:.3f})"
-        if name == "noise":
-            im = _show_diff(ax, img, label)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        else:
-            _show(ax, img, label)
-    fig.tight_layout()
-    fig.suptitle(title, y=1.01)  # above the panels; save_figure crops to fit
-    return fig
-
-
 def robustness(eps, accuracy, attack="FGSM", title=None):
     """Test accuracy against eps, one line per variant: ``accuracy`` is {name: [E]}."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from ..io import load_npz
+from .noise import noise_section
 from .page import VARIANT_TITLES, esc, gallery, not_run, pct, pngs, table
 
 
@@ -29,18 +30,7 @@ def section_attacks(runs):
     parts.append(targeted_section(path, folder))
 
     parts.append("<h3>Learned noise and its transfer</h3>")
-    f = os.path.join(folder, "noise.npz")
-    if os.path.isfile(f):
-        d = load_npz(f)
-        parts.append(f"<p>Noise learned for one image of class {int(d['label'])} towards class "
-                     f"{int(d['target'])}: that image is now predicted as {int(np.argmax(d['probabilities']))}; "
-                     f"added to another image (class {int(d['other_label'])}) it gives "
-                     f"{int(np.argmax(d['other_probabilities']))}. Added to every test image, it turns "
-                     f"<strong>{pct(d['transfer_rate'])}</strong> of those not of class {int(d['target'])} "
-                     f"into that class.</p>")
-        parts.append(gallery(pngs(folder, "noise*.png")))
-    else:
-        parts.append(not_run("learned noise", f"npcnn attack {path} noise"))
+    parts.append(noise_section(path, folder))
     return "\n".join(parts)
 
 

@@ -10,7 +10,8 @@ Two families, one file each (the results and the checks of the settings have the
 * **Adam on the input** (the report's section 4): :func:`class_images`,
   :func:`targeted` (and :func:`targeted_sweep` over beta), :func:`learn_noise`. The image (or the noise) is wrapped
   in a :class:`~npcnn.nn.Parameter` and handed to the library's one
-  :class:`~npcnn.optim.Adam` with ``maximize=True``. In :mod:`.adam_loops`.
+  :class:`~npcnn.optim.Adam` with ``maximize=True``. In :mod:`.adam_loops`; a learned noise added
+  to other images (:func:`transfer_noises`) in :mod:`.transfer`.
 * **Sign / L2 steps in pixel space** (torchattacks' semantics):
   :func:`fgsm`, :func:`pgd`, and :func:`robustness_curve` over a test set.
   In :mod:`.gradient_attacks`.
@@ -32,15 +33,17 @@ FGSM and PGD always work in pixel space within [0, 1], ``eps`` in pixel units.
 Every result stores pixel-space images, whatever space the optimisation ran
 in, and ``probabilities`` are exactly ``classifier.predict_proba(result.images)``.
 """
-from .adam_loops import (CLASS_IMAGE, NOISE, SWEEP_BETAS, TARGETED, add_noise, class_images, learn_noise,
-                         target_pairs, targeted, targeted_sweep, transfer_noise)
+from .adam_loops import (CLASS_IMAGE, NOISE, SWEEP_BETAS, TARGETED, class_images, learn_noise, target_pairs, targeted,
+                         targeted_sweep)
 from .checks import (SPACES, _check_bounds, _check_eps, _check_lr, _check_nonnegative, _check_space, _check_steps,
                      check_classes)
 from .gradient_attacks import ATTACKS, NORMS, fgsm, pgd, robustness_curve, run_attack
 from .result import AttackResult, NonFiniteAttackError, RobustnessResult, TransferResult
+from .transfer import add_noise, transfer_noise, transfer_noises
 
 __all__ = [
     "class_images", "targeted", "targeted_sweep", "target_pairs", "learn_noise", "add_noise", "transfer_noise",
+    "transfer_noises",
     "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes",
     "AttackResult", "TransferResult", "RobustnessResult", "NonFiniteAttackError",
     "CLASS_IMAGE", "TARGETED", "SWEEP_BETAS", "NOISE", "ATTACKS", "SPACES", "NORMS",

@@ -9,7 +9,7 @@ for the whole batch.
   :func:`target_pairs` picks the source images and targets; :func:`targeted_sweep` runs it for
   several betas at once.
 * :func:`learn_noise`: an additive noise that makes the net call ``image + noise`` the target;
-  :func:`transfer_noise` adds it to a whole test set, :func:`add_noise` to any images.
+  :mod:`.transfer` adds it to other images and to a whole test set.
 
 ``space`` ("normalized" or "pixel") and ``bounds`` are explained in :mod:`npcnn.analysis.attacks`.
 :data:`CLASS_IMAGE`, :data:`TARGETED` and :data:`NOISE` are the report's settings.
@@ -21,7 +21,7 @@ from ...optim import Adam
 from ...progress import progress_bar
 from .checks import (_as_images, _check_bounds, _check_finite, _check_lr, _check_nonnegative, _check_space,
                      _check_steps, _labels, check_classes)
-from .result import TransferResult, _finish
+from .result import _finish
 
 # the report's settings (step sizes in the normalised space)
 CLASS_IMAGE = {"steps": 15_000, "lr": 0.05}
@@ -258,34 +258,3 @@ def learn_noise(classifier, images, targets, *, labels=None, steps=NOISE["steps"
     pixel_noise = noise.data * sp.std if space == "normalized" else noise.data.copy()
     settings = {"steps": steps, "lr": lr, "space": space, "bounds": sp.bounds}
     return _finish(classifier, "noise", adv, x0, pixel_noise, targets, labels, history, shape, settings)
-
-
-def add_noise(images, noise, bounds=None):
-    """``images + noise`` (pixel space), clipped into ``bounds`` when given."""
-    out = np.asarray(images) + np.asarray(noise).reshape(np.shape(images)[-2:])
-    bounds = _check_bounds(bounds)
-    return np.clip(out, *bounds) if bounds is not None else out
-
-
-def transfer_noise(classifier, noise, images, labels, target, *, bounds=None, batch_size=1000, progress=True):
-    """Add one learned noise (pixel units, [H, W]) to every image and see what the net says.
-
-    ``images`` uint8 [N, H, W] or pixel-space floats. Returns a :class:`TransferResult`: accuracy
-    with and without the noise and the transfer rate (images not of the target class now predicted
-    as the target).
-    """
-    target = int(check_classes(classifier, [target])[0])
-    labels = np.asarray(labels, dtype=np.int64)
-    images = np.asarray(images)
-    clean, noisy, prob = [], [], []
-    for i in progress_bar(range(0, len(images), batch_size), desc="noise on the test set", disable=not progress,
-                  leave=False):
-        x = images[i:i + batch_size]
-        dtype = classifier.dtype
-        x = x.astype(dtype) / dtype.type(255) if x.dtype == np.uint8 else x.astype(dtype)
-        clean.append(classifier.predict(x))
-        p = classifier.predict_proba(add_noise(x, noise, bounds).astype(dtype))
-        noisy.append(p.argmax(axis=1))
-        prob.append(p[:, target])
-    return TransferResult(target=target, labels=labels, predicted_clean=np.concatenate(clean),
-                          predicted_noisy=np.concatenate(noisy), target_probability=np.concatenate(prob))
