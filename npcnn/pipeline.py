@@ -70,6 +70,7 @@ def stages(out, dataset, quick, data_dir=None, seed=0):
               dict(steps=s["noise_steps"], seed=seed)),
         Stage("noise-sweep", experiments.noise_sweep, plain, os.path.join(attacks, "noise_sweep.npz"),
               dict(lrs=list(NOISE_LRS), steps=s["noise_steps"], limit=s["sweep_limit"], seed=seed)),
+        Stage("boundary", experiments.boundary, plain, os.path.join(attacks, "boundary.npz"), dict(seed=seed)),
         Stage("robustness", experiments.robustness, plain, os.path.join(attacks, "robustness.npz"),
               dict(attack=s["robustness_attack"], eps=s["eps"], variants=[bn])),
     ]

@@ -154,6 +154,19 @@ def test_noise_sweep_files(run, capsys):
     assert "lr 0.001: noise L2" in out
 
 
+def test_boundary_files(run, capsys):
+    code, out, err = attack(capsys, run.path, "boundary", "--steps", 5, "--pgd-steps", 3, "--tol", 0.01,
+                            "--overshoot", 0.1)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "boundary.npz"))
+    assert (int(d["steps"]), float(d["overshoot"]), float(d["tol"]), int(d["pgd_steps"])) == (5, 0.1, 0.01, 3)
+    np.testing.assert_array_equal(d["labels"], np.arange(10))
+    np.testing.assert_array_equal(d["pgd_predicted"], run.classifier.predict(d["pgd"]))
+    assert out.count(": DeepFool L2") == 10 and "mean DeepFool L2" in out
+    for name in ("boundary.png", "boundary_distances.png"):
+        assert os.path.getsize(run.file("attacks", name)) > 0
+
+
 def test_robustness_files(run, capsys):
     code, out, err = attack(capsys, run.path, "robustness", "--eps", 0, 0.3, "--limit", 200)
     assert code == 0, err
@@ -200,6 +213,10 @@ def fake_run(tmp_path_factory):
     (["targeted", "--lr", "0.001", "0.002"], "--lr takes one value for `targeted` (several only for noise"),
     (["class-image", "--lr"], "--lr takes one value for `class-image`"),
     (["noise", "--indices", "1", "99999"], "index 99999 is out of range"),
+    (["boundary", "--overshoot", "-1"], "overshoot must be >= 0"),
+    (["boundary", "--tol", "0"], "tol must be > 0"),
+    (["boundary", "--pgd-steps", "0"], "pgd_steps must be a positive integer, got 0"),
+    (["targeted", "--tol", "0.01"], "--tol does not apply to `targeted` (only to boundary)"),
     (["robustness", "--eps", "0.1", "-0.1"], "eps must be >= 0, got -0.1"),
     (["robustness", "--variants", "/nonexistent/run"], "no such run folder"),
 ])

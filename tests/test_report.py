@@ -19,6 +19,7 @@ import numpy as np
 from npcnn.io import load_npz
 from npcnn.pipeline import stages
 from npcnn.report import ReportError, build_report, sweep_sentence, write_report
+from npcnn.report.boundary import boundary_sentence
 from npcnn.report.noise import noise_sentence, noise_sweep_sentence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +136,9 @@ def test_numbers_on_the_page_come_from_the_run_files(reproduced):
     assert f"<p class='lesson'>{noise_sweep_sentence(s)}</p>" in page
     assert "0.005 (the report's)" in page
     assert page.index("<h4>Beside it: the noise's size swept") > page.index('alt="noise"')
+    b = load_npz(out / "plain" / "attacks" / "boundary.npz")
+    assert f"<p class='lesson'>{boundary_sentence(b)}</p>" in page
+    assert all(f"<td>{v:.3f}</td>" in page for v in b["deepfool_l2"])
 
 
 def test_the_noise_sentences_say_what_the_arrays_show():

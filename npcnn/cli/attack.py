@@ -8,13 +8,15 @@ Experiments (the report's settings are the defaults):
                    10 x 10 source-to-target matrix; several ``--beta`` values run a sweep over beta;
 * ``noise``        one noise per sample digit (1,500 steps of 0.005), each added to another random
                    image and to the whole test set; several ``--lr`` values run a sweep over the step size;
+* ``boundary``     how fragile each sample digit is: DeepFool's L2 (50 steps, overshoot 0.02) and the
+                   smallest L-inf budget at which PGD flips it (bisection to 1e-3);
 * ``robustness``   test accuracy against eps under FGSM / PGD, for one or more runs.
 
 Writes ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per experiment, the ``.npz`` last).
 Every argument is checked before anything is computed or written. The work is done by
 :mod:`npcnn.experiments.adversarial`; this module only parses the arguments.
 """
-EXPERIMENTS = ("class-image", "targeted", "noise", "robustness")
+EXPERIMENTS = ("class-image", "targeted", "noise", "boundary", "robustness")
 
 # option -> experiments it applies to (anything else is an error, not silently ignored)
 APPLIES = {
@@ -24,6 +26,9 @@ APPLIES = {
     "pairs": ("targeted",),
     "target": ("noise",),
     "indices": ("noise",),
+    "overshoot": ("boundary",),
+    "tol": ("boundary",),
+    "pgd_steps": ("boundary",),
     "attack": ("robustness",),
     "eps": ("robustness",),
     "variants": ("robustness",),
@@ -44,15 +49,16 @@ def register(sub):
     p.add_argument("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT",
                    help="one of: " + ", ".join(EXPERIMENTS))
     p.add_argument("--steps", type=int, help="optimisation steps (default: 15000 class-image, 1000 targeted, "
-                                             "1500 noise, 10 for PGD)")
+                                             "1500 noise, 50 DeepFool in boundary, 10 for PGD in robustness)")
     p.add_argument("--lr", type=float, nargs="*", metavar="LR",
                    help="Adam step size (default: 0.05 class-image and 0.005 noise, the report's; 0.001 targeted, "
                         "PyTorch's Adam default, as the report gives none there; in the normalised input space "
                         "unless --space pixel); noise: several values run a sweep over the noise's size, e.g. "
                         "--lr 0.0005 0.001 0.002 0.005 0.01 (attacks/noise_sweep.npz, noise_sweep.png, "
                         "noise_sweep_digits.png)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the starting noise (class-image), the other image "
-                                                       "each noise is tried on (noise), PGD's random start (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the starting noise (class-image), the other image each noise is tried on (noise), "
+                        "PGD's random start (boundary, robustness; default 0)")
     p.add_argument("--classes", nargs="+", help="class-image: the classes to draw (default: all)")
     p.add_argument("--beta", type=float, nargs="*", metavar="BETA",
                    help="targeted: weight of the squared-distance penalty, >= 0 (default 1e-4, the report's); "
@@ -65,6 +71,12 @@ def register(sub):
                                     "digits already of --target are left out)")
     p.add_argument("--indices", nargs="+", type=int, help="noise: test-set indices of the digits to learn a noise "
                                                           "for (default: the run's sample of each class)")
+    p.add_argument("--overshoot", type=float, help="boundary: DeepFool's overshoot, >= 0 (default 0.02, "
+                                                   "torchattacks')")
+    p.add_argument("--tol", type=float, help="boundary: the L-inf bisection stops within this many pixel units, "
+                                             "> 0 (default 0.001)")
+    p.add_argument("--pgd-steps", type=int, help="boundary: PGD steps at each budget tried (default 20, step size "
+                                                 "2.5 * eps / steps, random start)")
     p.add_argument("--attack", choices=["fgsm", "pgd", "pgd-l2"], help="robustness: the attack (default fgsm)")
     p.add_argument("--eps", nargs="+", type=float, help="robustness: attack sizes in pixel units "
                                                         "(default 0 .. 0.3, or 0 .. 3 for pgd-l2)")
@@ -97,6 +109,7 @@ STAGES = {
     "class-image": ("class_images", ("lr", "seed", "classes", "bounds", "space")),
     "targeted": ("targeted", ("lr", "beta", "pairs", "bounds", "space")),
     "noise": ("noise", ("lr", "seed", "target", "indices", "limit", "bounds", "space")),
+    "boundary": ("boundary", ("overshoot", "tol", "pgd_steps", "seed")),
     "robustness": ("robustness", ("attack", "eps", "variants", "step_size", "limit", "seed")),
 }
 

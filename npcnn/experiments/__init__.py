@@ -22,13 +22,16 @@ One module per section of the report:
                        :func:`robustness`; write ``attacks/``
 * :mod:`.noise`        4 the learned noise: :func:`noise` (one per digit), :func:`noise_sweep` (its step size);
                        write ``attacks/``
+* :mod:`.boundary`     4 how fragile each digit is: :func:`boundary` (DeepFool, the smallest PGD budget);
+                       writes ``attacks/``
 * :mod:`.common`       what they share: opening the run, its chosen test images, writing the folder
 """
 from .adversarial import class_images, robustness, targeted, targeted_sweep
+from .boundary import boundary
 from .common import StageOutput
 from .inside import inspect, occlusion, saliency
 from .noise import noise, noise_sweep
 from .training import TrainConfig, compare, compare_runs, train, train_run
 
 __all__ = ["train", "compare", "inspect", "occlusion", "saliency", "class_images", "targeted", "targeted_sweep",
-           "noise", "noise_sweep", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]
+           "noise", "noise_sweep", "boundary", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]

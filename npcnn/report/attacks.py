@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from ..io import load_npz
+from .boundary import boundary_section
 from .noise import noise_section
 from .page import VARIANT_TITLES, esc, gallery, not_run, pct, pngs, table
 
@@ -31,6 +32,9 @@ def section_attacks(runs):
 
     parts.append("<h3>Learned noise and its transfer</h3>")
     parts.append(noise_section(path, folder))
+
+    parts.append("<h3>How far is each digit from the boundary?</h3>")
+    parts.append(boundary_section(path, folder))
     return "\n".join(parts)
 
 

@@ -15,6 +15,8 @@ Two families, one file each (the results and the checks of the settings have the
 * **Sign / L2 steps in pixel space** (torchattacks' semantics):
   :func:`fgsm`, :func:`pgd`, and :func:`robustness_curve` over a test set.
   In :mod:`.gradient_attacks`.
+* **Distance to the boundary**: :func:`deepfool` (L2) and :func:`minimal_linf` (the smallest PGD budget,
+  by bisection). In :mod:`.boundary`.
 * :mod:`.result`: :class:`AttackResult` (and the transfer / robustness results),
   :class:`NonFiniteAttackError`. :mod:`.checks`: the checks of the settings.
 
@@ -35,6 +37,7 @@ in, and ``probabilities`` are exactly ``classifier.predict_proba(result.images)`
 """
 from .adam_loops import (CLASS_IMAGE, NOISE, SWEEP_BETAS, TARGETED, class_images, learn_noise, target_pairs, targeted,
                          targeted_sweep)
+from .boundary import DEEPFOOL, MINIMAL_LINF, MinimalLinfResult, deepfool, minimal_linf
 from .checks import (SPACES, _check_bounds, _check_eps, _check_lr, _check_nonnegative, _check_space, _check_steps,
                      check_classes)
 from .gradient_attacks import ATTACKS, NORMS, fgsm, pgd, robustness_curve, run_attack
@@ -44,7 +47,8 @@ from .transfer import add_noise, transfer_noise, transfer_noises
 __all__ = [
     "class_images", "targeted", "targeted_sweep", "target_pairs", "learn_noise", "add_noise", "transfer_noise",
     "transfer_noises",
-    "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes",
-    "AttackResult", "TransferResult", "RobustnessResult", "NonFiniteAttackError",
+    "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes", "deepfool", "minimal_linf",
+    "AttackResult", "TransferResult", "RobustnessResult", "MinimalLinfResult", "NonFiniteAttackError", "DEEPFOOL",
+    "MINIMAL_LINF",
     "CLASS_IMAGE", "TARGETED", "SWEEP_BETAS", "NOISE", "ATTACKS", "SPACES", "NORMS",
 ]
