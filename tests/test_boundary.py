@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torchattacks
-from test_attacks import DATA, _close, _PixelNet, assert_tie_free, lifted, trained_run_dir
+from test_attacks import DATA, _close, _PixelNet, assert_tie_free, lifted
+from test_attacks import one_torch_thread, run, samples, test_set  # noqa: F401 (fixtures, shared with test_attacks)
 from test_features import make_classifier
 from torch_oracle import to_torch
 
@@ -27,29 +28,6 @@ from npcnn.models import seed_cnn
 
 #: decisions (the top class, the nearest linearised boundary) closer than this would test rounding
 DECISION_GAP = 1e-9
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    from npcnn.runs import Run
-
-    os.environ.setdefault("NPCNN_DATA", DATA)
-    return Run.open(trained_run_dir(tmp_path_factory))
-
-
-@pytest.fixture(scope="session")
-def samples(run):
-    """The run's one test digit per class: (pixel images [10, 28, 28] float32, labels [10])."""
-    _, x, y = run.select(*run.test_data())
-    return x, y
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import numpy as np
 from ..io import load_npz
 from .boundary import boundary_section
 from .noise import noise_section
-from .page import VARIANT_TITLES, esc, gallery, not_run, pct, pngs, table
+from .page import VARIANT_TITLES, beside, esc, gallery, not_run, pct, pngs, table
 
 
 def section_attacks(runs):
@@ -60,12 +60,11 @@ def targeted_section(path, folder):
         parts.append(gallery([p for p in pngs(folder, "targeted*.png") if "targeted_sweep" not in p]))
     else:
         parts.append(not_run("targeted attacks", f"npcnn attack {path} targeted"))
-    parts.append("<h4>Beside it: the penalty's weight beta swept</h4>")
-    f = os.path.join(folder, "targeted_sweep.npz")
-    if not os.path.isfile(f):
-        return "\n".join(parts + [not_run("the beta sweep", f"npcnn attack {path} targeted --beta 0 1e-4 1e-3 1e-2 "
-                                                             f"1e-1 1")])
-    d = load_npz(f)
+    more, d = beside("the penalty's weight beta swept", os.path.join(folder, "targeted_sweep.npz"), "the beta sweep",
+                     f"npcnn attack {path} targeted --beta 0 1e-4 1e-3 1e-2 1e-1 1")
+    parts += more
+    if d is None:
+        return "\n".join(parts)
     betas, rate, l2, linf = d["betas"], d["success"].mean(axis=1), d["l2"].mean(axis=1), d["linf"].mean(axis=1)
     parts.append(f"<p>{d['targets'].size} pairs ({esc(str(d['pairs']))}), {_adam(d)}, one Adam loop for all betas; "
                  f"distances in pixel units.</p>")

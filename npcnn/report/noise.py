@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from ..io import load_npz
-from .page import esc, gallery, img, not_run, pct, pngs, table
+from .page import beside, esc, gallery, img, not_run, pct, pngs, table
 
 
 def noise_section(path, folder):
@@ -33,14 +33,13 @@ def noise_section(path, folder):
                          + gallery(singles) + "</details>")
     else:
         parts.append(not_run("learned noise", f"npcnn attack {path} noise"))
-    parts.append("<h4>Beside it: the noise's size swept</h4>")
-    f = os.path.join(folder, "noise_sweep.npz")
-    if not os.path.isfile(f):
-        return "\n".join(parts + [not_run("the noise sweep", f"npcnn attack {path} noise --lr 0.0005 0.001 0.002 "
-                                                              f"0.005 0.01")])
-    d = load_npz(f)
-    parts.append(f"<p>The same {d['labels'].size} digits and targets, {int(d['steps']):,} Adam steps at each step size; "
-                 f"transfer on {int(d['transfer_images']):,} test images. Means over the noises.</p>")
+    more, d = beside("the noise's size swept", os.path.join(folder, "noise_sweep.npz"), "the noise sweep",
+                     f"npcnn attack {path} noise --lr 0.0005 0.001 0.002 0.005 0.01")
+    parts += more
+    if d is None:
+        return "\n".join(parts)
+    parts.append(f"<p>The same {d['labels'].size} digits and targets, {int(d['steps']):,} Adam steps at each step "
+                 f"size; transfer on {int(d['transfer_images']):,} test images. Means over the noises.</p>")
     parts.append(table(["lr", "noise L2", "own digit fooled", "transfer rate", "test accuracy with the noise"],
                        [(f"{float(lr):g}" + (" (the report's)" if np.isclose(lr, d["report_lr"]) else ""),
                          f"{float(n):.2f}", pct(s), pct(t), pct(a)) for lr, n, s, t, a in

@@ -7,7 +7,7 @@ import glob
 import html
 import os
 
-from ..io import read_json
+from ..io import load_npz, read_json
 
 VARIANT_TITLES = {"plain": "without BatchNorm", "batchnorm": "with BatchNorm"}
 
@@ -65,3 +65,12 @@ figcaption{font-size:.8em;color:#555;text-align:center}
 .notrun{background:#fff4e0;border-left:4px solid #e90;padding:.5em 1em;margin:.6em 0}
 code{background:#f3f3f3;padding:0 .3em}nav a{margin-right:1em}
 """
+
+
+def beside(title, path, what, command):
+    """A lesson shown beside the report's setting: its heading, and the data of ``path`` (an .npz), or None
+    with the note that its stage has not run (and the command that runs it)."""
+    head = f"<h4>Beside it: {esc(title)}</h4>"
+    if not os.path.isfile(path):
+        return [head, not_run(what, command)], None
+    return [head], load_npz(path)
