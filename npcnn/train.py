@@ -14,6 +14,8 @@ from .nn.module import Sequential
 from .progress import progress_bar
 
 FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds")
+#: recorded only by some runs (adversarial training: the PGD accuracy of its watch batch after each epoch)
+OPTIONAL_FIELDS = ("robust_accuracy",)
 
 
 @dataclass
@@ -25,6 +27,7 @@ class History:
     test_loss: list = field(default_factory=list)
     test_accuracy: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+    robust_accuracy: list = field(default_factory=list)   # adversarial training only, else empty
 
     def __len__(self):
         return len(self.train_loss)
@@ -32,13 +35,17 @@ class History:
     def append(self, **values):
         for name in FIELDS:
             getattr(self, name).append(float(values[name]))
+        for name in OPTIONAL_FIELDS:
+            if name in values:
+                getattr(self, name).append(float(values[name]))
 
     def as_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k in FIELDS or v}   # an optional field only when recorded
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{name: [float(v) for v in d[name]] for name in FIELDS})
+        return cls(**{name: [float(v) for v in d[name]] for name in FIELDS + OPTIONAL_FIELDS if name in d})
 
 
 @dataclass
@@ -99,7 +106,7 @@ class Checkpoint:
     def save(self, model, optimizer, history, epoch):
         arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
         arrays.update({f"optim.{k}": v for k, v in optimizer.state_dict().items()})
-        for name in FIELDS:
+        for name in FIELDS + OPTIONAL_FIELDS:
             arrays[f"history.{name}"] = np.array(getattr(history, name), dtype=np.float64)
         arrays["epoch"] = np.array(epoch)
         save_npz(self.path, arrays)
@@ -109,12 +116,13 @@ class Checkpoint:
         arrays = load_npz(self.path)
         model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
         optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
-        history = History.from_dict({name: arrays[f"history.{name}"] for name in FIELDS})
+        history = History.from_dict({name: arrays[f"history.{name}"] for name in FIELDS + OPTIONAL_FIELDS
+                                     if f"history.{name}" in arrays})
         return history, int(arrays["epoch"])
 
 
 def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, normalization=None, seed=0,
-        history=None, start_epoch=0, checkpoint=None, progress=True, log=print):
+        history=None, start_epoch=0, checkpoint=None, progress=True, log=print, perturb=None, after_epoch=None):
     """Train ``model`` for ``epochs`` epochs (counting from ``start_epoch``) and return its History.
 
     Parameters
@@ -128,6 +136,13 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
         whole run is reproducible, and a resumed run equals an uninterrupted one.
     checkpoint : Checkpoint, optional
         Written at the end of every epoch.
+    perturb : callable, optional
+        ``perturb(x, y, epoch, step) -> x'``: replaces each (normalised) training batch before the step,
+        e.g. by adversarial examples (:mod:`npcnn.experiments.adversarial_training`). It may switch the
+        model to eval mode; the step itself always runs in train mode.
+    after_epoch : callable, optional
+        ``after_epoch(epoch) -> dict``: extra values for the History (e.g. ``robust_accuracy``), called
+        after the epoch's evaluation and before its checkpoint.
 
     On Ctrl-C the epoch in progress is abandoned; the last completed epoch
     stays saved in the checkpoint, and KeyboardInterrupt propagates.
@@ -137,7 +152,7 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
     history = history if history is not None else History()
     try:
         _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed,
-                    history, start_epoch, checkpoint, progress, log)
+                    history, start_epoch, checkpoint, progress, log, perturb, after_epoch)
     except SystemError as e:
         # Ctrl-C landing inside a numba kernel call surfaces as SystemError("... returned a result
         # with an exception set") chained to the KeyboardInterrupt: report it as the interrupt it is.
@@ -148,7 +163,7 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
 
 
 def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed, history,
-                start_epoch, checkpoint, progress, log):
+                start_epoch, checkpoint, progress, log, perturb=None, after_epoch=None):
     train_x, train_y = train_data
     net = fast.plan(model)          # the same layers and Parameters, fused where it pays (npcnn.fast)
     for epoch in range(start_epoch, epochs):
@@ -160,6 +175,9 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
                    disable=not progress, leave=False, dynamic_ncols=True)
         start = time.perf_counter()
         for step, (x, y) in enumerate(bar):
+            if perturb is not None:
+                x = perturb(x, y, epoch, step)
+                model.train()
             out = net.forward(x)
             try:
                 value = loss.forward(out, y)
@@ -176,14 +194,16 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
         seconds = time.perf_counter() - start
         bar.close()
         test = evaluate(model, *test_data, normalization=normalization)
+        extra = after_epoch(epoch) if after_epoch is not None else {}
         history.append(train_loss=total_loss / seen, train_accuracy=correct / seen, test_loss=test.loss,
-                       test_accuracy=test.accuracy, seconds=seconds)
+                       test_accuracy=test.accuracy, seconds=seconds, **extra)
         if checkpoint is not None:
             checkpoint.save(model, optimizer, history, epoch + 1)
         if log:
             log(f"epoch {epoch + 1:>2}/{epochs}  train loss {total_loss / seen:.4f} acc {correct / seen:.4f}  "
                 f"test loss {test.loss:.4f} acc {test.accuracy:.4f}  {seconds:.1f} s "
-                f"({seen / seconds:,.0f} img/s)")
+                f"({seen / seconds:,.0f} img/s)" + "".join(f"  {k.replace('_', ' ')} {v:.4f}"
+                                                           for k, v in extra.items()))
         if not math.isfinite(test.loss):
             raise NonFiniteLossError(f"epoch {epoch + 1}: test loss is {test.loss}")
 

@@ -15,6 +15,18 @@ def add_arguments(p):
     variant = p.add_mutually_exclusive_group()
     variant.add_argument("--batchnorm", action="store_true", help="BatchNorm2d after each max-pool")
     variant.add_argument("--compare", action="store_true", help="train with and without BatchNorm and compare")
+    adv = p.add_argument_group("adversarial training (Madry et al. 2018; Wong et al. 2020)")
+    adv.add_argument("--adversarial", choices=["fgsm", "pgd"],
+                     help="train on adversarial examples of the net itself: fgsm (one step of 1.25 eps from a "
+                          "random start, Wong et al.) or pgd (10 steps of 2.5 eps / 10, random start, Madry et al.)")
+    adv.add_argument("--eps", type=float, help="L-inf budget in pixel units, in (0, 1] (default 0.3)")
+    adv.add_argument("--attack-steps", type=int, help="PGD steps per batch (default 10; fgsm takes 1)")
+    adv.add_argument("--attack-step-size", type=float,
+                     help="attack step in pixel units (default 1.25 eps for fgsm, 2.5 eps / steps for pgd)")
+    adv.add_argument("--no-random-start", action="store_true", help="the attack starts at the clean image")
+    adv.add_argument("--adversarial-fraction", type=float,
+                     help="share of each batch replaced by its adversarial version, in (0, 1] (default 1: "
+                          "adversarial only; 0.5 mixes clean and adversarial half and half)")
     p.add_argument("--out", help="run folder (default: runs/<variant>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--allow-sample", action="store_true",
@@ -32,6 +44,8 @@ def register(sub):
 
 def default_out(args):
     name = "compare" if args.compare else "batchnorm" if args.batchnorm else "plain"
+    if args.adversarial:
+        name += f"-{args.adversarial}"
     prefix = "" if args.dataset == "mnist" else "fashion-"
     return os.path.join("runs", prefix + name)
 
@@ -40,7 +54,13 @@ def run(args):
     from .. import experiments
 
     settings = dict(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample)
+                    lr=args.lr, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample,
+                    adversarial=args.adversarial)
+    for flag in ("eps", "attack_steps", "attack_step_size", "adversarial_fraction"):
+        if getattr(args, flag) is not None:
+            settings[flag] = getattr(args, flag)
+    if args.no_random_start:
+        settings["random_start"] = False
     out = args.out or default_out(args)
     try:
         if args.compare:

@@ -23,6 +23,7 @@ from ..optim import Adam
 from ..plots import training as training_plots
 from ..runs import FORMAT
 from ..train import Checkpoint, evaluate, fit
+from .adversarial_training import AdversarialSettings, Perturb, Watch
 from .common import StageOutput
 
 
@@ -39,6 +40,25 @@ class TrainConfig:
     batchnorm: bool = False
     limit: Optional[int] = None
     allow_sample: bool = False
+    # adversarial training (npcnn.experiments.adversarial_training); None: the report's plain training
+    adversarial: Optional[str] = None
+    eps: float = 0.3
+    attack_steps: Optional[int] = None
+    attack_step_size: Optional[float] = None
+    random_start: bool = True
+    adversarial_fraction: float = 1.0
+
+    def adversarial_settings(self):
+        """The checked :class:`AdversarialSettings` (defaults filled in), or None for plain training."""
+        if self.adversarial is None:
+            plain = TrainConfig()
+            given = [f for f in _ADVERSARIAL_FLAGS if getattr(self, f) != getattr(plain, f)]
+            if given:
+                flag = "no-random-start" if given[0] == "random_start" else given[0].replace("_", "-")
+                raise ValueError(f"--{flag} applies only with --adversarial fgsm or pgd")
+            return None
+        return AdversarialSettings(self.adversarial, self.eps, self.attack_steps, self.attack_step_size,
+                                   self.random_start, self.adversarial_fraction).resolved()
 
     def validate(self):
         if self.epochs <= 0:
@@ -51,15 +71,20 @@ class TrainConfig:
             raise ValueError(f"--limit must be positive, got {self.limit}")
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise ValueError(f"data directory {self.data_dir} does not exist")
+        self.adversarial_settings()
         return self
+
+
+WATCH_FILE = "watch_best.npz"   # adversarial training: the best epoch's weights so far
 
 
 class RunFolderError(ValueError):
     """The output folder cannot take this run (it is a file, or holds another run)."""
 
 
+_ADVERSARIAL_FLAGS = ("eps", "attack_steps", "attack_step_size", "random_start", "adversarial_fraction")
 # settings that must match for --resume to continue a run (epochs may grow)
-_RESUME_KEYS = ("dataset", "batch_size", "lr", "seed", "batchnorm", "limit")
+_RESUME_KEYS = ("dataset", "batch_size", "lr", "seed", "batchnorm", "limit", "adversarial") + _ADVERSARIAL_FLAGS
 
 
 def _checkpoint(out):
@@ -78,7 +103,8 @@ def prepare_folder(out, config, resume):
             what = "a finished run" if finished else "no checkpoint"
             raise RunFolderError(f"cannot resume: {out} holds {what}")
         old = read_json(os.path.join(out, "config.json"))
-        diff = [k for k in _RESUME_KEYS if old.get(k) != asdict(config).get(k)]
+        plain = asdict(TrainConfig())   # a run written before a setting existed had its default
+        diff = [k for k in _RESUME_KEYS if old.get(k, plain[k]) != asdict(config).get(k)]
         if diff:
             raise RunFolderError(f"cannot resume {out}: settings differ from the interrupted run ({', '.join(diff)})")
         return old
@@ -123,14 +149,28 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
         if log:
             log(f"resuming {out} after epoch {start_epoch}")
     write_config(out, config, info, normalization)
+    adversarial = config.adversarial_settings()
+    perturb = watch = None
+    if adversarial is not None:
+        perturb = Perturb(model, normalization, adversarial, config.seed)
+        watch = Watch(model, normalization, adversarial, *train, config.seed, os.path.join(out, WATCH_FILE))
+        if not resume and os.path.exists(watch.path):
+            os.unlink(watch.path)   # from an earlier run that never finished an epoch
     if log:
         variant = "with BatchNorm" if config.batchnorm else "without BatchNorm"
         log(f"training the reference net {variant}: {count_parameters(model):,} parameters, "
-            f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr:g}")
+            f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr:g}"
+            + (f"; {adversarial.describe()}" if adversarial else ""))
     history = fit(model, loss, optimizer, train, test, config.epochs, config.batch_size,
                   normalization=normalization, seed=config.seed, history=history, start_epoch=start_epoch,
-                  checkpoint=checkpoint, progress=progress, log=log)
-    return finish_run(out, config, model, normalization, history, test, info)
+                  checkpoint=checkpoint, progress=progress, log=log, perturb=perturb, after_epoch=watch)
+    extra = None
+    if watch is not None:
+        extra = {"adversarial": {**asdict(adversarial), **watch.restore_best(history, log)}}
+    metrics = finish_run(out, config, model, normalization, history, test, info, extra)
+    if watch is not None and os.path.exists(watch.path):
+        os.unlink(watch.path)   # its weights are model.npz's now
+    return metrics
 
 
 def write_config(out, config, info, normalization):
@@ -143,8 +183,8 @@ def write_config(out, config, info, normalization):
     })
 
 
-def finish_run(out, config, model, normalization, history, test, info):
-    """Evaluate, then write the model, history, samples, figures and (last) metrics.json."""
+def finish_run(out, config, model, normalization, history, test, info, extra=None):
+    """Evaluate, then write the model, history, samples, figures and (last) metrics.json (with ``extra``)."""
     from sklearn.metrics import classification_report, confusion_matrix  # slow to import: only when needed
 
     names = list(info.class_names)
@@ -182,6 +222,7 @@ def finish_run(out, config, model, normalization, history, test, info):
         "batchnorm": config.batchnorm,
         "epochs": len(history),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra or {}),
     }
     write_json(os.path.join(out, "metrics.json"), metrics)
     if _checkpoint(out).exists():

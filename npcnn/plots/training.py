@@ -13,6 +13,8 @@ def curves(history, metric, title=None):
     e = _epochs(history)
     ax.plot(e, history[f"train_{metric}"], "o-", label="train")
     ax.plot(e, history[f"test_{metric}"], "s-", label="test")
+    if metric == "accuracy" and history.get("robust_accuracy"):
+        ax.plot(e, history["robust_accuracy"], "^-", label="under PGD (a fixed training batch)")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_xticks(e)
