@@ -44,22 +44,25 @@ class Stage:
         return f"experiments.{self.function.__name__}({', '.join(args)})"
 
 
-def stages(out, dataset, quick, data_dir=None, seed=0):
+def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
     from . import experiments  # here, not at the top: `npcnn` imports this module for StageFailed alone
     from .analysis.attacks import SWEEP_BETAS, TARGETED
     from .experiments.noise import NOISE_LRS
 
     s = QUICK if quick else FULL
-    plain, bn = os.path.join(out, "plain"), os.path.join(out, "batchnorm")
+    plain, bn, adv = (os.path.join(out, v) for v in ("plain", "batchnorm", "adversarial"))
     train = dict(dataset=dataset, epochs=s["epochs"], seed=seed, limit=s["limit"], data_dir=data_dir)
     attacks = os.path.join(plain, "attacks")
     # lr recorded, not left to the default: a folder attacked at the old default (0.01) is attacked again
     targeted = dict(steps=s["targeted_steps"], lr=TARGETED["lr"])
+    defence = [Stage("defend", experiments.train, adv, os.path.join(adv, "metrics.json"),
+                     dict(train, adversarial="fgsm"))] if defend else []
     return [
-        Stage("train", experiments.compare, out, os.path.join(out, "comparison.json"), train),
+        Stage("train", experiments.compare, out, os.path.join(out, "comparison.json"), train), *defence,
         Stage("inspect", experiments.inspect, plain, os.path.join(plain, "inspect")),
         Stage("occlusion", experiments.occlusion, plain, os.path.join(plain, "occlusion", "occlusion.npz")),
         Stage("saliency", experiments.saliency, plain, os.path.join(plain, "saliency")),
+        Stage("cam", experiments.cam, plain, os.path.join(plain, "cam", "cam.npz")),
         Stage("class-image", experiments.class_images, plain, os.path.join(attacks, "class_image.npz"),
               dict(steps=s["class_steps"])),
         Stage("targeted", experiments.targeted, plain, os.path.join(attacks, "targeted.npz"),
@@ -72,7 +75,7 @@ def stages(out, dataset, quick, data_dir=None, seed=0):
               dict(lrs=list(NOISE_LRS), steps=s["noise_steps"], limit=s["sweep_limit"], seed=seed)),
         Stage("boundary", experiments.boundary, plain, os.path.join(attacks, "boundary.npz"), dict(seed=seed)),
         Stage("robustness", experiments.robustness, plain, os.path.join(attacks, "robustness.npz"),
-              dict(attack=s["robustness_attack"], eps=s["eps"], variants=[bn])),
+              dict(attack=s["robustness_attack"], eps=s["eps"], variants=[bn] + ([adv] if defend else []))),
     ]
 
 
@@ -80,8 +83,9 @@ class StageFailed(RuntimeError):
     pass
 
 
-def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=print):
-    """Run every stage not already done with the same settings, then write ``out/report.html``."""
+def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, defend=False, log=print):
+    """Run every stage not already done with the same settings, then write ``out/report.html``. ``defend``
+    adds a net trained on FGSM examples (``out/adversarial``, Wong et al.'s setting) to the robustness curves."""
     from .report import write_report
 
     os.makedirs(out, exist_ok=True)
@@ -92,18 +96,23 @@ def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=p
     record["dataset"] = dataset
     done = record.setdefault("stages", {})
     total = time.perf_counter()
-    for stage in stages(out, dataset, quick, data_dir, seed):
+    for stage in stages(out, dataset, quick, data_dir, seed, defend):
         previous = done.get(stage.name) or {}
         if previous.get("done") and previous.get("settings") == stage.key() and os.path.exists(stage.output):
             log(f"[{stage.name}] reused: its outputs exist and its settings match")
             continue
         if stage.name == "train" and previous and previous.get("settings") != stage.key():
             _clear_stale_training(out)  # other training settings: the old runs (and all built on them) go
+        if stage.name == "defend" and not os.path.isfile(os.path.join(stage.target, "checkpoint.npz")):
+            shutil.rmtree(stage.target, ignore_errors=True)   # nothing to continue: train it afresh
         start = time.perf_counter()
         log(f"[{stage.name}] {stage.call()}")
         try:
             if stage.name == "train":
                 result = stage.function(stage.target, resume=True, progress=False, log=log, **stage.settings)
+            elif stage.name == "defend":
+                resume = os.path.isfile(os.path.join(stage.target, "checkpoint.npz"))
+                result = stage.function(stage.target, resume=resume, progress=False, log=log, **stage.settings)
             else:
                 result = stage.function(stage.target, **stage.settings)
         except EXPECTED_ERRORS as e:
@@ -122,7 +131,7 @@ def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, log=p
 def _clear_stale_training(out):
     """Training settings changed (or were recorded by an older npcnn as a command line): the old runs, and
     everything computed from them, must go."""
-    for name in ("plain", "batchnorm"):
+    for name in ("plain", "batchnorm", "adversarial"):
         folder = os.path.join(out, name)
         if os.path.isdir(folder):
             shutil.rmtree(folder)

@@ -21,10 +21,11 @@ from npcnn.pipeline import stages
 from npcnn.report import ReportError, build_report, sweep_sentence, write_report
 from npcnn.report.boundary import boundary_sentence
 from npcnn.report.noise import noise_sentence, noise_sweep_sentence
+from npcnn.report.training import adversarial_sentence
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SECTIONS = ["setup", "training", "inside", "attacks", "beyond"]
+SECTIONS = ["setup", "training", "inside", "deeper", "attacks", "beyond"]
 
 
 def npcnn(*args, **kwargs):
@@ -71,7 +72,7 @@ def parse(page):
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "mnist"
-    result = npcnn("reproduce", "--quick", "--out", out, timeout=1500)
+    result = npcnn("reproduce", "--quick", "--defend", "--out", out, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
 
@@ -83,8 +84,8 @@ def test_reproduce_quick_writes_every_section(reproduced):
     assert [s for s in SECTIONS if s in p.ids] == SECTIONS
     assert "not run" not in page.replace("not run:</strong> the speed benchmark", "")
     assert p.scripts == 0 and p.external == []  # self-contained: nothing to fetch
-    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[class-image]", "[targeted]",
-                 "[targeted-sweep]", "[noise]", "[noise-sweep]", "[robustness]", "[report]"):
+    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[cam]", "[class-image]", "[targeted]",
+                 "[targeted-sweep]", "[noise]", "[noise-sweep]", "[boundary]", "[defend]", "[robustness]", "[report]"):
         assert line in result.stdout
 
 
@@ -97,12 +98,13 @@ def test_embedded_figures_are_pngs_and_match_the_stages(reproduced):
         assert image.shape[0] > 20 and image.shape[1] > 20
     plain = out / "plain"
     expected = (
-        sum(1 for v in ("plain", "batchnorm") for f in ("loss", "accuracy", "confusion_matrix", "samples")
+        sum(1 for v in ("plain", "batchnorm", "adversarial") for f in ("loss", "accuracy", "confusion_matrix", "samples")
             if (out / v / f"{f}.png").is_file())
         + 1  # comparison.png
         + len(glob.glob(str(plain / "inspect" / "*.png")))
         + len(glob.glob(str(plain / "occlusion" / "*.png")))
         + len(glob.glob(str(plain / "saliency" / "*.png")))
+        + 1  # cam/cam.png (the per-image figures stay in the folder)
         + len(glob.glob(str(plain / "attacks" / "*.png")))
     )
     assert len(p.images) == expected
@@ -112,11 +114,17 @@ def test_numbers_on_the_page_come_from_the_run_files(reproduced):
     out, _ = reproduced
     page = (out / "report.html").read_text(encoding="utf-8")
     p = parse(page)
-    for variant in ("plain", "batchnorm"):
+    for variant in ("plain", "batchnorm", "adversarial"):
         metrics = json.loads((out / variant / "metrics.json").read_text())
         assert p.accuracies[variant] == f"{100 * metrics['test_accuracy']:.2f} %"
         assert f"{metrics['parameters']:,}" in page
     assert "799,078" in page and "10,014" in page
+    # --defend: the FGSM-trained net, its settings said, and a curve of its own in the robustness plot
+    a = json.loads((out / "adversarial" / "metrics.json").read_text())["adversarial"]
+    assert a["method"] == "fgsm" and a["step_size"] == 0.375
+    assert f"<p>{adversarial_sentence(a)}</p>" in page
+    assert load_npz(out / "plain" / "attacks" / "robustness.npz")["accuracy"].shape[0] == 3
+    assert "<th>adversarially trained (FGSM)</th>" in page
     history = json.loads((out / "plain" / "history.json").read_text())
     assert f"{history['test_loss'][-1]:.4f}" in page
     # section 4: the targeted attack's step size said, the sweep's table and sentence read off its arrays
@@ -206,9 +214,9 @@ def test_report_opens_in_chromium_with_every_image_loaded(reproduced, tmp_path):
 def test_reproduce_reuses_finished_stages(reproduced):
     out, _ = reproduced
     before = (out / "report.html").stat().st_mtime_ns
-    result = npcnn("reproduce", "--quick", "--out", out, timeout=600)
+    result = npcnn("reproduce", "--quick", "--defend", "--out", out, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("reused") == len(stages(str(out), "mnist", quick=True))   # every stage
+    assert result.stdout.count("reused") == len(stages(str(out), "mnist", quick=True, defend=True))   # every stage
     assert (out / "report.html").stat().st_mtime_ns >= before
 
 

@@ -1,6 +1,9 @@
 """What we do with a trained classifier: look inside it (filters, feature maps,
-occlusion, saliency) and attack it. Each module computes arrays; npcnn.plots draws them."""
+occlusion, saliency, class activation maps) and attack it. Each module computes arrays; npcnn.plots draws
+them."""
 from .features import conv_layers, feature_maps, filters
 from .occlusion import OcclusionResult, occlusion
 from .saliency import integrated_gradients, saliency, smoothgrad
+from .cam import (Explanation, GradCam, cam_layers, deconvolution, explain, grad_cam, guided_backprop,
+                  guided_grad_cam)
 from .attacks import AttackResult, class_images, fgsm, learn_noise, pgd, robustness_curve, targeted, transfer_noise

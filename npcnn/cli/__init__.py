@@ -17,6 +17,7 @@ COMMANDS = {
     "inspect": "inspect",
     "occlusion": "inspect",
     "saliency": "inspect",
+    "cam": "deeper",
     "report": "report",
     "reproduce": "reproduce",
 }

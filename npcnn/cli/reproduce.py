@@ -11,10 +11,14 @@ def register(sub):
     p.add_argument("--data-dir", help="folder with the four IDX files")
     p.add_argument("--quick", action="store_true", help="a subset, fewer epochs and steps: every section in minutes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--defend", action="store_true",
+                   help="also train the net on FGSM examples (eps 0.3, Wong et al.'s setting) and add it to the "
+                        "robustness curves (about 2.5x the training time of one variant)")
     p.set_defaults(func=run)
 
 
 def run(args):
     from ..pipeline import reproduce
 
-    reproduce(args.out, dataset=args.dataset, quick=args.quick, data_dir=args.data_dir, seed=args.seed)
+    reproduce(args.out, dataset=args.dataset, quick=args.quick, data_dir=args.data_dir, seed=args.seed,
+              defend=args.defend)

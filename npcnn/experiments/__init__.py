@@ -18,6 +18,8 @@ One module per section of the report:
 * :mod:`.training`     2 training: :func:`train`, :func:`compare` (with and without BatchNorm); write RUN_DIR itself
 * :mod:`.inside`       3 inside the net: :func:`inspect` (filters, feature maps), :func:`occlusion`,
                        :func:`saliency`; write ``inspect/``, ``occlusion/``, ``saliency/``, each whole or not at all
+* :mod:`.cam`          3 looking deeper: :func:`cam` (Grad-CAM, guided backprop, guided Grad-CAM,
+                       deconvolution); writes ``cam/``
 * :mod:`.adversarial`  4 fooling the net: :func:`class_images`, :func:`targeted`, :func:`targeted_sweep`,
                        :func:`robustness`; write ``attacks/``
 * :mod:`.noise`        4 the learned noise: :func:`noise` (one per digit), :func:`noise_sweep` (its step size);
@@ -28,10 +30,11 @@ One module per section of the report:
 """
 from .adversarial import class_images, robustness, targeted, targeted_sweep
 from .boundary import boundary
+from .cam import cam
 from .common import StageOutput
 from .inside import inspect, occlusion, saliency
 from .noise import noise, noise_sweep
 from .training import TrainConfig, compare, compare_runs, train, train_run
 
-__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "class_images", "targeted", "targeted_sweep",
+__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "cam", "class_images", "targeted", "targeted_sweep",
            "noise", "noise_sweep", "boundary", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]

@@ -13,6 +13,7 @@ from ..io import atomic_path, read_json
 from ..runs import FORMAT
 from .attacks import section_attacks, sweep_sentence
 from .beyond import section_beyond, speed_rows
+from .deeper import section_deeper
 from .inside import section_inside
 from .page import STYLE, VARIANT_TITLES, esc
 from .training import section_setup, section_training
@@ -34,7 +35,8 @@ def find_runs(directory):
     candidates = {}
     if os.path.isfile(os.path.join(directory, "config.json")):
         config = read_json(os.path.join(directory, "config.json"))
-        candidates["batchnorm" if config.get("batchnorm") else "plain"] = directory
+        name = "adversarial" if config.get("adversarial") else "batchnorm" if config.get("batchnorm") else "plain"
+        candidates[name] = directory
     else:
         for name in VARIANT_TITLES:
             if os.path.isfile(os.path.join(directory, name, "config.json")):
@@ -58,10 +60,12 @@ def build_report(directory):
     body = [
         f"<h1>npcnn report: a CNN on {esc(dataset)}, trained, inspected and fooled</h1>",
         "<nav><a href='#setup'>setup</a><a href='#training'>training</a><a href='#inside'>looking inside</a>"
+        "<a href='#deeper'>looking deeper</a>"
         "<a href='#attacks'>adversarial examples</a><a href='#beyond'>beyond the report</a></nav>",
         section_setup(runs),
         section_training(directory, runs),
         section_inside(runs),
+        section_deeper(runs),
         section_attacks(runs),
         section_beyond(directory, runs),
     ]

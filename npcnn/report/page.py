@@ -9,7 +9,8 @@ import os
 
 from ..io import load_npz, read_json
 
-VARIANT_TITLES = {"plain": "without BatchNorm", "batchnorm": "with BatchNorm"}
+VARIANT_TITLES = {"plain": "without BatchNorm", "batchnorm": "with BatchNorm",
+                  "adversarial": "adversarially trained (FGSM)"}
 
 
 def read_json_if_any(path):

@@ -60,13 +60,17 @@ def section_training(directory, runs):
         parts.append(f"<p class='headline'>Test accuracy <strong class='acc' data-variant='{name}'>"
                      f"{pct(m['test_accuracy'])}</strong> after {m['epochs']} epochs; training took "
                      f"{m['train_seconds']:.1f} s ({np.mean(per_epoch):.1f} s per epoch).</p>")
+        if m.get("adversarial"):
+            parts.append(f"<p>{adversarial_sentence(m['adversarial'])}</p>")
         parts.append(gallery([os.path.join(path, f) for f in ("loss.png", "accuracy.png")
                               if os.path.isfile(os.path.join(path, f))]))
         history = read_json(os.path.join(path, "history.json"))
+        robust = history.get("robust_accuracy") or []
         rows = [(i + 1, f"{history['train_loss'][i]:.4f}", pct(history["train_accuracy"][i]),
-                 f"{history['test_loss'][i]:.4f}", pct(history["test_accuracy"][i]), f"{history['seconds'][i]:.1f}")
-                for i in range(len(history["train_loss"]))]
-        parts.append(table(["epoch", "train loss", "train accuracy", "test loss", "test accuracy", "seconds"], rows))
+                 f"{history['test_loss'][i]:.4f}", pct(history["test_accuracy"][i]), f"{history['seconds'][i]:.1f}",
+                 *([pct(robust[i])] if robust else [])) for i in range(len(history["train_loss"]))]
+        parts.append(table(["epoch", "train loss", "train accuracy", "test loss", "test accuracy", "seconds",
+                            *(["PGD accuracy (watch batch)"] if robust else [])], rows))
         parts.append("<h4>Classification report (test set)</h4>"
                      + classification_table(m["classification_report"], config["class_names"]))
         parts.append(gallery([os.path.join(path, f) for f in ("confusion_matrix.png", "samples.png")
@@ -79,3 +83,16 @@ def section_training(directory, runs):
     elif len(runs) == 1:
         parts.append(not_run("the BatchNorm comparison", "npcnn train --compare"))
     return "\n".join(parts)
+
+
+def adversarial_sentence(a):
+    """What adversarial training did, from metrics.json's ``adversarial`` record."""
+    start = "a random start in the eps box" if a["random_start"] else "the clean image"
+    text = (f"Trained on adversarial examples of itself: {a['method'].upper()}, eps {a['eps']:g}, {a['steps']} "
+            f"step(s) of {a['step_size']:g} from {start}, {100 * a['fraction']:.0f} % of each batch. After every "
+            f"epoch a fixed batch of {a['watch_images']} training images was attacked ({a['watch_attack']}); the "
+            f"weights kept are epoch {a['best_epoch']}'s, where its accuracy was best "
+            f"({pct(a['watch_robust_accuracy'])})")
+    if a["catastrophic_overfitting"]:
+        text += ", and it later collapsed: catastrophic overfitting (Wong et al. 2020)"
+    return text + "."
