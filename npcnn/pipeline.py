@@ -18,8 +18,10 @@ from .io import read_json, write_json
 # attacks keep the report's 1,000 steps in --quick: at Adam's lr 1e-3 fewer do not reach the targets
 # (200 steps: none of the 10 report pairs on the --quick net; 500: 4 of 10; 1,000: all).
 FULL = dict(limit=None, epochs=10, class_steps=15000, targeted_steps=1000, noise_steps=1500, sweep_limit=None,
+            embedding_limit=2000, deeper_limit=None,
             eps=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], robustness_attack="fgsm")
 QUICK = dict(limit=6000, epochs=2, class_steps=400, targeted_steps=1000, noise_steps=300, sweep_limit=None,
+             embedding_limit=500, deeper_limit=2000,
              eps=[0.0, 0.1, 0.2, 0.3], robustness_attack="fgsm")
 
 # what a stage may fail with that the user can fix (anything else is a bug, and keeps its traceback)
@@ -63,6 +65,12 @@ def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
         Stage("occlusion", experiments.occlusion, plain, os.path.join(plain, "occlusion", "occlusion.npz")),
         Stage("saliency", experiments.saliency, plain, os.path.join(plain, "saliency")),
         Stage("cam", experiments.cam, plain, os.path.join(plain, "cam", "cam.npz")),
+        Stage("embedding", experiments.embedding, plain, os.path.join(plain, "deeper", "embedding_tsne.npz"),
+              dict(method="tsne", limit=s["embedding_limit"], seed=seed)),
+        Stage("ablation", experiments.ablation, plain, os.path.join(plain, "deeper", "ablation_conv2.npz"),
+              dict(layer="conv2", limit=s["deeper_limit"])),
+        Stage("examples", experiments.dataset_examples, plain, os.path.join(plain, "deeper", "top_conv2.npz"),
+              dict(layer="conv2", limit=s["deeper_limit"])),
         Stage("class-image", experiments.class_images, plain, os.path.join(attacks, "class_image.npz"),
               dict(steps=s["class_steps"])),
         Stage("targeted", experiments.targeted, plain, os.path.join(attacks, "targeted.npz"),

@@ -4,6 +4,8 @@ them."""
 from .features import conv_layers, feature_maps, filters
 from .occlusion import OcclusionResult, occlusion
 from .saliency import integrated_gradients, saliency, smoothgrad
+from .channels import AblationResult, TopActivations, channel_ablation, receptive_field, top_activations
+from .embedding import embed, knn_accuracy, penultimate
 from .cam import (Explanation, GradCam, cam_layers, deconvolution, explain, grad_cam, guided_backprop,
                   guided_grad_cam)
 from .attacks import AttackResult, class_images, fgsm, learn_noise, pgd, robustness_curve, targeted, transfer_noise

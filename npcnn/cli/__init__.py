@@ -18,6 +18,9 @@ COMMANDS = {
     "occlusion": "inspect",
     "saliency": "inspect",
     "cam": "deeper",
+    "embedding": "deeper",
+    "ablation": "deeper",
+    "examples": "deeper",
     "report": "report",
     "reproduce": "reproduce",
 }

@@ -10,7 +10,8 @@ Experiments (the report's settings are the defaults):
                    image and to the whole test set; several ``--lr`` values run a sweep over the step size;
 * ``boundary``     how fragile each sample digit is: DeepFool's L2 (50 steps, overshoot 0.02) and the
                    smallest L-inf budget at which PGD flips it (bisection to 1e-3);
-* ``robustness``   test accuracy against eps under FGSM / PGD, for one or more runs.
+* ``robustness``   test accuracy against eps under FGSM / PGD (with restarts) / APGD, for one or more runs,
+                   checked for the signs of gradient masking.
 
 Writes ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per experiment, the ``.npz`` last).
 Every argument is checked before anything is computed or written. The work is done by
@@ -35,6 +36,8 @@ APPLIES = {
     "step_size": ("robustness",),
     "limit": ("noise", "robustness"),
     "no_random_start": ("robustness",),
+    "restarts": ("robustness",),
+    "no_check": ("robustness",),
     "bounds": ("class-image", "targeted", "noise"),
     "space": ("class-image", "targeted", "noise"),
 }
@@ -49,7 +52,8 @@ def register(sub):
     p.add_argument("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT",
                    help="one of: " + ", ".join(EXPERIMENTS))
     p.add_argument("--steps", type=int, help="optimisation steps (default: 15000 class-image, 1000 targeted, "
-                                             "1500 noise, 50 DeepFool in boundary, 10 for PGD in robustness)")
+                                             "1500 noise, 50 DeepFool in boundary; robustness: 10 PGD, 100 "
+                                             "APGD)")
     p.add_argument("--lr", type=float, nargs="*", metavar="LR",
                    help="Adam step size (default: 0.05 class-image and 0.005 noise, the report's; 0.001 targeted, "
                         "PyTorch's Adam default, as the report gives none there; in the normalised input space "
@@ -77,7 +81,13 @@ def register(sub):
                                              "> 0 (default 0.001)")
     p.add_argument("--pgd-steps", type=int, help="boundary: PGD steps at each budget tried (default 20, step size "
                                                  "2.5 * eps / steps, random start)")
-    p.add_argument("--attack", choices=["fgsm", "pgd", "pgd-l2"], help="robustness: the attack (default fgsm)")
+    p.add_argument("--attack", choices=["fgsm", "pgd", "pgd-l2", "apgd-ce", "apgd-dlr"],
+                   help="robustness: the attack (default fgsm; apgd-ce / apgd-dlr: Auto-PGD, Croce & Hein 2020)")
+    p.add_argument("--restarts", type=int, help="robustness: random restarts of PGD / APGD; an image counts as "
+                                                "robust only if every restart fails (default 1)")
+    p.add_argument("--no-check", action="store_true",
+                   help="robustness: skip the checks for gradient masking (FGSM beside an iterative attack, the "
+                        "attack at eps 1 on 500 images)")
     p.add_argument("--eps", nargs="+", type=float, help="robustness: attack sizes in pixel units "
                                                         "(default 0 .. 0.3, or 0 .. 3 for pgd-l2)")
     p.add_argument("--variants", nargs="+", metavar="RUN_DIR", help="robustness: more runs on the same plot "
@@ -110,7 +120,7 @@ STAGES = {
     "targeted": ("targeted", ("lr", "beta", "pairs", "bounds", "space")),
     "noise": ("noise", ("lr", "seed", "target", "indices", "limit", "bounds", "space")),
     "boundary": ("boundary", ("overshoot", "tol", "pgd_steps", "seed")),
-    "robustness": ("robustness", ("attack", "eps", "variants", "step_size", "limit", "seed")),
+    "robustness": ("robustness", ("attack", "eps", "variants", "step_size", "limit", "seed", "restarts")),
 }
 
 
@@ -123,6 +133,8 @@ def settings(args):
         kwargs["bounds"] = tuple(kwargs["bounds"])
     if args.experiment == "robustness" and args.no_random_start:
         kwargs["random_start"] = False
+    if args.experiment == "robustness" and args.no_check:
+        kwargs["check"] = False
     if "lr" in kwargs and len(kwargs["lr"]) != 1:
         if args.experiment != "noise":
             raise ValueError(f"--lr takes one value for `{args.experiment}` (several only for noise, a sweep), "

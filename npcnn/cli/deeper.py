@@ -1,6 +1,9 @@
 """``npcnn cam | embedding | ablation | examples RUN_DIR``: look deeper into a trained net (issue "look deeper").
 
 * ``cam``        Grad-CAM, guided backprop, guided Grad-CAM and deconvolution of chosen digits (RUN_DIR/cam/)
+* ``embedding``  the test set as a map: t-SNE or PCA of the last hidden layer (RUN_DIR/deeper/)
+* ``ablation``   each channel of a conv layer zeroed: accuracy drop overall and per class (RUN_DIR/deeper/)
+* ``examples``   the test-set patches that excite each channel most (Zeiler & Fergus) (RUN_DIR/deeper/)
 
 The work is done by :mod:`npcnn.experiments`; this module only parses the arguments.
 """
@@ -27,8 +30,50 @@ def run_cam(args):
                           progress=not args.no_progress).describe())
 
 
+def _setup_embedding(p):
+    p.add_argument("--method", choices=["tsne", "pca"], default="tsne", help="default: tsne (perplexity 30)")
+    p.add_argument("--limit", type=int, help="the first N test images (default: all; t-SNE of 10,000 takes about "
+                                             "a minute on 2 cores)")
+    p.add_argument("--seed", type=int, default=0, help="default: 0")
+
+
+def _setup_ablation(p):
+    p.add_argument("--layer", default="conv2", help="the conv layer whose channels are zeroed (default: conv2)")
+    p.add_argument("--limit", type=int, help="the first N test images (default: all)")
+
+
+def _setup_examples(p):
+    p.add_argument("--layer", default="conv2", help="the conv layer (default: conv2)")
+    p.add_argument("--k", type=int, default=9, help="patches per channel (default: 9, as Zeiler & Fergus)")
+    p.add_argument("--limit", type=int, help="the first N test images (default: all)")
+
+
+def run_embedding(args):
+    from .. import experiments
+
+    print(experiments.embedding(args.run_dir, method=args.method, limit=args.limit, seed=args.seed,
+                                progress=not args.no_progress).describe())
+
+
+def run_ablation(args):
+    from .. import experiments
+
+    print(experiments.ablation(args.run_dir, layer=args.layer, limit=args.limit,
+                               progress=not args.no_progress).describe())
+
+
+def run_examples(args):
+    from .. import experiments
+
+    print(experiments.dataset_examples(args.run_dir, layer=args.layer, k=args.k, limit=args.limit,
+                                       progress=not args.no_progress).describe())
+
+
 _COMMANDS = {
     "cam": (_setup_cam, run_cam, "class activation maps: Grad-CAM, guided backprop, guided Grad-CAM, deconvolution"),
+    "embedding": (_setup_embedding, run_embedding, "the test set as a map: t-SNE or PCA of the last hidden layer"),
+    "ablation": (_setup_ablation, run_ablation, "zero each channel of a conv layer: the accuracy drop per class"),
+    "examples": (_setup_examples, run_examples, "the test-set patches that excite each conv channel most"),
 }
 
 

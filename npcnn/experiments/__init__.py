@@ -20,21 +20,27 @@ One module per section of the report:
                        :func:`saliency`; write ``inspect/``, ``occlusion/``, ``saliency/``, each whole or not at all
 * :mod:`.cam`          3 looking deeper: :func:`cam` (Grad-CAM, guided backprop, guided Grad-CAM,
                        deconvolution); writes ``cam/``
+* :mod:`.deeper`       3 looking deeper: :func:`embedding` (the test set as a map), :func:`ablation` (each conv
+                       channel zeroed), :func:`dataset_examples` (the patches each channel likes); write ``deeper/``
 * :mod:`.adversarial`  4 fooling the net: :func:`class_images`, :func:`targeted`, :func:`targeted_sweep`,
-                       :func:`robustness`; write ``attacks/``
+                       write ``attacks/``
+* :mod:`.robustness`   the defence: :func:`robustness` (FGSM, PGD with restarts, APGD; checks for gradient
+                       masking); writes ``attacks/``
 * :mod:`.noise`        4 the learned noise: :func:`noise` (one per digit), :func:`noise_sweep` (its step size);
                        write ``attacks/``
 * :mod:`.boundary`     4 how fragile each digit is: :func:`boundary` (DeepFool, the smallest PGD budget);
                        writes ``attacks/``
 * :mod:`.common`       what they share: opening the run, its chosen test images, writing the folder
 """
-from .adversarial import class_images, robustness, targeted, targeted_sweep
+from .adversarial import class_images, targeted, targeted_sweep
 from .boundary import boundary
 from .cam import cam
+from .deeper import ablation, dataset_examples, embedding
 from .common import StageOutput
 from .inside import inspect, occlusion, saliency
 from .noise import noise, noise_sweep
+from .robustness import robustness
 from .training import TrainConfig, compare, compare_runs, train, train_run
 
-__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "cam", "class_images", "targeted", "targeted_sweep",
+__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "cam", "embedding", "ablation", "dataset_examples", "class_images", "targeted", "targeted_sweep",
            "noise", "noise_sweep", "boundary", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]

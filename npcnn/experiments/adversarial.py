@@ -9,14 +9,13 @@ The report's settings are the defaults:
 * :func:`targeted_sweep` the same for several betas (default 0, 1e-4, 1e-3, 1e-2, 0.1, 1): success, target
                         probability, L2 and L-inf against beta;
 * :func:`noise`, :func:`noise_sweep` (in :mod:`.noise`): one noise learned per digit, tried on other images;
-* :func:`robustness`    test accuracy against eps under FGSM / PGD, for one or more runs.
+* :func:`robustness` (in :mod:`.robustness`): test accuracy against eps under FGSM / PGD / APGD.
 
 Adam runs in the net's normalised input space unless ``space="pixel"``; ``bounds=(low, high)`` keeps the
 images within those pixel values (default: unbounded, as the report). All write into
 ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per stage, each file atomically, the ``.npz`` last). Every
 setting is checked before anything is computed or written.
 """
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +25,6 @@ from ..plots import attacks as plots
 from .common import StageOutput, Writer, chosen_images, open_run
 
 FOLDER = "attacks"
-DEFAULT_EPS = {"fgsm": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], "pgd": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
-               "pgd-l2": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
 PAIRS = ("report", "all")
 SWEEP_SHOWN = (1, 2, 4, 7)   # source digits drawn across the betas (the report's 1 -> 2 and 2 -> 3 among them)
 CURVES = ("success_rate", "mean_confidence", "mean_l2", "mean_linf")
@@ -209,67 +206,3 @@ def targeted_sweep(run, *, betas=A.SWEEP_BETAS, pairs="report", steps=A.TARGETED
         "l2": l2, "linf": linf, "cost": np.stack([r.history for r in rs]), "shown": np.asarray(shown),
         "pairs": pairs, "steps": steps, "lr": float(lr), "space": space, "bounds": _bounds_array(bounds), **curves})
     return TargetedSweepOutput(folder=out.final, files=out.files, pairs=pairs, betas=betas, attacks=rs, curves=curves)
-
-
-# --------------------------------------------------------------------------- robustness
-
-@dataclass
-class RobustnessOutput(StageOutput):
-    attack: str = "fgsm"
-    eps: np.ndarray = None        # attack sizes, pixel units [E]
-    accuracy: dict = None         # variant name -> test accuracy at each eps [E]
-    images: int = 0               # test images used
-
-    def describe(self):
-        lines = [f"{name}: " + ", ".join(f"eps {e:g}: {a:.2%}" for e, a in zip(self.eps, acc))
-                 for name, acc in self.accuracy.items()]
-        return "\n".join(lines + [f"written to {self.folder}"])
-
-
-def _variant_names(runs):
-    names = ["batchnorm" if r.config.get("batchnorm") else "plain" for r in runs]
-    if len(set(names)) < len(names):
-        names = [os.path.basename(os.path.normpath(r.path)) for r in runs]
-    if len(set(names)) < len(names):
-        names = [os.path.normpath(r.path) for r in runs]
-    return names
-
-
-def robustness(run, *, attack="fgsm", eps=None, variants=(), steps=10, step_size=None, seed=0, random_start=True,
-               limit=None, progress=True):
-    """Test accuracy under an untargeted ``attack`` ("fgsm", "pgd" or "pgd-l2") at each ``eps`` (pixel units;
-    default 0 .. 0.3, or 0 .. 3 for pgd-l2), for this run and the ``variants`` (more runs, or their paths, on
-    the same plot). PGD takes ``steps`` of ``step_size`` (default 2.5 * eps / steps), from a seeded random
-    start unless ``random_start=False``. Returns a :class:`RobustnessOutput`."""
-    if attack not in A.ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(A.ATTACKS)}")
-    A._check_steps(steps)
-    eps = np.asarray([A._check_eps(e) for e in (DEFAULT_EPS[attack] if eps is None else eps)], dtype=np.float64)
-    if step_size is not None and not (np.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"--step-size must be positive, got {step_size:g}")
-    if limit is not None and limit <= 0:
-        raise ValueError(f"--limit must be positive, got {limit}")
-    run = open_run(run)
-    runs = [run] + [open_run(v) for v in variants or []]
-    datasets = {r.config.get("dataset") for r in runs}
-    if len(datasets) > 1:
-        raise ValueError(f"--variants: the runs were trained on different data sets ({', '.join(sorted(datasets))})")
-    images, labels = run.test_data()
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    names = _variant_names(runs)
-    acc = [A.robustness_curve(r.classifier, images, labels, eps, attack=attack, steps=steps, step_size=step_size,
-                              seed=seed, random_start=random_start, progress=progress,
-                              desc=f"{name}: {attack}").accuracy
-           for name, r in zip(names, runs)]
-    label = A.ATTACKS[attack] + (f", {steps} steps" if attack != "fgsm" else "")
-    out = Writer(run.file(FOLDER))
-    out.figure(plots.robustness(eps, dict(zip(names, acc)), label,
-                                title=f"test accuracy under {label} ({len(labels):,} test images)"),
-               "robustness.png")
-    out.npz("robustness.npz", {
-        "attack": attack, "eps": eps, "accuracy": np.asarray(acc), "variants": np.asarray(names),
-        "variant_dirs": np.asarray([r.path for r in runs]), "images": len(labels), "steps": steps,
-        "step_size": np.nan if step_size is None else step_size, "random_start": random_start, "seed": seed})
-    return RobustnessOutput(folder=out.final, files=out.files, attack=attack, eps=eps,
-                            accuracy=dict(zip(names, acc)), images=len(labels))

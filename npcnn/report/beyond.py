@@ -21,7 +21,13 @@ def section_beyond(directory, runs):
         variants = [VARIANT_TITLES.get(v, v) for v in variants]
         acc = np.atleast_2d(d["accuracy"])
         rows = [(f"{float(e):g}", *(pct(acc[v, i]) for v in range(len(variants)))) for i, e in enumerate(d["eps"])]
-        parts.append(f"<p>Attack: {esc(str(d['attack']))}; test accuracy against eps (pixel units).</p>")
+        label = str(d["label"]) if "label" in d else str(d["attack"])
+        parts.append(f"<p>Attack: {esc(label)}; test accuracy against eps (pixel units) on "
+                     f"{int(d['images']):,} test images.</p>")
+        warnings = [str(w) for w in np.ravel(d["warnings"])] if "warnings" in d else []
+        if warnings:
+            parts.append("<div class='notrun'><strong>signs of gradient masking:</strong> "
+                         + "; ".join(esc(w) for w in warnings) + "</div>")
         parts.append(table(["eps", *variants], rows))
         parts.append(gallery(pngs(os.path.join(path, "attacks"), "robustness*.png")))
     else:

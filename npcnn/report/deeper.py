@@ -12,6 +12,13 @@ def section_deeper(runs):
     parts = [f"<h2 id='deeper'>3b. Looking deeper ({esc(VARIANT_TITLES[name])})</h2>",
              "<h3>Where the net looks: Grad-CAM and guided backpropagation</h3>"]
     parts.append(cam_part(path))
+    folder = os.path.join(path, "deeper")
+    parts.append("<h3>The test set as the net sees it</h3>")
+    parts.append(embedding_part(path, folder))
+    parts.append("<h3>Which channels matter: each conv2 channel zeroed</h3>")
+    parts.append(ablation_part(path, folder))
+    parts.append("<h3>What each conv2 channel detects: the test patches it likes best</h3>")
+    parts.append(examples_part(path, folder))
     return "\n".join(parts)
 
 
@@ -35,3 +42,50 @@ def cam_part(path):
             f"background.</p>")
     pngs = [os.path.join(folder, "cam.png")]
     return text + gallery([p for p in pngs if os.path.isfile(p)])
+
+
+def embedding_part(path, folder):
+    f = os.path.join(folder, "embedding_tsne.npz")
+    if not os.path.isfile(f):
+        return not_run("the map of the test set", f"npcnn embedding {path} --limit 2000")
+    d = load_npz(f)
+    wrong = int(np.sum(d["labels"] != d["predicted"]))
+    return (f"<p>t-SNE (perplexity {float(d['perplexity']):g}, PCA initialisation, {int(d['max_iter']):,} "
+            f"iterations) of the {int(d['features'])} units of the last hidden layer for {d['labels'].size:,} test "
+            f"images, coloured by their true class; the {wrong} misclassified ones marked.</p>"
+            f"<p class='lesson'>In this map a digit's {int(d['knn_k'])} nearest neighbours share its class "
+            f"{pct(d['knn_accuracy'])} of the time: by the last hidden layer the classes are separate clusters, "
+            f"and the last Linear layer only has to draw lines between them.</p>"
+            + gallery([os.path.join(folder, "embedding_tsne.png")]))
+
+
+def ablation_part(path, folder):
+    f = os.path.join(folder, "ablation_conv2.npz")
+    if not os.path.isfile(f):
+        return not_run("the channel ablation", f"npcnn ablation {path}")
+    d = load_npz(f)
+    drop = np.asarray(d["drop"], np.float64)
+    order = np.argsort(-drop, kind="stable")
+    top = ", ".join(f"channel {int(d['channels'][i])} ({100 * drop[i]:.2f} points)" for i in order[:3])
+    worst_class = np.unravel_index(np.argmax(d["class_drop"]), d["class_drop"].shape)
+    return (f"<p>Each of the {drop.size} channels of conv2 set to zero in turn (Captum's LayerFeatureAblation with "
+            f"a zero baseline), on {d['labels'].size:,} test images; accuracy with every channel: "
+            f"{pct(d['base_accuracy'])}.</p><p class='lesson'>"
+            f"{'No single channel is vital' if drop.max() < 0.02 else 'Some channels matter more than others'}: the "
+            f"largest drops are {top}, and {int(np.sum(drop <= 0))} channels can go at no cost. The largest drop for "
+            f"one class is "
+            f"{100 * float(d['class_drop'][worst_class]):.1f} points (channel {int(d['channels'][worst_class[0]])} "
+            f"on class {int(worst_class[1])}).</p>"
+            + gallery([os.path.join(folder, "ablation_conv2.png")]))
+
+
+def examples_part(path, folder):
+    f = os.path.join(folder, "top_conv2.npz")
+    if not os.path.isfile(f):
+        return not_run("the dataset examples", f"npcnn examples {path}")
+    d = load_npz(f)
+    size = "x".join(str(int(v)) for v in d["rf_size"])
+    return (f"<p>For each conv2 channel, the {int(d['k'])} places in the test set where it fires most (after its "
+            f"ReLU), shown as the {size} input patch that unit sees (Zeiler &amp; Fergus 2014). Where the report saw "
+            f"3x3x32 weight boxes it could not read, these patches show which strokes make each channel fire.</p>"
+            + gallery([os.path.join(folder, "top_conv2.png")]))

@@ -14,7 +14,8 @@ Two families, one file each (the results and the checks of the settings have the
   to other images (:func:`transfer_noises`) in :mod:`.transfer`.
 * **Sign / L2 steps in pixel space** (torchattacks' semantics):
   :func:`fgsm`, :func:`pgd`, and :func:`robustness_curve` over a test set.
-  In :mod:`.gradient_attacks`.
+  In :mod:`.gradient_attacks`; PGD with restarts and Auto-PGD (APGD, APGD-T) in :mod:`.strong`; all of
+  them over a whole test set, with the checks for gradient masking, in :mod:`.evaluation`.
 * **Distance to the boundary**: :func:`deepfool` (L2) and :func:`minimal_linf` (the smallest PGD budget,
   by bisection). In :mod:`.boundary`.
 * :mod:`.result`: :class:`AttackResult` (and the transfer / robustness results),
@@ -40,14 +41,17 @@ from .adam_loops import (CLASS_IMAGE, NOISE, SWEEP_BETAS, TARGETED, class_images
 from .boundary import DEEPFOOL, MINIMAL_LINF, MinimalLinfResult, deepfool, minimal_linf
 from .checks import (SPACES, _check_bounds, _check_eps, _check_lr, _check_nonnegative, _check_space, _check_steps,
                      check_classes)
-from .gradient_attacks import ATTACKS, NORMS, fgsm, pgd, robustness_curve, run_attack
+from .evaluation import ATTACKS, DEFAULT_STEPS, ITERATIVE, masking_warnings, robustness_curve, run_attack
+from .gradient_attacks import NORMS, fgsm, pgd
+from .strong import LOSSES, apgd, apgdt, pgd_restarts
 from .result import AttackResult, NonFiniteAttackError, RobustnessResult, TransferResult
 from .transfer import add_noise, transfer_noise, transfer_noises
 
 __all__ = [
     "class_images", "targeted", "targeted_sweep", "target_pairs", "learn_noise", "add_noise", "transfer_noise",
     "transfer_noises",
-    "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes", "deepfool", "minimal_linf",
+    "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes", "deepfool", "minimal_linf", "pgd_restarts",
+    "apgd", "apgdt", "masking_warnings", "DEFAULT_STEPS", "ITERATIVE", "LOSSES",
     "AttackResult", "TransferResult", "RobustnessResult", "MinimalLinfResult", "NonFiniteAttackError", "DEEPFOOL",
     "MINIMAL_LINF",
     "CLASS_IMAGE", "TARGETED", "SWEEP_BETAS", "NOISE", "ATTACKS", "SPACES", "NORMS",

@@ -2,8 +2,7 @@
 
 * :func:`fgsm`: one signed gradient step of size ``eps``.
 * :func:`pgd`: projected gradient steps in an L-inf box (``norm="linf"``) or an L2 ball (``norm="l2"``).
-* :func:`run_attack`: one of :data:`ATTACKS` by name.
-* :func:`robustness_curve`: accuracy for each ``eps`` over a whole test set, in batches.
+(:mod:`.evaluation` runs them, and the stronger attacks, over a whole test set.)
 
 All work in pixel space within [0, 1], ``eps`` in pixel units; the objective is the cross-entropy
 of the true labels (untargeted) or minus that of the targets (targeted).
@@ -13,7 +12,7 @@ import numpy as np
 from ...classifier import softmax
 from ...progress import progress_bar
 from .checks import _as_images, _check_eps, _check_finite, _check_steps, _labels, check_classes
-from .result import RobustnessResult, _finish
+from .result import _finish
 
 NORMS = ("linf", "l2")
 
@@ -140,56 +139,3 @@ def pgd(classifier, images, labels, eps, *, norm="linf", step_size=None, steps=1
                 "steps": steps, "random_start": bool(random_start), "seed": seed}
     tgt = targets if targets is not None else np.full(n, -1)
     return _finish(classifier, name, adv, x0, adv - x0, tgt, labels, history, shape, settings)
-
-
-ATTACKS = {"fgsm": "FGSM (L-inf)", "pgd": "PGD (L-inf)", "pgd-l2": "PGD (L2)"}
-
-
-def run_attack(classifier, attack, images, labels, eps, *, steps=10, step_size=None, seed=0, random_start=True,
-               targets=None):
-    """One of :data:`ATTACKS` by name."""
-    if attack == "fgsm":
-        return fgsm(classifier, images, labels, eps, targets=targets)
-    if attack in ("pgd", "pgd-l2"):
-        return pgd(classifier, images, labels, eps, norm="linf" if attack == "pgd" else "l2", step_size=step_size,
-                   steps=steps, targets=targets, random_start=random_start, seed=seed)
-    raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
-
-
-def robustness_curve(classifier, images, labels, eps, *, attack="fgsm", steps=10, step_size=None, seed=0,
-                     random_start=True, batch_size=500, progress=True, desc=None):
-    """Accuracy under an untargeted attack for each ``eps`` (pixel units), over a whole test set in batches.
-
-    ``images`` uint8 [N, H, W] or pixel-space floats; ``eps=0`` is the clean accuracy. PGD's
-    step size defaults to ``2.5 * eps / steps`` for each eps. The cross-entropy is averaged per batch,
-    as torchattacks does (this only matters through PGD-L2's 1e-10).
-    """
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
-    eps = np.asarray([_check_eps(e) for e in np.atleast_1d(eps)], dtype=np.float64)
-    if attack != "fgsm":
-        _check_steps(steps)
-    labels = np.asarray(labels, dtype=np.int64)
-    images = np.asarray(images)
-    correct = np.zeros(len(eps), dtype=np.int64)
-    starts = range(0, len(images), batch_size)
-    bar = progress_bar(total=len(eps) * len(starts), desc=desc or f"robustness ({attack})", disable=not progress,
-               leave=False)
-    for b, i in enumerate(starts):
-        x = images[i:i + batch_size]
-        dtype = classifier.dtype
-        x = x.astype(dtype) / dtype.type(255) if x.dtype == np.uint8 else x.astype(dtype)
-        y = labels[i:i + batch_size]
-        for k, e in enumerate(eps):
-            if e == 0:
-                pred = classifier.predict(x)
-            else:
-                r = run_attack(classifier, attack, x, y, e, steps=steps, step_size=step_size, seed=[seed, b],
-                               random_start=random_start)
-                pred = r.predicted
-            correct[k] += int(np.sum(pred == y))
-            bar.update()
-    bar.close()
-    settings = {"steps": steps, "step_size": step_size, "seed": seed, "random_start": random_start,
-                "images": len(labels)}
-    return RobustnessResult(attack=attack, eps=eps, accuracy=correct / max(len(labels), 1), settings=settings)
