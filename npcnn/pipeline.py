@@ -69,6 +69,8 @@ def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
               dict(method="tsne", limit=s["embedding_limit"], seed=seed)),
         Stage("ablation", experiments.ablation, plain, os.path.join(plain, "deeper", "ablation_conv2.npz"),
               dict(layer="conv2", limit=s["deeper_limit"])),
+        Stage("channels", experiments.channel_images, plain, os.path.join(plain, "deeper", "channels_conv2.npz"),
+              dict(layer="conv2", seed=seed)),
         Stage("examples", experiments.dataset_examples, plain, os.path.join(plain, "deeper", "top_conv2.npz"),
               dict(layer="conv2", limit=s["deeper_limit"])),
         Stage("class-image", experiments.class_images, plain, os.path.join(attacks, "class_image.npz"),

@@ -85,7 +85,7 @@ def test_reproduce_quick_writes_every_section(reproduced):
     assert "not run" not in page.replace("not run:</strong> the speed benchmark", "")
     assert p.scripts == 0 and p.external == []  # self-contained: nothing to fetch
     for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[cam]", "[embedding]", "[ablation]",
-                 "[examples]", "[class-image]", "[targeted]",
+                 "[examples]", "[channels]", "[class-image]", "[targeted]",
                  "[targeted-sweep]", "[noise]", "[noise-sweep]", "[boundary]", "[defend]", "[robustness]", "[report]"):
         assert line in result.stdout
 
@@ -106,7 +106,7 @@ def test_embedded_figures_are_pngs_and_match_the_stages(reproduced):
         + len(glob.glob(str(plain / "occlusion" / "*.png")))
         + len(glob.glob(str(plain / "saliency" / "*.png")))
         + 1  # cam/cam.png (the per-image figures stay in the folder)
-        + 3  # deeper/: embedding_tsne.png, ablation_conv2.png, top_conv2.png
+        + 4  # deeper/: embedding_tsne.png, ablation_conv2.png, top_conv2.png, channels_conv2.png
         + len(glob.glob(str(plain / "attacks" / "*.png")))
     )
     assert len(p.images) == expected

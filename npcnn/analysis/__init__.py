@@ -4,6 +4,7 @@ them."""
 from .features import conv_layers, feature_maps, filters
 from .occlusion import OcclusionResult, occlusion
 from .saliency import integrated_gradients, saliency, smoothgrad
+from .channel_images import CHANNEL, ChannelImages, ChannelProbe, visualize_channels
 from .channels import AblationResult, TopActivations, channel_ablation, receptive_field, top_activations
 from .embedding import embed, knn_accuracy, penultimate
 from .cam import (Explanation, GradCam, cam_layers, deconvolution, explain, grad_cam, guided_backprop,

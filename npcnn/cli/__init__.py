@@ -21,6 +21,7 @@ COMMANDS = {
     "embedding": "deeper",
     "ablation": "deeper",
     "examples": "deeper",
+    "channels": "deeper",
     "report": "report",
     "reproduce": "reproduce",
 }

@@ -3,6 +3,7 @@
 * ``cam``        Grad-CAM, guided backprop, guided Grad-CAM and deconvolution of chosen digits (RUN_DIR/cam/)
 * ``embedding``  the test set as a map: t-SNE or PCA of the last hidden layer (RUN_DIR/deeper/)
 * ``ablation``   each channel of a conv layer zeroed: accuracy drop overall and per class (RUN_DIR/deeper/)
+* ``channels``   the input each conv channel likes best, by activation maximisation (RUN_DIR/deeper/)
 * ``examples``   the test-set patches that excite each channel most (Zeiler & Fergus) (RUN_DIR/deeper/)
 
 The work is done by :mod:`npcnn.experiments`; this module only parses the arguments.
@@ -48,6 +49,19 @@ def _setup_examples(p):
     p.add_argument("--limit", type=int, help="the first N test images (default: all)")
 
 
+def _setup_channels(p):
+    p.add_argument("--layer", default="conv2", help="the conv layer (default: conv2)")
+    p.add_argument("--steps", type=int, help="Adam steps (default: 300)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the starting noise and the jitter (default: 0)")
+
+
+def run_channels(args):
+    from .. import experiments
+
+    print(experiments.channel_images(args.run_dir, layer=args.layer, steps=args.steps, seed=args.seed,
+                                     progress=not args.no_progress).describe())
+
+
 def run_embedding(args):
     from .. import experiments
 
@@ -73,6 +87,7 @@ _COMMANDS = {
     "cam": (_setup_cam, run_cam, "class activation maps: Grad-CAM, guided backprop, guided Grad-CAM, deconvolution"),
     "embedding": (_setup_embedding, run_embedding, "the test set as a map: t-SNE or PCA of the last hidden layer"),
     "ablation": (_setup_ablation, run_ablation, "zero each channel of a conv layer: the accuracy drop per class"),
+    "channels": (_setup_channels, run_channels, "the input each conv channel likes best (activation maximisation)"),
     "examples": (_setup_examples, run_examples, "the test-set patches that excite each conv channel most"),
 }
 

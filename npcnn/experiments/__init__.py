@@ -21,7 +21,8 @@ One module per section of the report:
 * :mod:`.cam`          3 looking deeper: :func:`cam` (Grad-CAM, guided backprop, guided Grad-CAM,
                        deconvolution); writes ``cam/``
 * :mod:`.deeper`       3 looking deeper: :func:`embedding` (the test set as a map), :func:`ablation` (each conv
-                       channel zeroed), :func:`dataset_examples` (the patches each channel likes); write ``deeper/``
+                       channel zeroed), :func:`dataset_examples` (the patches each channel likes),
+                       :func:`channel_images` (the input each channel likes best); write ``deeper/``
 * :mod:`.adversarial`  4 fooling the net: :func:`class_images`, :func:`targeted`, :func:`targeted_sweep`,
                        write ``attacks/``
 * :mod:`.robustness`   the defence: :func:`robustness` (FGSM, PGD with restarts, APGD; checks for gradient
@@ -35,12 +36,13 @@ One module per section of the report:
 from .adversarial import class_images, targeted, targeted_sweep
 from .boundary import boundary
 from .cam import cam
-from .deeper import ablation, dataset_examples, embedding
+from .deeper import ablation, channel_images, dataset_examples, embedding
 from .common import StageOutput
 from .inside import inspect, occlusion, saliency
 from .noise import noise, noise_sweep
 from .robustness import robustness
 from .training import TrainConfig, compare, compare_runs, train, train_run
 
-__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "cam", "embedding", "ablation", "dataset_examples", "class_images", "targeted", "targeted_sweep",
+__all__ = ["train", "compare", "inspect", "occlusion", "saliency", "cam", "embedding", "ablation", "dataset_examples",
+           "channel_images", "class_images", "targeted", "targeted_sweep",
            "noise", "noise_sweep", "boundary", "robustness", "StageOutput", "TrainConfig", "train_run", "compare_runs"]

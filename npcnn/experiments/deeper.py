@@ -187,3 +187,39 @@ def dataset_examples(run, *, layer="conv2", k=9, limit=None, progress=True):
         "rf_stride": np.array(rf["stride"]), "rf_offset": np.array(rf["offset"]),
         "limit": -1 if limit is None else limit})
     return DatasetExamplesOutput(folder=out.final, files=out.files, top=t, images=len(images))
+
+
+# --------------------------------------------------------------------------- channel visualisation
+
+@dataclass
+class ChannelImagesOutput(StageOutput):
+    result: object = None          # npcnn.analysis.channel_images.ChannelImages
+
+    def describe(self):
+        r = self.result
+        above = int(np.sum(r.ratio > 1))
+        return (f"{r.layer}: the input each of {len(r.channels)} channels likes best ({r.settings['steps']} Adam "
+                f"steps); {above}/{len(r.channels)} drive their channel harder than every test image (ratio "
+                f"{np.nanmin(r.ratio):.2f} .. {np.nanmax(r.ratio):.2f}); written to {self.folder}")
+
+
+def channel_images(run, *, layer="conv2", steps=None, seed=0, progress=True):
+    """For each channel of conv ``layer``, the input in [0, 1] that maximises its mean activation after the
+    ReLU (:func:`npcnn.analysis.channel_images.visualize_channels`), and how much harder it drives the channel
+    than the channel's best test image. Writes ``channels_<layer>.png`` and ``.npz``."""
+    from ..analysis.channel_images import CHANNEL, visualize_channels
+
+    steps = CHANNEL["steps"] if steps is None else _integer(steps, "steps", 1, 100_000)
+    seed = _integer(seed, "seed", 0, 2**32 - 1)
+    run = open_run(run)
+    _check_layer(run, layer)
+    images, _ = _test_set(run, None, 1)
+    r = visualize_channels(run.classifier, layer, test_images=images, seed=seed, steps=steps, progress=progress)
+    out = Writer(run.file(FOLDER))
+    out.figure(plots.channel_images(r.images, r.channels, r.ratio, r.layer), f"channels_{layer}.png")
+    out.npz(f"channels_{layer}.npz", {
+        "layer": layer, "layer_described": r.layer, "channels": r.channels, "images": r.images,
+        "activation": r.activation, "best_test": r.best_test, "ratio": r.ratio, "cost": r.history,
+        "steps": steps, "seed": seed, "lr": r.settings["lr"], "blur_sigma": r.settings["blur_sigma"],
+        "jitter": r.settings["jitter"]})
+    return ChannelImagesOutput(folder=out.final, files=out.files, result=r)

@@ -167,3 +167,22 @@ def top_activations(patches, values, channels=None, layer="conv2", receptive_fie
                  f"pale: outside the image)")
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def channel_images(images, channels, ratio, layer, title=None):
+    """The input that drives each channel hardest, one tile per channel, titled with how much harder than
+    the channel's best test image (the ratio of mean activations)."""
+    k = len(images)
+    cols = min(k, 16)
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols + 0.4, 1.15 * rows + 0.7), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j in range(k):
+        ax = axes.ravel()[j]
+        ax.imshow(images[j], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"ch {int(channels[j])}\nx{ratio[j]:.1f}", fontsize=7)
+    fig.suptitle(title or f"{layer}: the input each channel likes best (xR: R times its best test image's mean "
+                          f"activation)", fontsize=9)
+    fig.tight_layout()
+    return fig

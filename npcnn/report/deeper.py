@@ -19,6 +19,8 @@ def section_deeper(runs):
     parts.append(ablation_part(path, folder))
     parts.append("<h3>What each conv2 channel detects: the test patches it likes best</h3>")
     parts.append(examples_part(path, folder))
+    parts.append("<h3>What each conv2 channel detects: the input it likes best</h3>")
+    parts.append(channels_part(path, folder))
     return "\n".join(parts)
 
 
@@ -89,3 +91,18 @@ def examples_part(path, folder):
             f"ReLU), shown as the {size} input patch that unit sees (Zeiler &amp; Fergus 2014). Where the report saw "
             f"3x3x32 weight boxes it could not read, these patches show which strokes make each channel fire.</p>"
             + gallery([os.path.join(folder, "top_conv2.png")]))
+
+
+def channels_part(path, folder):
+    f = os.path.join(folder, "channels_conv2.npz")
+    if not os.path.isfile(f):
+        return not_run("the channel images", f"npcnn channels {path}")
+    d = load_npz(f)
+    ratio = np.asarray(d["ratio"], np.float64)
+    return (f"<p>For each conv2 channel, the image in [0, 1] that maximises its mean activation after the ReLU: "
+            f"{int(d['steps'])} Adam steps of {float(d['lr']):g} from uniform noise, blurred "
+            f"({float(d['blur_sigma']):g} px) every 2 steps and shifted by up to {int(d['jitter'])} px each step (Yosinski et al. 2015).</p>"
+            f"<p class='lesson'>{int(np.sum(ratio > 1))} of {ratio.size} images drive their channel harder than "
+            f"every test image does ({ratio.min():.1f} to {ratio.max():.1f} times the best test image's mean "
+            f"activation): what a channel likes is a texture of the strokes it detects, repeated over the whole "
+            f"image, not a digit.</p>" + gallery([os.path.join(folder, "channels_conv2.png")]))

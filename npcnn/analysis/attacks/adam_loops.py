@@ -19,6 +19,7 @@ import numpy as np
 from ...nn.module import Parameter
 from ...optim import Adam
 from ...progress import progress_bar
+from . import regularizers as R
 from .checks import (_as_images, _check_bounds, _check_finite, _check_lr, _check_nonnegative, _check_space,
                      _check_steps, _labels, check_classes)
 from .result import _finish
@@ -30,6 +31,8 @@ TARGETED = {"steps": 1_000, "lr": 1e-3, "beta": 1e-4}
 #: the betas of the sweep: no penalty, the report's, and up to where the penalty wins
 SWEEP_BETAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 NOISE = {"steps": 1_500, "lr": 0.005}
+#: a regularised set for class_images (readable digits): see regularizers.py
+REGULARIZED = R.REGULARIZED
 
 
 class _Space:
@@ -128,25 +131,53 @@ def _logit_objective(targets, beta=0.0, v0=None):
 
 
 def class_images(classifier, classes=None, *, steps=CLASS_IMAGE["steps"], lr=CLASS_IMAGE["lr"], seed=0,
-                 space="normalized", bounds=None, image_shape=(28, 28), progress=True):
-    """The image each class's logit likes best, grown from seeded noise (the report's "non-targeted attack").
+                 space="normalized", bounds=None, image_shape=(28, 28), score="logit", start=(0.0, 1.0), l2=0.0,
+                 blur_every=1, blur_sigma=0.0, jitter=0, ink=None, frame=0, progress=True):
+    """The image each class's score likes best, grown from seeded noise (the report's "non-targeted attack").
 
-    Starts from uniform noise in [0, 1] (pixel space, ``np.random.default_rng(seed)``), then maximises
-    ``logit_c`` with Adam. All classes in one batch (default: every class).
+    Starts from uniform noise in ``start`` (pixel space, ``np.random.default_rng(seed)``; default [0, 1]),
+    then maximises ``score_c(x) - l2 * ||x||^2`` with Adam, all classes in one batch (default: every class).
+    ``score="logit"`` (the report) is the class's logit; ``"log_softmax"`` its log-probability
+    ``logit_c - logsumexp(logits)``, which stops rewarding an image once the net is sure (its gradient
+    ``onehot - softmax`` vanishes as ``p_c -> 1``), so the regularisers then shape the image instead of the
+    logit climbing for ever. The regularisers (:mod:`.regularizers` states their math), all off by
+    default (the report's setting): ``l2`` the penalty on the *pixel-space* image (pulls pixels to 0,
+    MNIST's background), a Gaussian blur of ``blur_sigma`` pixels every ``blur_every`` steps (0: none),
+    a random shift of up to ``jitter`` pixels per step (seeded by ``seed``). ``bounds`` clips after the blur.
+    :data:`REGULARIZED` (:func:`regularized`) is a set that gives readable digits.
 
-    Returns an :class:`AttackResult` with ``images`` [K, H, W] and ``history`` [steps, K] (the logit, the
-    report's "cost").
+    Returns an :class:`AttackResult` with ``images`` [K, H, W] and ``history`` [steps, K] (the objective at
+    each step's forward pass: the logit alone by default, the report's "cost").
     """
     steps, lr = _check_steps(steps), _check_lr(lr)
+    l2, blur_every, blur_sigma, jitter = R.check_regularizers(l2, blur_every, blur_sigma, jitter)
+    lo, hi = R.check_start(start)
     targets = check_classes(classifier, range(classifier.num_classes) if classes is None else classes)
     sp = _Space(classifier, space, bounds)
     rng = np.random.default_rng(seed)
-    x0 = rng.random((len(targets), 1, *image_shape)).astype(classifier.dtype)
+    x0 = (lo + (hi - lo) * rng.random((len(targets), 1, *image_shape))).astype(classifier.dtype)
     param = Parameter(sp.clip(sp.from_pixel(x0)))
-    history = _adam_loop(classifier, "class images", param, lambda: param.data, _logit_objective(targets),
-                         steps, lr, sp, progress, sp.clip)
+    loop_space = R.JitteredSpace(sp, R.jitter_shifts(jitter, steps, seed + 1)) if jitter else sp
+    objective = R.class_objective(targets, score, l2, sp)
+    done = [0]
+
+    def project(v):  # after Adam's step t: the blur when t % blur_every == 0 (never after the last), the bounds
+        done[0] += 1
+        if blur_sigma and done[0] % blur_every == 0 and done[0] < steps:
+            v[...] = R.gaussian_blur(v, blur_sigma)
+        if frame:
+            x = sp.to_pixel(v).copy()
+            x[..., :frame, :] = 0; x[..., -frame:, :] = 0; x[..., :, :frame] = 0; x[..., :, -frame:] = 0
+            v[...] = sp.from_pixel(x)
+        if ink is not None:
+            v[...] = sp.from_pixel(R.project_ink(sp.to_pixel(v), ink))
+        sp.clip(v)
+
+    history = _adam_loop(classifier, "class images", param, lambda: param.data, objective, steps, lr, loop_space,
+                         progress, project)
     images = sp.final_pixels(param.data)
-    settings = {"steps": steps, "lr": lr, "seed": seed, "space": space, "bounds": sp.bounds}
+    settings = {"steps": steps, "lr": lr, "seed": seed, "space": space, "bounds": sp.bounds, "score": score,
+                "start": (lo, hi), "l2": l2, "blur_every": blur_every, "blur_sigma": blur_sigma, "jitter": jitter}
     return _finish(classifier, "class-image", images, x0, images - x0, targets, np.full(len(targets), -1), history,
                    (len(targets), *image_shape), settings)
 
