@@ -75,6 +75,8 @@ def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
               dict(layer="conv2", limit=s["deeper_limit"])),
         Stage("class-image", experiments.class_images, plain, os.path.join(attacks, "class_image.npz"),
               dict(steps=s["class_steps"])),
+        Stage("class-image-regularized", experiments.class_images, plain,
+              os.path.join(attacks, "class_image_regularized.npz"), dict(regularized=True, seed=seed)),
         Stage("targeted", experiments.targeted, plain, os.path.join(attacks, "targeted.npz"),
               dict(pairs="all", **targeted)),
         Stage("targeted-sweep", experiments.targeted_sweep, plain, os.path.join(attacks, "targeted_sweep.npz"),

@@ -82,6 +82,17 @@ def test_one_beta_is_the_single_attack_as_before(run, capsys):
     assert (os.path.getmtime(sweep) if os.path.exists(sweep) else None) == before   # the sweep's file untouched
 
 
+def test_regularized_class_images(run, capsys):
+    code, out, err = attack(capsys, run.path, "class-image", "--regularized", "--steps", 5, "--jitter", 1)
+    assert code == 0, err
+    d = load_npz(run.file("attacks", "class_image_regularized.npz"))
+    assert bool(d["regularized"]) and int(d["steps"]) == 5 and int(d["jitter"]) == 1 and float(d["l2"]) == 0.05
+    assert d["images"].min() >= 0 and d["images"].max() <= 1 and d["correlation"].shape == (10,)
+    np.testing.assert_array_equal(d["probabilities"], run.classifier.predict_proba(d["images"]))
+    assert os.path.getsize(run.file("attacks", "class_images_regularized.png")) > 0
+    assert "regularised class images predicted as their class; mean correlation" in out
+
+
 def test_help_states_the_targeted_step_size_and_the_sweep(capsys):
     with pytest.raises(SystemExit):
         main(["attack", "--help"])

@@ -130,6 +130,8 @@ BAD = [
     ("saliency", dict(method="simpson"), "method must be one of"),
     ("class_images", dict(steps=0), "steps must be a positive integer, got 0"),
     ("class_images", dict(classes=["twelve"]), "unknown class 'twelve'"),
+    ("class_images", dict(l2=0.1), "--l2 is a regulariser: it applies with --regularized only"),
+    ("class_images", dict(regularized=True, jitter=-1), "jitter"),
     ("targeted", dict(beta=-1), "--beta must be >= 0"),
     ("targeted", dict(pairs="some"), "pairs must be 'report' or 'all'"),
     ("targeted_sweep", dict(betas=[]), "--beta takes one or more values, each a number >= 0; got none"),

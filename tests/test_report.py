@@ -84,7 +84,7 @@ def test_reproduce_quick_writes_every_section(reproduced):
     assert [s for s in SECTIONS if s in p.ids] == SECTIONS
     assert "not run" not in page.replace("not run:</strong> the speed benchmark", "")
     assert p.scripts == 0 and p.external == []  # self-contained: nothing to fetch
-    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[cam]", "[embedding]", "[ablation]",
+    for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[cam]", "[class-image-regularized]", "[embedding]", "[ablation]",
                  "[examples]", "[channels]", "[class-image]", "[targeted]",
                  "[targeted-sweep]", "[noise]", "[noise-sweep]", "[boundary]", "[defend]", "[robustness]", "[report]"):
         assert line in result.stdout

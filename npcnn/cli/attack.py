@@ -23,6 +23,11 @@ EXPERIMENTS = ("class-image", "targeted", "noise", "boundary", "robustness")
 APPLIES = {
     "lr": ("class-image", "targeted", "noise"),
     "classes": ("class-image",),
+    "regularized": ("class-image",),
+    "l2": ("class-image",),
+    "blur_every": ("class-image",),
+    "blur_sigma": ("class-image",),
+    "jitter": ("class-image",),
     "beta": ("targeted",),
     "pairs": ("targeted",),
     "target": ("noise",),
@@ -64,6 +69,17 @@ def register(sub):
                    help="seeds the starting noise (class-image), the other image each noise is tried on (noise), "
                         "PGD's random start (boundary, robustness; default 0)")
     p.add_argument("--classes", nargs="+", help="class-image: the classes to draw (default: all)")
+    p.add_argument("--regularized", action="store_true",
+                   help="class-image: the recommended regularised set instead of the report's setting: 500 Adam "
+                        "steps of 0.05 in pixel space from faint noise, bounded to [0, 1], L2 penalty 0.05, blur "
+                        "0.6 px every 2 steps, jitter 2 px (Simonyan et al. 2014, Yosinski et al. 2015)")
+    p.add_argument("--l2", type=float, help="class-image --regularized: weight of the L2 penalty on the pixel-space "
+                                            "image, >= 0 (default 0.05)")
+    p.add_argument("--blur-every", type=int, help="class-image --regularized: blur every N steps, >= 1 (default 2)")
+    p.add_argument("--blur-sigma", type=float, help="class-image --regularized: the blur's standard deviation in "
+                                                    "pixels, >= 0; 0 turns it off (default 0.6)")
+    p.add_argument("--jitter", type=int, help="class-image --regularized: random shift of up to N pixels each step, "
+                                              ">= 0 (default 2)")
     p.add_argument("--beta", type=float, nargs="*", metavar="BETA",
                    help="targeted: weight of the squared-distance penalty, >= 0 (default 1e-4, the report's); "
                         "several values run a sweep instead, e.g. --beta 0 1e-4 1e-3 1e-2 1e-1 1: success, "
@@ -116,7 +132,8 @@ def _check_options(args):
 
 # experiment -> (the stage in npcnn.experiments, the options it takes besides --steps)
 STAGES = {
-    "class-image": ("class_images", ("lr", "seed", "classes", "bounds", "space")),
+    "class-image": ("class_images", ("lr", "seed", "classes", "bounds", "space", "l2", "blur_every", "blur_sigma",
+                                     "jitter")),
     "targeted": ("targeted", ("lr", "beta", "pairs", "bounds", "space")),
     "noise": ("noise", ("lr", "seed", "target", "indices", "limit", "bounds", "space")),
     "boundary": ("boundary", ("overshoot", "tol", "pgd_steps", "seed")),
@@ -133,6 +150,8 @@ def settings(args):
         kwargs["bounds"] = tuple(kwargs["bounds"])
     if args.experiment == "robustness" and args.no_random_start:
         kwargs["random_start"] = False
+    if args.experiment == "class-image" and args.regularized:
+        kwargs["regularized"] = True
     if args.experiment == "robustness" and args.no_check:
         kwargs["check"] = False
     if "lr" in kwargs and len(kwargs["lr"]) != 1:

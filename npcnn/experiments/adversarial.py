@@ -52,37 +52,71 @@ def _bounds_array(bounds):
 @dataclass
 class ClassImagesOutput(AttackOutput):
     class_names: list = None
+    regularized: bool = False
+    correlation: np.ndarray = None   # [K] Pearson correlation with the class's mean training image
 
     def describe(self):
         r, names = self.attack, self.class_names
         lines = [f"class {names[c] if names else c}: predicted {r.predicted[j]} with probability "
-                 f"{r.probabilities[j, r.predicted[j]]:.4f}; final logit {r.history[-1, j]:.2f}"
-                 for j, c in enumerate(r.targets)]
-        lines.append(f"{int(r.success.sum())}/{len(r.targets)} class images predicted as their class; "
-                     f"written to {self.folder}")
+                 f"{r.probabilities[j, r.predicted[j]]:.4f}; final cost {r.history[-1, j]:.2f}; correlation with "
+                 f"the class's mean training image {self.correlation[j]:.3f}" for j, c in enumerate(r.targets)]
+        what = "regularised class images" if self.regularized else "class images"
+        lines.append(f"{int(r.success.sum())}/{len(r.targets)} {what} predicted as their class; mean correlation "
+                     f"{np.nanmean(self.correlation):.3f}; written to {self.folder}")
         return "\n".join(lines)
 
 
-def class_images(run, *, classes=None, steps=A.CLASS_IMAGE["steps"], lr=A.CLASS_IMAGE["lr"], seed=0,
-                 space="normalized", bounds=None, progress=True):
+#: the regulariser settings the class-image stage takes (None: the report's, or REGULARIZED's with regularized)
+REGULARIZERS = ("score", "start", "l2", "blur_every", "blur_sigma", "jitter")
+
+
+def _train_set(run):
+    """The run's training images and labels (for the class means), from where its test set comes."""
+    from ..data import load_dataset
+
+    c = run.config
+    return load_dataset(c["dataset"], "train", root=run.data_root(), allow_sample=c.get("data_source") == "sample")
+
+
+def class_images(run, *, classes=None, steps=None, lr=None, seed=0, space=None, bounds=None, regularized=False,
+                 score=None, start=None, l2=None, blur_every=None, blur_sigma=None, jitter=None, progress=True):
     """For each of ``classes`` (default: all; indices or names), the image its logit likes best, grown by
-    Adam from seeded uniform noise. Returns a :class:`ClassImagesOutput`."""
-    bounds = _check_adam(steps, lr, space, bounds)
+    Adam from seeded uniform noise: the report's setting (15,000 unbounded steps of 0.05 in the normalised
+    space), or with ``regularized=True`` the recommended regularised set
+    (:data:`npcnn.analysis.attacks.REGULARIZED`: bounded to [0, 1], an L2 penalty, blur, jitter). Any setting
+    given overrides either. Also: each image's correlation with its class's mean training image.
+    Writes ``class_image[_regularized].npz`` and figures. Returns a :class:`ClassImagesOutput`."""
+    given = dict(steps=steps, lr=lr, space=space, bounds=bounds, score=score, start=start, l2=l2,
+                 blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter)
+    given = {k: v for k, v in given.items() if v is not None}
+    if not regularized and any(k in given for k in REGULARIZERS):
+        flag = next(k for k in REGULARIZERS if k in given).replace("_", "-")
+        raise ValueError(f"--{flag} is a regulariser: it applies with --regularized only")
+    base = A.REGULARIZED if regularized else {**A.CLASS_IMAGE, "space": "normalized", "bounds": None}
+    settings = {**base, **given}
+    settings["bounds"] = _check_adam(settings["steps"], settings["lr"], settings["space"], settings["bounds"])
     run = open_run(run)
     clf = run.classifier
     classes = A.check_classes(clf, classes if classes else range(clf.num_classes))
-    r = A.class_images(clf, classes, steps=steps, lr=lr, seed=seed, space=space, bounds=bounds, progress=progress)
+    r = A.class_images(clf, classes, seed=seed, progress=progress, **settings)
+    correlation = A.class_mean_correlation(r.images, *_train_set(run), r.targets)
     names = clf.class_names
+    tag = "_regularized" if regularized else ""
     out = Writer(run.file(FOLDER))
-    out.figure(plots.class_images(r.images, r.history, r.targets, r.probabilities, names), "class_images.png")
-    for j, c in enumerate(r.targets):
-        out.figure(plots.class_image(r.images[j], r.history[:, j], c, r.probabilities[j, c], names),
-                   f"class_image_{c}.png")
-    out.npz("class_image.npz", {
+    out.figure(plots.class_images(r.images, r.history, r.targets, r.probabilities, names), f"class_images{tag}.png")
+    if not regularized:
+        for j, c in enumerate(r.targets):
+            out.figure(plots.class_image(r.images[j], r.history[:, j], c, r.probabilities[j, c], names),
+                       f"class_image_{c}.png")
+    s = r.settings
+    out.npz(f"class_image{tag}.npz", {
         "images": r.images, "targets": r.targets, "probabilities": r.probabilities, "cost": r.history,
-        "start": r.start, "steps": r.settings["steps"], "lr": r.settings["lr"], "seed": seed,
-        "space": r.settings["space"], "bounds": _bounds_array(r.settings["bounds"])})
-    return ClassImagesOutput(folder=out.final, files=out.files, attack=r, class_names=names)
+        "start": r.start, "steps": s["steps"], "lr": s["lr"], "seed": seed, "space": s["space"],
+        "bounds": _bounds_array(s["bounds"]), "regularized": regularized, "correlation": correlation,
+        "score": s["score"], "l2": s["l2"], "blur_every": s["blur_every"], "blur_sigma": s["blur_sigma"],
+        "jitter": s["jitter"], "start_range": np.asarray(s["start"], dtype=np.float64)})
+    return ClassImagesOutput(folder=out.final, files=out.files, attack=r, class_names=names, regularized=regularized,
+                             correlation=correlation)
 
 
 # --------------------------------------------------------------------------- targeted

@@ -15,17 +15,7 @@ def section_attacks(runs):
     parts = [f"<h2 id='attacks'>4. Adversarial examples ({esc(VARIANT_TITLES[name])})</h2>"]
 
     parts.append("<h3>Class images from noise</h3>")
-    f = os.path.join(folder, "class_image.npz")
-    if os.path.isfile(f):
-        d = load_npz(f)
-        probs = d["probabilities"][np.arange(len(d["targets"])), d["targets"]]
-        pred = d["probabilities"].argmax(axis=1)
-        parts.append(table(["target", "predicted", "probability of target", "final cost (logit)"],
-                           [(int(t), int(p), f"{float(q):.4f}", f"{float(c):.2f}")
-                            for t, p, q, c in zip(d["targets"], pred, probs, d["cost"][-1])]))
-        parts.append(gallery(pngs(folder, "class_image*.png")))
-    else:
-        parts.append(not_run("class images", f"npcnn attack {path} class-image"))
+    parts.append(class_images_section(path, folder))
 
     parts.append("<h3>Targeted attacks</h3>")
     parts.append(targeted_section(path, folder))
@@ -90,3 +80,48 @@ def sweep_sentence(betas, l2, rate, report_beta=1e-4):
         text += (f"; at the report's beta {report_beta:g} it is {float(l2[at[0]]):.2f}, "
                  f"{100 * (l2[at[0]] - l2[0]) / l2[0]:+.1f} % against no penalty")
     return text + "."
+
+
+def _class_table(d):
+    probs = d["probabilities"][np.arange(len(d["targets"])), d["targets"]]
+    return table(["target", "predicted", "probability of target", "final cost", "correlation with the class mean"],
+                 [(int(t), int(p), f"{float(q):.4f}", f"{float(c):.2f}", f"{float(r):.3f}") for t, p, q, c, r in
+                  zip(d["targets"], d["probabilities"].argmax(axis=1), probs, d["cost"][-1], d["correlation"])])
+
+
+def class_images_section(path, folder):
+    """The report's setting (class_image.npz), then the regularised images beside it."""
+    parts, f = [], os.path.join(folder, "class_image.npz")
+    if os.path.isfile(f):
+        d = load_npz(f)
+        report = float(np.nanmean(d["correlation"])) if "correlation" in d else float("nan")
+        parts.append(f"<p>The report's setting: {int(d['steps']):,} Adam steps of {float(d['lr']):g} on the logit, "
+                     f"in {esc(str(d['space']))} space, unbounded, from uniform noise.</p>")
+        if "correlation" in d:
+            parts.append(_class_table(d))
+        parts.append(gallery(pngs(folder, "class_images.png")))
+        singles = [p for p in pngs(folder, "class_image_*.png") if "regularized" not in p]
+        if singles:
+            parts.append("<details><summary>each class on its own, with its cost curve</summary>"
+                         + gallery(singles) + "</details>")
+    else:
+        report = float("nan")
+        parts.append(not_run("class images", f"npcnn attack {path} class-image"))
+    more, d = beside("regularised class images", os.path.join(folder, "class_image_regularized.npz"),
+                     "regularised class images", f"npcnn attack {path} class-image --regularized")
+    parts += more
+    if d is None:
+        return "\n".join(parts)
+    corr = float(np.nanmean(d["correlation"]))
+    lo, hi = (float(v) for v in d["start_range"])
+    parts.append(f"<p>{int(d['steps']):,} Adam steps of {float(d['lr']):g} in {esc(str(d['space']))} space from "
+                 f"noise in [{lo:g}, {hi:g}], bounded to [0, 1], an L2 penalty of {float(d['l2']):g} on the image "
+                 f"(Simonyan et al. 2014), a blur of {float(d['blur_sigma']):g} px every {int(d['blur_every'])} steps "
+                 f"and a random shift of up to {int(d['jitter'])} px each step (Yosinski et al. 2015).</p>")
+    parts.append(_class_table(d))
+    compare = f", against {report:.3f} for the report's setting" if np.isfinite(report) else ""
+    parts.append(f"<p class='lesson'>{int(np.sum(d['probabilities'].argmax(axis=1) == d['targets']))} of "
+                 f"{d['targets'].size} are predicted as their class; their mean correlation with the class's mean "
+                 f"training image is {corr:.3f}{compare}: asking the image to stay a valid, smooth image is what lets "
+                 f"a digit's shape appear.</p>")
+    return "\n".join(parts + [gallery([os.path.join(folder, "class_images_regularized.png")])])

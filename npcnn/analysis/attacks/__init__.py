@@ -39,6 +39,7 @@ in, and ``probabilities`` are exactly ``classifier.predict_proba(result.images)`
 from .adam_loops import (CLASS_IMAGE, NOISE, SWEEP_BETAS, TARGETED, class_images, learn_noise, target_pairs, targeted,
                          targeted_sweep)
 from .boundary import DEEPFOOL, MINIMAL_LINF, MinimalLinfResult, deepfool, minimal_linf
+from .regularizers import REGULARIZED, class_mean_correlation, regularized
 from .checks import (SPACES, _check_bounds, _check_eps, _check_lr, _check_nonnegative, _check_space, _check_steps,
                      check_classes)
 from .evaluation import ATTACKS, DEFAULT_STEPS, ITERATIVE, masking_warnings, robustness_curve, run_attack
@@ -53,6 +54,6 @@ __all__ = [
     "fgsm", "pgd", "run_attack", "robustness_curve", "check_classes", "deepfool", "minimal_linf", "pgd_restarts",
     "apgd", "apgdt", "masking_warnings", "DEFAULT_STEPS", "ITERATIVE", "LOSSES",
     "AttackResult", "TransferResult", "RobustnessResult", "MinimalLinfResult", "NonFiniteAttackError", "DEEPFOOL",
-    "MINIMAL_LINF",
+    "MINIMAL_LINF", "REGULARIZED", "class_mean_correlation", "regularized",
     "CLASS_IMAGE", "TARGETED", "SWEEP_BETAS", "NOISE", "ATTACKS", "SPACES", "NORMS",
 ]
