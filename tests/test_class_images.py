@@ -1,13 +1,15 @@
-"""Regularised class images (npcnn.analysis.attacks.class_images with l2 / blur / jitter / score).
+"""Regularised class images (npcnn.analysis.attacks.class_images: l2, blur, jitter, frame, score).
 
 * Each regulariser, alone and together, equals the same loop written in PyTorch (autograd +
   torch.optim.Adam, float64, fixed random weights): the L2 penalty and the score through autograd, the
-  jitter as ``torch.roll`` inside the graph, the blur as the same numpy function applied to the tensor's
-  data between steps (largest difference < 1e-8, every iterate checked tie-free as in test_attacks).
+  jitter as ``torch.roll`` inside the graph, the blur and the frame as the same numpy operations on
+  the tensor's data between steps (largest difference < 1e-8, every iterate checked tie-free as in
+  test_attacks; with a frame, exact ties on its zero border are allowed, near ones not).
 * The numpy Gaussian blur equals scipy.ndimage.gaussian_filter (when scipy is installed).
 * On the trained test net (1 epoch, 30,000 images; test_attacks.trained_run_dir): the recommended set
   gives images predicted as their class with p >= 0.99, inside [0, 1], with a mean Pearson correlation
-  >= 0.35 with the class's mean training image; the report's unbounded setting correlates less.
+  >= 0.35 with the class's mean training image (measured 0.707), 0.15 more than with the other classes'
+  means (measured 0.29 more); the report's unbounded setting stays below 0.35 (measured 0.121).
 * Bad settings are one-line ValueErrors naming the setting and its range.
 """
 import os
@@ -15,22 +17,27 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_attacks import _close, assert_tie_free, clf64, one_torch_thread, run, trained_run_dir  # noqa: F401
+from test_attacks import (TIE_FREE, _close, assert_tie_free, clf64, one_torch_thread, run,  # noqa: F401
+                          trained_run_dir)
+from ties import _margins
 
 from npcnn.analysis import attacks as A
 from npcnn.analysis.attacks import regularizers as R
 from npcnn.analysis.attacks.regularizers import REGULARIZED, class_mean_correlation, regularized
 
 DATA = os.environ.get("NPCNN_DATA", "/work/shared/data/mnist")
+#: the recommended set's regularisers, for the torch comparison (its own lr and steps there)
+REGULARIZED_LOOP = {k: REGULARIZED[k] for k in ("l2", "blur_every", "blur_sigma", "jitter", "frame")}
 
 
 def torch_class_loop(body, norm, x0, targets, steps, lr, *, space="normalized", bounds=None, score="logit",
-                     l2=0.0, blur_every=1, blur_sigma=0.0, jitter=0, seed=0):
+                     l2=0.0, blur_every=1, blur_sigma=0.0, jitter=0, frame=0, seed=0):
     """The regularised class-image loop in PyTorch: Adam(maximize=True) on the image.
 
     Objective ``score_c(roll(x)) - l2 * ||x||^2`` (x the pixel image, the roll one shift per step from
-    ``default_rng(seed + 1)``), then the blur (every ``blur_every`` steps, not after the last) and the
-    clamp. Returns (final pixel images, history [steps, N], every iterate in pixel space).
+    ``default_rng(seed + 1)``); after each step the blur (every ``blur_every`` steps, not after the last)
+    and the frame (numpy on the tensor's data, the frame in pixel space), the clamp. Returns (final pixel
+    images, history [steps, N], every iterate in pixel space).
     """
     x0 = torch.tensor(np.asarray(x0, dtype=np.float64)[:, None])
     normalized = space == "normalized"
@@ -64,6 +71,10 @@ def torch_class_loop(body, norm, x0, targets, steps, lr, *, space="normalized", 
         with torch.no_grad():
             if blur_sigma and (step + 1) % blur_every == 0 and step + 1 < steps:
                 param.copy_(torch.from_numpy(R.gaussian_blur(param.detach().numpy(), blur_sigma)))
+            if frame:
+                x = to_pixel(param).numpy().copy()
+                x[..., :frame, :] = x[..., -frame:, :] = x[..., :, :frame] = x[..., :, -frame:] = 0
+                param.copy_(to_space(torch.from_numpy(x)))
             if bounds is not None:
                 param.clamp_(lo, hi)
     iterates.append(to_pixel(param.detach()).numpy()[:, 0])
@@ -78,16 +89,23 @@ def torch_class_loop(body, norm, x0, targets, steps, lr, *, space="normalized", 
     ("pixel", None, 0.02, {"score": "log_softmax"}),
     ("normalized", None, 0.05, {"score": "log_softmax", "l2": 0.01}),
     ("pixel", (0.0, 1.0), 0.02, {"l2": 0.05, "blur_every": 2, "blur_sigma": 0.5, "jitter": 1}),
+    ("normalized", None, 0.05, {"frame": 3}),
+    ("pixel", (0.0, 1.0), 0.02, {**REGULARIZED_LOOP, "start": (0.2, 0.8)}),
 ])
 def test_regularised_loop_matches_torch(clf64, space, bounds, lr, settings):  # noqa: F811
     clf, body = clf64
     classes, steps, seed = [0, 4, 7], 40, 3
     r = A.class_images(clf, classes, steps=steps, lr=lr, seed=seed, space=space, bounds=bounds, progress=False,
                        **settings)
-    start = np.random.default_rng(seed).random((3, 1, 28, 28))[:, 0]  # the default start: U(0, 1) pixels
+    low, high = settings.get("start", (0.0, 1.0))  # the documented start: U(low, high) pixels
+    start = low + (high - low) * np.random.default_rng(seed).random((3, 1, 28, 28))[:, 0]
+    loop = {k: v for k, v in settings.items() if k != "start"}
     images, history, iterates = torch_class_loop(body, clf.normalization, start, classes, steps, lr, space=space,
-                                                 bounds=bounds, seed=seed, **settings)
-    assert_tie_free(clf, iterates)
+                                                 bounds=bounds, seed=seed, **loop)
+    if settings.get("frame"):
+        assert_exact_or_tie_free(clf, iterates)
+    else:
+        assert_tie_free(clf, iterates)
     _close(r.start, start, "start")
     _close(r.history, history, "history")
     _close(r.images, images, "images")
@@ -95,9 +113,25 @@ def test_regularised_loop_matches_torch(clf64, space, bounds, lr, settings):  # 
         assert r.settings[key] == value
 
 
+def assert_exact_or_tie_free(clf, images):
+    """Every kink of the net is either exactly met or at least TIE_FREE away, in every image.
+
+    A frame holds a border of pixels at exactly 0: over it every conv output is exactly its bias in both
+    libraries (sums of exact zeros), so its max-pool windows tie exactly, not by rounding. Which input
+    wins an exact tie is each library's fixed convention, the same on every machine (that they agree is
+    what the comparison then shows). What must not happen is a near-tie, decided by the last bit of
+    rounding."""
+    for batch in images:
+        for _, m in _margins(clf, batch)[1]:
+            m = m.numpy()
+            near = (m > 0) & (m <= TIE_FREE)
+            assert not near.any(), f"a kink within {m[near].min():.2g}: the comparison would test rounding"
+
+
 def test_defaults_are_the_reports_loop(clf64):  # noqa: F811
     clf, _ = clf64
-    off = {"score": "logit", "start": (0.0, 1.0), "l2": 0.0, "blur_every": 1, "blur_sigma": 0.0, "jitter": 0}
+    off = {"score": "logit", "start": (0.0, 1.0), "l2": 0.0, "blur_every": 1, "blur_sigma": 0.0, "jitter": 0,
+           "frame": 0}
     a = A.class_images(clf, [1, 2], steps=5, progress=False)
     b = A.class_images(clf, [1, 2], steps=5, progress=False, **off)
     np.testing.assert_array_equal(a.images, b.images)
@@ -147,15 +181,27 @@ def test_recommended_set_gives_readable_digits(run, mnist_train):  # noqa: F811
     np.testing.assert_array_equal(r.predicted, np.arange(10))
     assert np.all(r.confidence >= 0.99), r.confidence
     assert r.images.min() >= 0 and r.images.max() <= 1
+    frame = np.ones((28, 28), bool)
+    frame[4:-4, 4:-4] = False
+    assert np.all(r.images[:, frame] == 0)
     assert corr.mean() >= 0.35, corr
-    # the report's setting (unbounded, the logit alone): texture, its correlation is lower
+    # the frame alone lifts this number (a blank 20 x 20 square scores 0.59): each image must also match
+    # its own class's mean better than the other classes' means (measured: 0.707 against 0.421)
+    images, labels = mnist_train
+    means = np.stack([images[labels == c].mean(axis=0) for c in range(10)])  # [class, 28, 28]
+    others = np.corrcoef(r.images.reshape(10, -1), means.reshape(10, -1))[:10, 10:]  # [image, class]
+    np.testing.assert_allclose(np.diag(others), corr, atol=1e-12)
+    other = (others.sum(axis=1) - np.diag(others)) / 9
+    assert corr.mean() - other.mean() >= 0.15, (corr, other)
+    # the report's setting (unbounded, the logit alone): texture
     report = A.class_images(clf, steps=REPORT_STEPS, progress=False)
     report_corr = class_mean_correlation(report.images, *mnist_train, report.targets)
-    assert report_corr.mean() < corr.mean() - 0.1, (report_corr.mean(), corr.mean())
+    assert report_corr.mean() < 0.35 <= corr.mean(), (report_corr.mean(), corr.mean())
 
 
-#: the report runs 15,000 steps (mean correlation 0.11 on this net); by 1,000 the texture has formed
-REPORT_STEPS = 1_000
+#: the report runs 15,000 steps; on this net its mean correlation is 0.121 after 100 steps, 0.119 after
+#: 1,000, 0.110 after 15,000 (the texture is there from the start), so 100 steps stand for it here
+REPORT_STEPS = 100
 
 
 # --------------------------------------------------------------------------- errors
@@ -170,6 +216,8 @@ REPORT_STEPS = 1_000
     ({"jitter": 0.5}, "jitter must be an integer >= 0"),
     ({"score": "prob"}, "score must be one of logit, log_softmax, got 'prob'"),
     ({"start": (0.5, 0.2)}, r"start must be \(low, high\) with 0 <= low <= high <= 1, got \(0.5, 0.2\)"),
+    ({"frame": -1}, r"frame must be an integer in 0..13 \(pixels held at 0 at each border\), got -1"),
+    ({"frame": 14}, "frame must be an integer in 0..13"),
 ])
 def test_bad_settings_are_one_line_value_errors(clf64, settings, message):  # noqa: F811
     with pytest.raises(ValueError, match=message) as info:

@@ -86,7 +86,9 @@ def test_regularized_class_images(run, capsys):
     code, out, err = attack(capsys, run.path, "class-image", "--regularized", "--steps", 5, "--jitter", 1)
     assert code == 0, err
     d = load_npz(run.file("attacks", "class_image_regularized.npz"))
-    assert bool(d["regularized"]) and int(d["steps"]) == 5 and int(d["jitter"]) == 1 and float(d["l2"]) == 0.05
+    assert bool(d["regularized"]) and int(d["steps"]) == 5 and int(d["jitter"]) == 1 and int(d["frame"]) == 4
+    assert np.all(d["images"][:, :4] == 0) and np.all(d["images"][:, :, -4:] == 0)   # the frame is black
+    assert d["other_correlation"].shape == (10,)
     assert d["images"].min() >= 0 and d["images"].max() <= 1 and d["correlation"].shape == (10,)
     np.testing.assert_array_equal(d["probabilities"], run.classifier.predict_proba(d["images"]))
     assert os.path.getsize(run.file("attacks", "class_images_regularized.png")) > 0

@@ -28,6 +28,7 @@ APPLIES = {
     "blur_every": ("class-image",),
     "blur_sigma": ("class-image",),
     "jitter": ("class-image",),
+    "frame": ("class-image",),
     "beta": ("targeted",),
     "pairs": ("targeted",),
     "target": ("noise",),
@@ -71,13 +72,14 @@ def register(sub):
     p.add_argument("--classes", nargs="+", help="class-image: the classes to draw (default: all)")
     p.add_argument("--regularized", action="store_true",
                    help="class-image: the recommended regularised set instead of the report's setting: 500 Adam "
-                        "steps of 0.05 in pixel space from faint noise, bounded to [0, 1], L2 penalty 0.05, blur "
-                        "0.6 px every 2 steps, jitter 2 px (Simonyan et al. 2014, Yosinski et al. 2015)")
+                        "steps of 0.05 in pixel space from uniform noise, bounded to [0, 1], the outer 4 pixels held "
+                        "black (MNIST's empty border), blur 0.6 px every 2 steps, jitter 2 px (Yosinski et al. 2015)")
     p.add_argument("--l2", type=float, help="class-image --regularized: weight of the L2 penalty on the pixel-space "
-                                            "image, >= 0 (default 0.05)")
+                                            "image, >= 0 (default 0)")
     p.add_argument("--blur-every", type=int, help="class-image --regularized: blur every N steps, >= 1 (default 2)")
     p.add_argument("--blur-sigma", type=float, help="class-image --regularized: the blur's standard deviation in "
                                                     "pixels, >= 0; 0 turns it off (default 0.6)")
+    p.add_argument("--frame", type=int, help="class-image --regularized: hold the outer N pixels at 0 (default 4)")
     p.add_argument("--jitter", type=int, help="class-image --regularized: random shift of up to N pixels each step, "
                                               ">= 0 (default 2)")
     p.add_argument("--beta", type=float, nargs="*", metavar="BETA",
@@ -133,7 +135,7 @@ def _check_options(args):
 # experiment -> (the stage in npcnn.experiments, the options it takes besides --steps)
 STAGES = {
     "class-image": ("class_images", ("lr", "seed", "classes", "bounds", "space", "l2", "blur_every", "blur_sigma",
-                                     "jitter")),
+                                     "jitter", "frame")),
     "targeted": ("targeted", ("lr", "beta", "pairs", "bounds", "space")),
     "noise": ("noise", ("lr", "seed", "target", "indices", "limit", "bounds", "space")),
     "boundary": ("boundary", ("overshoot", "tol", "pgd_steps", "seed")),

@@ -54,6 +54,7 @@ class ClassImagesOutput(AttackOutput):
     class_names: list = None
     regularized: bool = False
     correlation: np.ndarray = None   # [K] Pearson correlation with the class's mean training image
+    other_correlation: np.ndarray = None   # [K] mean correlation with the other classes' mean images
 
     def describe(self):
         r, names = self.attack, self.class_names
@@ -62,12 +63,13 @@ class ClassImagesOutput(AttackOutput):
                  f"the class's mean training image {self.correlation[j]:.3f}" for j, c in enumerate(r.targets)]
         what = "regularised class images" if self.regularized else "class images"
         lines.append(f"{int(r.success.sum())}/{len(r.targets)} {what} predicted as their class; mean correlation "
-                     f"{np.nanmean(self.correlation):.3f}; written to {self.folder}")
+                     f"{np.nanmean(self.correlation):.3f} with the class's mean image, "
+                     f"{np.nanmean(self.other_correlation):.3f} with the other classes'; written to {self.folder}")
         return "\n".join(lines)
 
 
 #: the regulariser settings the class-image stage takes (None: the report's, or REGULARIZED's with regularized)
-REGULARIZERS = ("score", "start", "l2", "blur_every", "blur_sigma", "jitter")
+REGULARIZERS = ("score", "start", "l2", "blur_every", "blur_sigma", "jitter", "frame")
 
 
 def _train_set(run):
@@ -79,15 +81,16 @@ def _train_set(run):
 
 
 def class_images(run, *, classes=None, steps=None, lr=None, seed=0, space=None, bounds=None, regularized=False,
-                 score=None, start=None, l2=None, blur_every=None, blur_sigma=None, jitter=None, progress=True):
+                 score=None, start=None, l2=None, blur_every=None, blur_sigma=None, jitter=None, frame=None,
+                 progress=True):
     """For each of ``classes`` (default: all; indices or names), the image its logit likes best, grown by
     Adam from seeded uniform noise: the report's setting (15,000 unbounded steps of 0.05 in the normalised
     space), or with ``regularized=True`` the recommended regularised set
-    (:data:`npcnn.analysis.attacks.REGULARIZED`: bounded to [0, 1], an L2 penalty, blur, jitter). Any setting
+    (:data:`npcnn.analysis.attacks.REGULARIZED`: bounded to [0, 1], a black 4-pixel frame, blur, jitter). Any setting
     given overrides either. Also: each image's correlation with its class's mean training image.
     Writes ``class_image[_regularized].npz`` and figures. Returns a :class:`ClassImagesOutput`."""
     given = dict(steps=steps, lr=lr, space=space, bounds=bounds, score=score, start=start, l2=l2,
-                 blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter)
+                 blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter, frame=frame)
     given = {k: v for k, v in given.items() if v is not None}
     if not regularized and any(k in given for k in REGULARIZERS):
         flag = next(k for k in REGULARIZERS if k in given).replace("_", "-")
@@ -99,7 +102,12 @@ def class_images(run, *, classes=None, steps=None, lr=None, seed=0, space=None, 
     clf = run.classifier
     classes = A.check_classes(clf, classes if classes else range(clf.num_classes))
     r = A.class_images(clf, classes, seed=seed, progress=progress, **settings)
-    correlation = A.class_mean_correlation(r.images, *_train_set(run), r.targets)
+    train = _train_set(run)
+    correlation = A.class_mean_correlation(r.images, *train, r.targets)
+    # the fairer measure: against every other class's mean too (a dark border alone correlates with them all)
+    every = np.stack([A.class_mean_correlation(r.images, *train, np.full(len(r.targets), c))
+                      for c in range(clf.num_classes)], axis=1)
+    other_correlation = (every.sum(axis=1) - correlation) / (clf.num_classes - 1)
     names = clf.class_names
     tag = "_regularized" if regularized else ""
     out = Writer(run.file(FOLDER))
@@ -113,10 +121,11 @@ def class_images(run, *, classes=None, steps=None, lr=None, seed=0, space=None, 
         "images": r.images, "targets": r.targets, "probabilities": r.probabilities, "cost": r.history,
         "start": r.start, "steps": s["steps"], "lr": s["lr"], "seed": seed, "space": s["space"],
         "bounds": _bounds_array(s["bounds"]), "regularized": regularized, "correlation": correlation,
+        "other_correlation": other_correlation,
         "score": s["score"], "l2": s["l2"], "blur_every": s["blur_every"], "blur_sigma": s["blur_sigma"],
-        "jitter": s["jitter"], "start_range": np.asarray(s["start"], dtype=np.float64)})
+        "jitter": s["jitter"], "frame": s["frame"], "start_range": np.asarray(s["start"], dtype=np.float64)})
     return ClassImagesOutput(folder=out.final, files=out.files, attack=r, class_names=names, regularized=regularized,
-                             correlation=correlation)
+                             correlation=correlation, other_correlation=other_correlation)
 
 
 # --------------------------------------------------------------------------- targeted

@@ -84,9 +84,12 @@ def sweep_sentence(betas, l2, rate, report_beta=1e-4):
 
 def _class_table(d):
     probs = d["probabilities"][np.arange(len(d["targets"])), d["targets"]]
-    return table(["target", "predicted", "probability of target", "final cost", "correlation with the class mean"],
-                 [(int(t), int(p), f"{float(q):.4f}", f"{float(c):.2f}", f"{float(r):.3f}") for t, p, q, c, r in
-                  zip(d["targets"], d["probabilities"].argmax(axis=1), probs, d["cost"][-1], d["correlation"])])
+    others = d["other_correlation"] if "other_correlation" in d else np.full(len(probs), np.nan)
+    return table(["target", "predicted", "probability of target", "final cost", "correlation with the class mean",
+                  "mean correlation with the other classes' means"],
+                 [(int(t), int(p), f"{float(q):.4f}", f"{float(c):.2f}", f"{float(r):.3f}", f"{float(o):.3f}")
+                  for t, p, q, c, r, o in zip(d["targets"], d["probabilities"].argmax(axis=1), probs, d["cost"][-1],
+                                              d["correlation"], others)])
 
 
 def class_images_section(path, folder):
@@ -114,12 +117,17 @@ def class_images_section(path, folder):
         return "\n".join(parts)
     corr = float(np.nanmean(d["correlation"]))
     lo, hi = (float(v) for v in d["start_range"])
+    frame = int(d["frame"]) if "frame" in d else 0
     parts.append(f"<p>{int(d['steps']):,} Adam steps of {float(d['lr']):g} in {esc(str(d['space']))} space from "
-                 f"noise in [{lo:g}, {hi:g}], bounded to [0, 1], an L2 penalty of {float(d['l2']):g} on the image "
-                 f"(Simonyan et al. 2014), a blur of {float(d['blur_sigma']):g} px every {int(d['blur_every'])} steps "
-                 f"and a random shift of up to {int(d['jitter'])} px each step (Yosinski et al. 2015).</p>")
+                 f"noise in [{lo:g}, {hi:g}], bounded to [0, 1], the outer {frame} pixels held at 0 (MNIST digits sit "
+                 f"in the central 20x20), an L2 penalty of {float(d['l2']):g}, a blur of {float(d['blur_sigma']):g} px "
+                 f"every {int(d['blur_every'])} steps and a random shift of up to {int(d['jitter'])} px each step "
+                 f"(Yosinski et al. 2015). A correlation with the class's mean image rewards a dark border whatever "
+                 f"the shape, so the table also gives each image's correlation with the other classes' means.</p>")
     parts.append(_class_table(d))
     compare = f", against {report:.3f} for the report's setting" if np.isfinite(report) else ""
+    if "other_correlation" in d:
+        compare += f"; with the other classes' means {float(np.nanmean(d['other_correlation'])):.3f}"
     parts.append(f"<p class='lesson'>{int(np.sum(d['probabilities'].argmax(axis=1) == d['targets']))} of "
                  f"{d['targets'].size} are predicted as their class; their mean correlation with the class's mean "
                  f"training image is {corr:.3f}{compare}: asking the image to stay a valid, smooth image is what lets "
