@@ -263,8 +263,8 @@ def _weights_1d(n_in, n_out, mode):
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     lam = np.clip(src - i0, 0, 1)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
-    np.add.at(w, (dst, i0), 1 - lam)
-    np.add.at(w, (dst, i1), lam)
+    w[dst, i0] += 1 - lam          # each row once per statement: plain fancy-index adds are exact
+    w[dst, i1] += lam
     return w
 
 
