@@ -90,7 +90,10 @@ def torch_class_loop(body, norm, x0, targets, steps, lr, *, space="normalized", 
     ("normalized", None, 0.05, {"score": "log_softmax", "l2": 0.01}),
     ("pixel", (0.0, 1.0), 0.02, {"l2": 0.05, "blur_every": 2, "blur_sigma": 0.5, "jitter": 1}),
     ("normalized", None, 0.05, {"frame": 3}),
-    ("pixel", (0.0, 1.0), 0.02, {**REGULARIZED_LOOP, "start": (0.2, 0.8)}),
+    # the recommended set without its frame: a frame rolled by the jitter and blurred leaves near-ties at its
+    # edge that other BLAS kernels (OPENBLAS_CORETYPE=Haswell, Zen, Prescott) resolve differently
+    ("pixel", (0.0, 1.0), 0.02, {**{k: v for k, v in REGULARIZED_LOOP.items() if k != "frame"},
+                                 "start": (0.2, 0.8)}),
 ])
 def test_regularised_loop_matches_torch(clf64, space, bounds, lr, settings):  # noqa: F811
     clf, body = clf64
