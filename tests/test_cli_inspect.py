@@ -16,6 +16,7 @@ import pytest
 
 from test_features import MEAN, STD, make_classifier
 
+from npcnn.analysis.feature_occlusion import feature_occlusion
 from npcnn.analysis.occlusion import occlusion
 from npcnn.cli import main
 from npcnn.data import Normalization, load_dataset
@@ -86,6 +87,13 @@ def test_occlusion_defaults_to_the_run_samples(run, capsys, mnist_test):
     r = occlusion(Run.open(run).classifier, z["images"], z["labels"])
     np.testing.assert_allclose(z["probability"], r.probability, atol=1e-6)
     np.testing.assert_array_equal(z["predicted"], r.predicted)
+    # Zeiler & Fergus's panels: conv2's strongest map under the patch, and its projection
+    f = feature_occlusion(Run.open(run).classifier, z["images"], "conv2")
+    assert str(z["feature_layer"]).startswith("conv2 + ReLU")
+    np.testing.assert_array_equal(z["feature_channel"], f.channel)
+    np.testing.assert_allclose(z["feature_activation"], f.activation, rtol=1e-5)
+    assert z["feature_activation"].shape == (10, 10, 10) and z["feature_projection"].shape == (10, 28, 28)
+    assert (z["feature_activation"].min(axis=(1, 2)) < z["feature_base_activation"]).all()
 
 
 def test_occlusion_options_replace_the_previous_results(run, capsys):
@@ -98,7 +106,12 @@ def test_occlusion_options_replace_the_previous_results(run, capsys):
     z = load_npz(run / "occlusion" / "occlusion.npz")
     assert z["probability"].shape == (2, (28 - 6) // 3 + 1, (28 - 8) // 3 + 1)
     assert z["patch"].tolist() == [6, 8] and float(z["fill"]) == 0.5
+    assert z["feature_activation"].shape == z["probability"].shape
     assert not [f for f in listing(run) if f.startswith(".")]
+    assert cli(capsys, "occlusion", run, "--indices", 5, "--feature-layer", "none")[0] == 0
+    assert "feature_activation" not in load_npz(run / "occlusion" / "occlusion.npz")
+    assert cli(capsys, "occlusion", run, "--indices", 5, "--feature-layer", "conv1")[0] == 0
+    assert str(load_npz(run / "occlusion" / "occlusion.npz")["feature_layer"]).startswith("conv1 + ReLU")
 
 
 @pytest.mark.parametrize("post", [False, True])
@@ -135,6 +148,7 @@ BAD = [
     (["inspect", "{empty}"], "no model.npz"),
     (["saliency", "{missing}"], "no such run folder"),
     (["occlusion", "{run}", "--patch", "29"], "does not fit"),
+    (["occlusion", "{run}", "--feature-layer", "fc1"], "layer must be conv1, conv2"),
     (["occlusion", "{run}", "--patch", "10", "40"], "does not fit"),
     (["occlusion", "{run}", "--patch", "3", "4", "5"], "one or two"),
     (["occlusion", "{run}", "--stride", "0"], "stride must be a positive"),

@@ -3,6 +3,7 @@ occlusion, saliency, class activation maps) and attack it. Each module computes 
 them."""
 from .features import conv_layers, feature_maps, filters
 from .occlusion import OcclusionResult, occlusion
+from .feature_occlusion import FeatureOcclusion, feature_occlusion, project_feature_map, strongest_channels
 from .saliency import integrated_gradients, saliency, smoothgrad
 from .channel_images import CHANNEL, ChannelImages, ChannelProbe, visualize_channels
 from .channels import AblationResult, TopActivations, channel_ablation, receptive_field, top_activations

@@ -142,11 +142,12 @@ def _forward(classifier, z, keep=None):
     return z, kept
 
 
-def _backward(classifier, grad, rule="gradient", down_to=0):
-    """The gradient at the input of layer ``down_to`` (0: the net's input), from ``grad`` at the logits,
-    each layer's own backward except at a ReLU, where ``rule`` decides (see the module's docstring)."""
+def _backward(classifier, grad, rule="gradient", down_to=0, start=None):
+    """The gradient at the input of layer ``down_to`` (0: the net's input), from ``grad`` at the output of
+    layer ``start - 1`` (None: the logits), each layer's own backward except at a ReLU, where ``rule``
+    decides (see the module's docstring). The layers must hold the caches of a forward pass."""
     layers = classifier.body.layers
-    for layer in reversed(layers[down_to:]):
+    for layer in reversed(layers[down_to:start]):
         if isinstance(layer, ReLU) and rule == "deconvolution":
             grad = np.maximum(grad, 0)                            # ReLU of the output gradient
         elif isinstance(layer, ReLU) and rule == "guided":

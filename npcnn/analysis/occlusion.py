@@ -94,6 +94,34 @@ def check_settings(image_shape, patch, stride):
     return patch, stride
 
 
+def occluded_batches(images, masks, fill, batch_size, progress=False, desc="occlusion"):
+    """Every (image, patch position) pair, ``batch_size`` occluded images at a time (row-major: image, then
+    position): yields ``(flat, image index, position index, occluded [B, H, W])``."""
+    positions = len(masks)
+    total = len(images) * positions
+    fill_value = images.dtype.type(fill)
+    chunks = range(0, total, int(batch_size))
+    if progress:
+        from ..progress import progress_bar
+        chunks = progress_bar(chunks, desc=desc, unit="batch", leave=False)
+    for start in chunks:
+        flat = np.arange(start, min(start + int(batch_size), total))
+        img, pos = flat // positions, flat % positions
+        yield flat, img, pos, np.where(masks[pos], fill_value, images[img])   # one chunk at a time
+
+
+def as_images(images, where="occlusion"):
+    """[N, H, W] from [N, H, W] or [N, 1, H, W]; a ValueError naming ``where`` otherwise."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"{where}: expected images of shape [N, H, W] or [N, 1, H, W], got {np.shape(images)}")
+    if len(images) == 0:
+        raise ValueError(f"{where}: no images given")
+    return images
+
+
 def occlusion(classifier, images, target=None, patch=10, stride=2, fill=0.0, batch_size=256, progress=False):
     """Occlude each image with a ``patch`` of value ``fill`` at every grid position; see the module doc.
 
@@ -113,13 +141,7 @@ def occlusion(classifier, images, target=None, patch=10, stride=2, fill=0.0, bat
     -------
     OcclusionResult
     """
-    images = np.asarray(images)
-    if images.ndim == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.ndim != 3:
-        raise ValueError(f"occlusion: expected images of shape [N, H, W] or [N, 1, H, W], got {np.shape(images)}")
-    if len(images) == 0:
-        raise ValueError("occlusion: no images given")
+    images = as_images(images)
     if int(batch_size) <= 0:
         raise ValueError(f"occlusion: batch_size must be positive, got {batch_size}")
     n, h, w = images.shape
@@ -142,15 +164,7 @@ def occlusion(classifier, images, target=None, patch=10, stride=2, fill=0.0, bat
     total = n * positions
     probability = np.empty(total, dtype=np.float64)
     predicted = np.empty(total, dtype=np.int64)
-    fill_value = dtype.type(fill)
-    chunks = range(0, total, int(batch_size))
-    if progress:
-        from ..progress import progress_bar
-        chunks = progress_bar(chunks, desc="occlusion", unit="batch", leave=False)
-    for start in chunks:
-        flat = np.arange(start, min(start + int(batch_size), total))   # (image, position) pairs, row-major
-        img, pos = flat // positions, flat % positions
-        occluded = np.where(masks[pos], fill_value, images[img])       # [B, H, W], one chunk at a time
+    for flat, img, pos, occluded in occluded_batches(images, masks, fill, batch_size, progress):
         p = classifier.predict_proba(occluded)
         probability[flat] = p[np.arange(len(flat)), target[img]]
         predicted[flat] = p.argmax(axis=1)

@@ -19,6 +19,7 @@ from ..analysis.saliency import ig_points, integrated_gradients, score_gradient,
 from ..analysis.saliency import saliency as saliency_map
 from ..analysis.occlusion import OcclusionResult, check_settings
 from ..analysis.occlusion import occlusion as occlusion_maps
+from ..analysis.feature_occlusion import FeatureOcclusion, feature_occlusion
 from ..plots import inside as plots
 from .common import StageOutput, chosen_images, one_or_pair, open_run, output_folder
 
@@ -72,6 +73,7 @@ class OcclusionOutput(StageOutput):
     indices: np.ndarray = None
     labels: np.ndarray = None
     occlusion: OcclusionResult = None   # probability / predicted [N, rows, cols], attribution [N, H, W], ...
+    feature: FeatureOcclusion = None     # the strongest feature map: activation [N, rows, cols], projection, ...
     changed: int = 0                    # images whose predicted class changes at some patch position
 
     def describe(self):
@@ -80,10 +82,13 @@ class OcclusionOutput(StageOutput):
                 f"{self.changed} image(s) change class somewhere; written to {self.folder}")
 
 
-def occlusion(run, *, patch=10, stride=2, fill=0.0, batch_size=256, indices=None, progress=True):
+def occlusion(run, *, patch=10, stride=2, fill=0.0, batch_size=256, indices=None, feature_layer="conv2",
+              progress=True):
     """Slide a ``patch`` (pixels: one number, or height and width) filled with ``fill`` over each image in
-    steps of ``stride``; map the true class's probability and the predicted class at every position.
-    Returns an :class:`OcclusionOutput`."""
+    steps of ``stride``; map the true class's probability and the predicted class at every position, and,
+    as Zeiler & Fergus, the total activation of ``feature_layer``'s strongest map and its projection to
+    pixels (:mod:`npcnn.analysis.feature_occlusion`; None leaves them out). Returns an
+    :class:`OcclusionOutput`."""
     patch, stride = one_or_pair(patch, "patch"), one_or_pair(stride, "stride")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
@@ -91,12 +96,17 @@ def occlusion(run, *, patch=10, stride=2, fill=0.0, batch_size=256, indices=None
     idx, x, y = chosen_images(run, indices)
     patch, stride = check_settings(x.shape[1:], patch, stride)
     clf = run.classifier
+    f = None
+    if feature_layer is not None:
+        f = feature_occlusion(clf, x, feature_layer, patch=patch, stride=stride, fill=fill, batch_size=batch_size)
     r = occlusion_maps(clf, x, y, patch=patch, stride=stride, fill=fill, batch_size=batch_size, progress=progress)
     names = clf.class_names
     with output_folder(run, "occlusion") as out:
         for k, i in enumerate(idx):
+            panels = None if f is None else {"activation": f.activation[k], "base_activation": f.base_activation[k],
+                                             "projection": f.projection[k], "channel": f.channel[k], "layer": f.layer}
             out.figure(plots.occlusion(x[k], r.probability[k], r.predicted[k], int(y[k]), names, patch, stride,
-                                       fill=fill, base_probability=r.base_probability[k]),
+                                       fill=fill, base_probability=r.base_probability[k], feature=panels),
                        f"occlusion_test{i}.png")
         out.figure(plots.occlusion_attribution(x, r.attribution, y, names), "attribution.png")
         out.npz("occlusion.npz", {
@@ -104,9 +114,13 @@ def occlusion(run, *, patch=10, stride=2, fill=0.0, batch_size=256, indices=None
             "attribution": r.attribution, "base_probability": r.base_probability,
             "patch": np.array(patch), "stride": np.array(stride), "fill": np.array(fill),
             "class_names": np.array(names),
+            **({} if f is None else {
+                "feature_layer": np.array(f.layer), "feature_channel": f.channel, "feature_activation": f.activation,
+                "feature_base_activation": f.base_activation, "feature_projection": f.projection}),
         })
     changed = int((r.predicted != y[:, None, None]).any(axis=(1, 2)).sum())
-    return OcclusionOutput(folder=out.final, files=out.files, indices=idx, labels=y, occlusion=r, changed=changed)
+    return OcclusionOutput(folder=out.final, files=out.files, indices=idx, labels=y, occlusion=r, feature=f,
+                           changed=changed)
 
 
 @dataclass

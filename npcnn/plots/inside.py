@@ -95,16 +95,23 @@ def feature_maps(maps, image, layer, label_text="", post_activation=False):
     return fig
 
 
-def occlusion(image, probability, predicted, label, class_names, patch, stride, fill=0.0, base_probability=None):
+def occlusion(image, probability, predicted, label, class_names, patch, stride, fill=0.0, base_probability=None,
+              feature=None):
     """One image: the image, the true-class probability per patch position (0-1), the predicted class map.
 
     ``probability`` and ``predicted`` are [Gh, Gw]; each predicted cell is
-    labelled by its class name.
+    labelled by its class name. ``feature`` (a dict with ``activation`` [Gh, Gw], ``base_activation``,
+    ``projection`` [H, W], ``channel`` and ``layer``) adds Zeiler & Fergus's two panels after the image:
+    the strongest feature map's total activation per patch position, and that map projected to pixels.
     """
     probability, predicted = np.asarray(probability), np.asarray(predicted)
     gh, gw = probability.shape
     name = class_names[label]
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 4.1), layout="constrained")
+    extra = 2 if feature is not None else 0
+    fig, axes = plt.subplots(1, 3 + extra, figsize=(12.5 + 4.0 * extra, 4.1), layout="constrained")
+    if feature is not None:
+        _feature_panels(fig, axes[1], axes[2], feature, gw, stride)
+        axes = [axes[0], *axes[3:]]
     img = np.asarray(image).reshape(np.shape(image)[-2:])
     axes[0].imshow(img, cmap="gray", vmin=0, vmax=1)
     axes[0].add_patch(plt.Rectangle((-0.5, -0.5), patch[1], patch[0], fill=False, ec="tab:orange", lw=1.5))
@@ -130,6 +137,29 @@ def occlusion(image, probability, predicted, label, class_names, patch, stride, 
         ax.set_xticks(range(gw), [str(c * stride[1]) for c in range(gw)], fontsize=6)
         ax.set_yticks(range(gh), [str(r * stride[0]) for r in range(gh)], fontsize=6)
     return fig
+
+
+def _feature_panels(fig, ax_total, ax_projection, feature, gw, stride):
+    """Zeiler & Fergus's panels (b) and (c): the strongest map's total activation with the patch at each
+    position (0 .. its unoccluded total), and the map projected to pixels (diverging, centred on 0)."""
+    channel, layer = int(feature["channel"]), str(feature["layer"]).split(" (")[0]
+    base = float(feature["base_activation"])
+    im = ax_total.imshow(np.asarray(feature["activation"]), cmap="magma", vmin=0, vmax=max(base, 1e-12))
+    fig.colorbar(im, ax=ax_total, fraction=0.046, pad=0.04, label=f"total activation (unoccluded {base:.3g})")
+    ax_total.set_title(f"{layer} map {channel} (the strongest):\nits total activation with the patch there",
+                       fontsize=9)
+    ax_total.set_xlabel("patch column")
+    ax_total.set_ylabel("patch row")
+    gh = np.shape(feature["activation"])[0]
+    ax_total.set_xticks(range(gw), [str(c * stride[1]) for c in range(gw)], fontsize=6)
+    ax_total.set_yticks(range(gh), [str(r * stride[0]) for r in range(gh)], fontsize=6)
+    projection = np.asarray(feature["projection"])
+    v = _symmetric_limit(projection)
+    ax_projection.imshow(projection, cmap=DIVERGING, vmin=-v, vmax=v)
+    ax_projection.set_title(f"{layer} map {channel} projected to pixels\n(deconvnet, Zeiler & Fergus)",
+                            fontsize=9)
+    ax_projection.set_xticks([])
+    ax_projection.set_yticks([])
 
 
 def saliency(images, maps, labels, class_names, title="saliency: which pixels move the true class's score"):
