@@ -161,3 +161,22 @@ class SGD(Optimizer):
                     self.buffers[i] += d
                 d = d + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
             p.data -= p.dtype.type(self.lr) * d
+
+
+LR_SCHEDULES = ("constant", "cyclic")
+
+
+def lr_schedule(name, lr, epochs):
+    """The learning rate as a function of training progress ``t`` in epochs (epoch + share of it done), or
+    None for ``"constant"`` (the optimiser's own ``lr`` throughout).
+
+    ``"cyclic"`` (Wong, Rice & Kolter 2020, their MNIST and CIFAR-10 runs): linear from 0 up to ``lr`` over
+    the first 2/5 of the training, then linear back down to 0 at its end; a step's rate is taken at the
+    progress the step completes (``epoch + (step + 1) / steps per epoch``).
+    """
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
+    if name == "constant":
+        return None
+    peak, end = 2 * epochs / 5, float(epochs)
+    return lambda t: float(np.interp(t, [0.0, peak, end], [0.0, lr, 0.0]))

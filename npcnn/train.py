@@ -122,7 +122,8 @@ class Checkpoint:
 
 
 def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, normalization=None, seed=0,
-        history=None, start_epoch=0, checkpoint=None, progress=True, log=print, perturb=None, after_epoch=None):
+        history=None, start_epoch=0, checkpoint=None, progress=True, log=print, perturb=None, after_epoch=None,
+        lr_schedule=None):
     """Train ``model`` for ``epochs`` epochs (counting from ``start_epoch``) and return its History.
 
     Parameters
@@ -143,6 +144,10 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
     after_epoch : callable, optional
         ``after_epoch(epoch) -> dict``: extra values for the History (e.g. ``robust_accuracy``), called
         after the epoch's evaluation and before its checkpoint.
+    lr_schedule : callable, optional
+        ``lr_schedule(t) -> lr``, ``t`` the progress in epochs when the step completes
+        (``epoch + (step + 1) / batches``); sets ``optimizer.lr`` before every step
+        (:func:`npcnn.optim.lr_schedule`). A function of the step alone: a resumed run follows it too.
 
     On Ctrl-C the epoch in progress is abandoned; the last completed epoch
     stays saved in the checkpoint, and KeyboardInterrupt propagates.
@@ -152,7 +157,7 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
     history = history if history is not None else History()
     try:
         _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed,
-                    history, start_epoch, checkpoint, progress, log, perturb, after_epoch)
+                    history, start_epoch, checkpoint, progress, log, perturb, after_epoch, lr_schedule)
     except SystemError as e:
         # Ctrl-C landing inside a numba kernel call surfaces as SystemError("... returned a result
         # with an exception set") chained to the KeyboardInterrupt: report it as the interrupt it is.
@@ -163,7 +168,7 @@ def fit(model, loss, optimizer, train_data, test_data, epochs, batch_size, *, no
 
 
 def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_size, normalization, seed, history,
-                start_epoch, checkpoint, progress, log, perturb=None, after_epoch=None):
+                start_epoch, checkpoint, progress, log, perturb=None, after_epoch=None, lr_schedule=None):
     train_x, train_y = train_data
     net = fast.plan(model)          # the same layers and Parameters, fused where it pays (npcnn.fast)
     for epoch in range(start_epoch, epochs):
@@ -185,6 +190,8 @@ def _fit_epochs(model, loss, optimizer, train_data, test_data, epochs, batch_siz
                 raise NonFiniteLossError(f"epoch {epoch + 1}, batch {step + 1}: {e}") from None
             optimizer.zero_grad()
             _backward(net, loss.backward())
+            if lr_schedule is not None:
+                optimizer.lr = lr_schedule(epoch + (step + 1) / len(order))
             optimizer.step()
             total_loss += float(value) * len(y)
             correct += int((out.argmax(axis=1) == y).sum())

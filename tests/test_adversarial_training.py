@@ -26,7 +26,8 @@ from npcnn.classifier import load_classifier
 from npcnn.cli import main
 from npcnn.data import load_mnist
 from npcnn.experiments import TrainConfig, train_run
-from npcnn.experiments.adversarial_training import AdversarialSettings, Perturb, Watch
+from npcnn.experiments.adversarial_training import ADVERSARIAL_RECIPE, AdversarialSettings, Perturb, Watch
+from npcnn.experiments.training import with_recipe
 from npcnn.nn import NLLLoss
 from npcnn.optim import Adam
 from npcnn.train import History
@@ -174,3 +175,13 @@ def test_bad_adversarial_settings_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_adversarial_training_takes_wong_et_al_s_recipe_unless_told_otherwise():
+    unset = dict(lr=None, batch_size=None, lr_schedule=None)     # what the CLI passes for flags not given
+    assert with_recipe({**unset, "adversarial": "fgsm"}) == {**ADVERSARIAL_RECIPE, "adversarial": "fgsm"}
+    assert ADVERSARIAL_RECIPE == {"batch_size": 100, "lr": 5e-3, "lr_schedule": "cyclic"}
+    given = with_recipe({**unset, "adversarial": "pgd", "lr": 1e-3, "lr_schedule": "constant"})
+    assert given == {"adversarial": "pgd", "lr": 1e-3, "lr_schedule": "constant", "batch_size": 100}
+    assert with_recipe({**unset, "adversarial": None, "epochs": 3}) == {"adversarial": None, "epochs": 3}
+    assert TrainConfig(**with_recipe(unset)) == TrainConfig()          # plain training: the report's settings

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from npcnn import SGD, Adam, Parameter
+from npcnn.optim import lr_schedule
 from torch_oracle import rel_err
 
 torch.set_num_threads(1)
@@ -262,3 +263,12 @@ def test_adam_sets_subnormal_moments_to_zero():
         before = p.data.copy()
         opt.step()
         np.testing.assert_array_equal(p.data, before)
+
+
+def test_the_cyclic_schedule_rises_to_the_peak_at_two_fifths_and_falls_to_zero():
+    f = lr_schedule("cyclic", 5e-3, 10)
+    assert [f(t) for t in (0, 2, 4, 7, 10)] == pytest.approx([0, 2.5e-3, 5e-3, 2.5e-3, 0], abs=1e-18)
+    assert f(3.9) < f(4) > f(4.1)
+    assert lr_schedule("constant", 1e-3, 10) is None
+    with pytest.raises(ValueError, match="--lr-schedule must be one of constant, cyclic, got 'step'"):
+        lr_schedule("step", 1e-3, 10)

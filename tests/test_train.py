@@ -238,3 +238,25 @@ def test_progress_bars_redraw_rarely_when_written_to_a_log():
     assert to_log.mininterval == LOG_INTERVAL and to_term.mininterval == 0.5
     assert list(to_log) == list(to_term) == [0, 1, 2]
     assert log.getvalue().count("\r") <= 3   # start, (at most one redraw), close
+
+
+def test_fit_sets_the_scheduled_lr_before_every_step():
+    images, labels = _toy_data()
+    model = seed_cnn(rng=5)
+    optimizer = Adam(model.parameters())
+    seen, used = [], []
+    step = optimizer.step
+
+    def recording_step():
+        used.append(optimizer.lr)
+        step()
+    optimizer.step = recording_step
+
+    def schedule(t):
+        seen.append(t)
+        return 1e-3 * t
+    fit(model, NLLLoss(), optimizer, (images, labels), (images, labels), 2, 32, normalization=Normalization(0.5, 0.3),
+        progress=False, log=None, lr_schedule=schedule)
+    batches = -(-len(labels) // 32)
+    want = [e + (s + 1) / batches for e in range(2) for s in range(batches)]
+    assert seen == pytest.approx(want) and used == pytest.approx([1e-3 * t for t in want])

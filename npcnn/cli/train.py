@@ -8,8 +8,12 @@ def add_arguments(p):
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist", help="default: mnist")
     p.add_argument("--data-dir", help="folder with the four IDX files (default: $NPCNN_DATA, cache, or download)")
     p.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="default: 64")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--batch-size", type=positive_int, help="default: 64 (100 with --adversarial)")
+    p.add_argument("--lr", type=positive_float,
+                   help="Adam learning rate, the peak of a cyclic schedule (default: 1e-3; 5e-3 with --adversarial)")
+    p.add_argument("--lr-schedule", choices=["constant", "cyclic"],
+                   help="constant, or cyclic: 0 up to --lr over the first 2/5 of the epochs, then down to 0 "
+                        "(Wong et al. 2020) (default: constant; cyclic with --adversarial)")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the shuffle (default: 0)")
     p.add_argument("--limit", type=positive_int, help="train on the first N training images only (quick runs)")
     variant = p.add_mutually_exclusive_group()
@@ -54,7 +58,7 @@ def run(args):
     from .. import experiments
 
     settings = dict(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample,
+                    lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample,
                     adversarial=args.adversarial)
     for flag in ("eps", "attack_steps", "attack_step_size", "adversarial_fraction"):
         if getattr(args, flag) is not None:

@@ -19,11 +19,11 @@ from ..data import Normalization, load_dataset
 from ..io import read_json, save_figure, write_json
 from ..models import count_neurons, count_parameters, save_model, seed_cnn, summary_rows
 from ..nn import NLLLoss
-from ..optim import Adam
+from ..optim import Adam, lr_schedule
 from ..plots import training as training_plots
 from ..runs import FORMAT
 from ..train import Checkpoint, evaluate, fit
-from .adversarial_training import AdversarialSettings, Perturb, Watch
+from .adversarial_training import ADVERSARIAL_RECIPE, AdversarialSettings, Perturb, Watch
 from .common import StageOutput
 
 
@@ -36,6 +36,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"   # or "cyclic" (npcnn.optim.lr_schedule): 0 -> lr -> 0, Wong et al.'s
     seed: int = 0
     batchnorm: bool = False
     limit: Optional[int] = None
@@ -67,6 +68,7 @@ class TrainConfig:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
+        lr_schedule(self.lr_schedule, self.lr, self.epochs)   # checks the name
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"--limit must be positive, got {self.limit}")
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
@@ -84,7 +86,8 @@ class RunFolderError(ValueError):
 
 _ADVERSARIAL_FLAGS = ("eps", "attack_steps", "attack_step_size", "random_start", "adversarial_fraction")
 # settings that must match for --resume to continue a run (epochs may grow)
-_RESUME_KEYS = ("dataset", "batch_size", "lr", "seed", "batchnorm", "limit", "adversarial") + _ADVERSARIAL_FLAGS
+_RESUME_KEYS = (("dataset", "batch_size", "lr", "lr_schedule", "seed", "batchnorm", "limit", "adversarial")
+                + _ADVERSARIAL_FLAGS)
 
 
 def _checkpoint(out):
@@ -160,10 +163,12 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
         variant = "with BatchNorm" if config.batchnorm else "without BatchNorm"
         log(f"training the reference net {variant}: {count_parameters(model):,} parameters, "
             f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr:g}"
+            + (f" ({config.lr_schedule}: 0 -> {config.lr:g} -> 0)" if config.lr_schedule != "constant" else "")
             + (f"; {adversarial.describe()}" if adversarial else ""))
     history = fit(model, loss, optimizer, train, test, config.epochs, config.batch_size,
                   normalization=normalization, seed=config.seed, history=history, start_epoch=start_epoch,
-                  checkpoint=checkpoint, progress=progress, log=log, perturb=perturb, after_epoch=watch)
+                  checkpoint=checkpoint, progress=progress, log=log, perturb=perturb, after_epoch=watch,
+                  lr_schedule=lr_schedule(config.lr_schedule, config.lr, config.epochs))
     extra = None
     if watch is not None:
         extra = {"adversarial": {**asdict(adversarial), **watch.restore_best(history, log)}}
@@ -306,12 +311,23 @@ class TrainOutput(StageOutput):
                 f"({m['train_seconds']:.0f} s of training); run folder: {self.folder}")
 
 
+def with_recipe(settings):
+    """``settings`` with, for adversarial training, :data:`ADVERSARIAL_RECIPE`'s batch size, lr and schedule
+    where they are not given (None counts as not given)."""
+    settings = {k: v for k, v in settings.items() if v is not None or k not in ADVERSARIAL_RECIPE}
+    if settings.get("adversarial") is None:
+        return settings
+    return {**ADVERSARIAL_RECIPE, **settings}
+
+
 def train(out, *, resume=False, progress=True, log=print, **settings):
     """Train the reference net into the run folder ``out``. ``settings`` are the fields of
-    :class:`TrainConfig` (dataset, data_dir, epochs, batch_size, lr, seed, batchnorm, limit, allow_sample),
-    the report's by default. ``resume=True`` continues an interrupted run. Returns a :class:`TrainOutput`."""
+    :class:`TrainConfig` (dataset, data_dir, epochs, batch_size, lr, lr_schedule, seed, batchnorm, limit,
+    allow_sample, adversarial, eps, ...), the report's by default; with ``adversarial``, the batch size, lr
+    and schedule not given are :data:`ADVERSARIAL_RECIPE`'s. ``resume=True`` continues an interrupted run.
+    Returns a :class:`TrainOutput`."""
     out = os.fspath(out)
-    metrics = train_run(TrainConfig(**settings), out, resume=resume, progress=progress, log=log)
+    metrics = train_run(TrainConfig(**with_recipe(settings)), out, resume=resume, progress=progress, log=log)
     return TrainOutput(folder=out, files=[os.path.join(out, f) for f in RUN_FILES], metrics=metrics)
 
 
@@ -329,7 +345,7 @@ def compare(out, *, resume=False, progress=True, log=print, **settings):
     them side by side; ``settings`` as for :func:`train`. With ``resume=True`` a finished variant is reused
     and an interrupted one continued. Returns a :class:`CompareOutput`."""
     out = os.fspath(out)
-    summary = compare_runs(TrainConfig(**settings), out, resume=resume, progress=progress, log=log)
+    summary = compare_runs(TrainConfig(**with_recipe(settings)), out, resume=resume, progress=progress, log=log)
     files = [os.path.join(out, v, f) for v in VARIANTS for f in RUN_FILES]
     return CompareOutput(folder=out, files=files + [os.path.join(out, "comparison.png"),
                                                     os.path.join(out, "comparison.json")], summary=summary)
