@@ -24,6 +24,8 @@ COMMANDS = {
     "channels": "deeper",
     "report": "report",
     "reproduce": "reproduce",
+    "import-torch": "exchange",
+    "export": "exchange",
 }
 
 
@@ -58,6 +60,7 @@ def main(argv=None):
 def run_guarded(func, args):
     """Run a command; expected failures become ``npcnn: error: ...`` on stderr and exit code 1 (a bad flag is argparse's: its usage line and exit code 2)."""
     from ..data import ChecksumError, DatasetNotFoundError, DownloadError, IDXError
+    from ..exchange.errors import MissingExtraError
     from ..models import ModelFileError
     from ..nn.loss import NonFiniteLossError
     from ..pipeline import StageFailed
@@ -73,7 +76,7 @@ def run_guarded(func, args):
         print("\nnpcnn: interrupted", file=sys.stderr)
         return 130
     except (StageFailed, ReportError, RunDirError, DatasetNotFoundError, DownloadError, ChecksumError, IDXError, ModelFileError, NonFiniteLossError,
-            OSError, ValueError) as e:
+            MissingExtraError, OSError, ValueError) as e:
         print(f"npcnn: error: {e or type(e).__name__}", file=sys.stderr)
         return 1
     return 0
