@@ -24,6 +24,7 @@ COMMANDS = {
     "channels": "deeper",
     "report": "report",
     "reproduce": "reproduce",
+    "explore": "explore",
     "import-torch": "exchange",
     "export": "exchange",
 }
