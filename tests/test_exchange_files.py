@@ -85,39 +85,41 @@ def _rewrite(path, tensors, metadata=None):
     safetensors.numpy.save_file(tensors, str(path), metadata=metadata)
 
 
+def _set(key, value):
+    """An edit of the tensor dict: ``tensors[key] = value(tensors)``."""
+    def edit(tensors):
+        tensors[key] = value(tensors)
+    return edit
+
+
+def _nan_in_bias(tensors):
+    tensors["0.bias"][3] = np.nan
+
+
+# damage done by editing the tensors and saving them again: kind -> (edit, what the error must say)
+TENSOR_EDITS = {
+    "missing key": (lambda t: t.pop("4.bias"), "missing tensor '4.bias'"),
+    "unexpected key": (_set("fc.extra", lambda t: np.zeros(3, np.float32)), "unexpected tensor 'fc.extra'"),
+    "wrong shape": (_set("0.weight", lambda t: np.zeros((32, 1, 5, 5), np.float32)),
+                    "'0.weight' has shape (32, 1, 5, 5), seed-cnn-bn expects (32, 1, 3, 3)"),
+    "float16": (_set("9.weight", lambda t: t["9.weight"].astype(np.float16)), "'9.weight' is float16"),
+    "mixed dtypes": (_set("11.bias", lambda t: t["11.bias"].astype(np.float64)), "mixed dtypes"),
+    "int32 batch count": (_set("3.num_batches_tracked", lambda t: np.array(5, np.int32)),
+                          "'3.num_batches_tracked' is int32, expected int64"),
+    "nan": (_nan_in_bias, "'0.bias' holds NaN"),
+}
+
+
 def _damage(kind, src, dst):
     """Write a damaged copy of the valid file ``src`` to ``dst``; return the text the error must contain."""
     data = src.read_bytes()
     tensors = safetensors.numpy.load_file(str(src))
     n = int.from_bytes(data[:8], "little")
-    if kind == "missing key":
-        del tensors["4.bias"]
+    if kind in TENSOR_EDITS:
+        edit, message = TENSOR_EDITS[kind]
+        edit(tensors)
         _rewrite(dst, tensors)
-        return "missing tensor '4.bias'"
-    if kind == "unexpected key":
-        tensors["fc.extra"] = np.zeros(3, np.float32)
-        _rewrite(dst, tensors)
-        return "unexpected tensor 'fc.extra'"
-    if kind == "wrong shape":
-        tensors["0.weight"] = np.zeros((32, 1, 5, 5), np.float32)
-        _rewrite(dst, tensors)
-        return "'0.weight' has shape (32, 1, 5, 5), seed-cnn-bn expects (32, 1, 3, 3)"
-    if kind == "float16":
-        tensors["9.weight"] = tensors["9.weight"].astype(np.float16)
-        _rewrite(dst, tensors)
-        return "'9.weight' is float16"
-    if kind == "mixed dtypes":
-        tensors["11.bias"] = tensors["11.bias"].astype(np.float64)
-        _rewrite(dst, tensors)
-        return "mixed dtypes"
-    if kind == "int32 batch count":
-        tensors["3.num_batches_tracked"] = np.array(5, np.int32)
-        _rewrite(dst, tensors)
-        return "'3.num_batches_tracked' is int32, expected int64"
-    if kind == "nan":
-        tensors["0.bias"][3] = np.nan
-        _rewrite(dst, tensors)
-        return "'0.bias' holds NaN"
+        return message
     if kind == "bfloat16":
         save_file({k: torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
                    for k, v in tensors.items()}, str(dst))
@@ -156,8 +158,7 @@ def _damage(kind, src, dst):
     raise AssertionError(kind)
 
 
-KINDS = ["missing key", "unexpected key", "wrong shape", "float16", "mixed dtypes", "int32 batch count", "nan",
-         "bfloat16", "header longer than the file", "header shorter than it is", "absurd header length",
+KINDS = [*TENSOR_EDITS, "bfloat16", "header longer than the file", "header shorter than it is", "absurd header length",
          "truncated data", "truncated to 5 bytes", "empty", "trailing bytes", "offsets overlap",
          "pickle named .safetensors"]
 

@@ -260,3 +260,19 @@ def test_fit_sets_the_scheduled_lr_before_every_step():
     batches = -(-len(labels) // 32)
     want = [e + (s + 1) / batches for e in range(2) for s in range(batches)]
     assert seen == pytest.approx(want) and used == pytest.approx([1e-3 * t for t in want])
+
+
+def test_a_cyclic_run_resumes_only_with_the_epochs_its_schedule_was_laid_out_over(tmp_path):
+    from dataclasses import asdict
+
+    from npcnn.experiments.training import RunFolderError, TrainConfig, prepare_folder
+    from npcnn.io import write_json
+
+    old = TrainConfig(epochs=4, lr_schedule="cyclic", lr=5e-3)
+    write_json(tmp_path / "config.json", asdict(old))
+    (tmp_path / "checkpoint.npz").write_bytes(b"")
+    assert prepare_folder(str(tmp_path), old, resume=True)["epochs"] == 4
+    with pytest.raises(RunFolderError, match="its cyclic lr schedule was laid out over 4"):
+        prepare_folder(str(tmp_path), TrainConfig(epochs=6, lr_schedule="cyclic", lr=5e-3), resume=True)
+    write_json(tmp_path / "config.json", asdict(TrainConfig(epochs=4)))
+    assert prepare_folder(str(tmp_path), TrainConfig(epochs=6), resume=True)["epochs"] == 4   # constant: may grow

@@ -58,8 +58,8 @@ def run(args):
     from .. import experiments
 
     settings = dict(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample,
-                    adversarial=args.adversarial)
+                    lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, limit=args.limit,
+                    allow_sample=args.allow_sample, adversarial=args.adversarial)
     for flag in ("eps", "attack_steps", "attack_step_size", "adversarial_fraction"):
         if getattr(args, flag) is not None:
             settings[flag] = getattr(args, flag)

@@ -29,8 +29,9 @@ from ..io import load_npz, save_npz
 
 METHODS = ("fgsm", "pgd")
 #: adversarial training's batch size, peak lr and schedule unless given: Wong et al.'s MNIST recipe (batch
-#: 100, Adam, cyclic lr 0 -> 5e-3 -> 0). With the report's constant lr 1e-3 and batch 64, FGSM training
-#: of the reference net ended at 34.7 % PGD-10 accuracy (eps 0.3) on the test set; with this, about 90 %.
+#: 100, Adam, cyclic lr 0 -> 5e-3 -> 0). FGSM training of the reference net, 10 epochs, eps 0.3, measured on
+#: the 10,000 test images: with the report's constant lr 1e-3 and batch 64, 34.7 % under PGD-10; with this,
+#: 99.05 % clean and 84.55 % under PGD-50 (step 0.01) with 10 restarts.
 ADVERSARIAL_RECIPE = {"batch_size": 100, "lr": 5e-3, "lr_schedule": "cyclic"}
 #: the watch: PGD on a fixed batch of training images after every epoch
 WATCH = {"images": 512, "steps": 10}

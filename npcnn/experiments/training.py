@@ -110,6 +110,9 @@ def prepare_folder(out, config, resume):
         diff = [k for k in _RESUME_KEYS if old.get(k, plain[k]) != asdict(config).get(k)]
         if diff:
             raise RunFolderError(f"cannot resume {out}: settings differ from the interrupted run ({', '.join(diff)})")
+        if config.lr_schedule != "constant" and old.get("epochs") != config.epochs:
+            raise RunFolderError(f"cannot resume {out} with {config.epochs} epochs: its {config.lr_schedule} lr "
+                                 f"schedule was laid out over {old.get('epochs')}")
         return old
     if finished:
         raise RunFolderError(f"{out} already holds a finished run; choose another --out or delete it")
