@@ -185,6 +185,32 @@ def test_top_activations_are_the_brute_force_top_k(tops):
             np.testing.assert_array_equal(t.values[ch], flat[order])
 
 
+def test_top_activations_bound_keeps_every_winner_among_many_ties():
+    """The per-batch bound (k-th largest image peak, then the k-th best so far) drops only values that
+    cannot win: checked on maps of a few integer levels (ties everywhere), a dead channel among them,
+    against sorting everything, for k below, at and above the batch size."""
+    from npcnn.analysis.channels import _candidates, _top_k
+
+    rng = np.random.default_rng(3)
+    maps = rng.integers(0, 4, size=(12, 5, 3, 4)).astype(np.float32)
+    maps[:, 2] = 0.0                                                     # a dead channel: all tied
+    b, c, h, w = maps.shape
+    everything = maps.transpose(1, 0, 2, 3).reshape(c, -1)
+    for k in (1, 4, 9, 30, 100):
+        ref = _top_k(everything, np.broadcast_to(np.arange(b * h * w), everything.shape), k)
+        for batch in (2, 5, 12):
+            best_v = best_i = None
+            for i in range(0, b, batch):
+                chunk = maps[i:i + batch]
+                floor = None if best_v is None or best_v.shape[1] < k else best_v[:, -1]
+                vals, ids = _candidates(chunk, i * h * w, k, floor)
+                if best_v is not None:
+                    vals, ids = np.concatenate([best_v, vals], 1), np.concatenate([best_i, ids], 1)
+                best_v, best_i = _top_k(vals, ids, min(k, vals.shape[1]))
+            np.testing.assert_array_equal(best_v, ref[0])
+            np.testing.assert_array_equal(best_i, ref[1])
+
+
 def test_top_activations_break_ties_by_image_then_position():
     clf = make_classifier()
     x = np.concatenate([np.zeros((3, 28, 28)), digits(2, seed=5), np.zeros((2, 28, 28))])   # black: ties

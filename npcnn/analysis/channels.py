@@ -195,6 +195,37 @@ def _top_k(values, ids, k):
     return out_v, out_i
 
 
+def _candidates(maps, first_id, k, floor):
+    """The values of ``maps`` [B, C, h, w] that can still be among each channel's k largest, as [C, M]
+    values and ids (``first_id`` + the row-major index over (image, row, col)), padded with -inf.
+
+    A bound that keeps the selection exact: the k largest per-image maxima of a channel are k values of
+    its map, so its k-th largest value is at least the k-th largest of them; with ``floor`` (the k-th best
+    value of the batches before, whose ids are all smaller) a later value must exceed it to enter. Only
+    values at or above the bound are kept, which is few, instead of sorting all B*h*w per channel.
+    """
+    b, c, h, w = maps.shape
+    flat = maps.reshape(b, c, h * w)
+    peaks = flat.max(axis=2).T                                            # [C, B]
+    if k <= b:
+        bound = np.partition(peaks, b - k, axis=1)[:, b - k]             # k-th largest image peak
+    else:
+        bound = np.full(c, -np.inf, maps.dtype)                           # fewer images than k: no bound
+    keep = flat >= bound[None, :, None]
+    if floor is not None:
+        keep &= flat > floor[None, :, None]
+    img, ch, pos = np.nonzero(keep)
+    counts = np.bincount(ch, minlength=c)
+    width = max(int(counts.max(initial=0)), 1)
+    vals = np.full((c, width), -np.inf, maps.dtype)
+    ids = np.full((c, width), np.iinfo(np.int64).max, np.int64)
+    order = np.argsort(ch, kind="stable")
+    slot = np.arange(len(ch)) - np.repeat(np.cumsum(counts) - counts, counts)
+    vals[ch[order], slot] = flat[img, ch, pos][order]
+    ids[ch[order], slot] = first_id + img[order] * (h * w) + pos[order]
+    return vals, ids
+
+
 def top_activations(classifier, images, layer="conv2", k=9, batch_size=1000, progress=False):
     """Zeiler & Fergus's dataset examples: for each channel of conv ``layer``, the ``k`` (image, position)
     pairs of ``images`` with the largest activation after that conv's ReLU (ties: the earlier image, then
@@ -218,8 +249,8 @@ def top_activations(classifier, images, layer="conv2", k=9, batch_size=1000, pro
             if not (isinstance(k, (int, np.integer)) and 0 < k <= len(images) * h * w):
                 raise ValueError(f"--k must be an integer in 1..{len(images) * h * w}, got {k}")
             shape = (h, w)
-        vals = maps.transpose(1, 0, 2, 3).reshape(c, -1)
-        ids = np.broadcast_to(i * h * w + np.arange(b * h * w), vals.shape)
+        vals, ids = _candidates(maps, i * h * w, k,
+                                None if best_v is None or best_v.shape[1] < k else best_v[:, -1])
         if best_v is not None:
             vals, ids = np.concatenate([best_v, vals], axis=1), np.concatenate([best_i, ids], axis=1)
         best_v, best_i = _top_k(vals, ids, min(k, vals.shape[1]))
