@@ -86,7 +86,7 @@ class Perturb:
     def attack(self, pixels, labels, seed):
         s = self.settings
         return A.pgd(self.classifier, pixels, labels, s.eps, steps=s.steps, step_size=s.step_size,
-                     random_start=s.random_start, seed=seed).images
+                     random_start=s.random_start, seed=seed, probabilities=False).images
 
     def __call__(self, x, y, epoch, step):
         k = int(round(self.settings.fraction * len(y)))

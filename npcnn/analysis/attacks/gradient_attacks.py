@@ -81,7 +81,7 @@ def fgsm(classifier, images, labels, eps, *, targets=None):
 
 
 def pgd(classifier, images, labels, eps, *, norm="linf", step_size=None, steps=10, targets=None, random_start=True,
-        seed=0, progress=False):
+        seed=0, progress=False, probabilities=True):
     """Projected gradient descent, as ``torchattacks.PGD`` (``norm="linf"``) and ``PGDL2`` (``norm="l2"``).
 
     L-inf step: ``x += step_size * sign(grad)``, then back into the eps box around the clean image and
@@ -91,7 +91,8 @@ def pgd(classifier, images, labels, eps, *, norm="linf", step_size=None, steps=1
     box (L-inf), or a random direction with a uniform radius in [0, eps] (L2), then clipped to [0, 1].
     ``eps`` may be one number per image ([N]): each image then has its own box (or ball) and default step
     size, and its iterates do not depend on the others' budgets (with all equal, the result is the same,
-    bit for bit, as with the one number).
+    bit for bit, as with the one number). ``probabilities=False`` skips the final forward pass that fills
+    the result's ``probabilities`` (left None): the adversarial trainer needs only the images.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -138,4 +139,4 @@ def pgd(classifier, images, labels, eps, *, norm="linf", step_size=None, steps=1
     settings = {"eps": eps, "norm": norm, "step_size": 2.5 * eps / steps if step_size is None else step_size,
                 "steps": steps, "random_start": bool(random_start), "seed": seed}
     tgt = targets if targets is not None else np.full(n, -1)
-    return _finish(classifier, name, adv, x0, adv - x0, tgt, labels, history, shape, settings)
+    return _finish(classifier, name, adv, x0, adv - x0, tgt, labels, history, shape, settings, probabilities)

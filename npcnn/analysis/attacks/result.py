@@ -133,10 +133,13 @@ class RobustnessResult:
     settings: dict = field(default_factory=dict)
 
 
-def _finish(classifier, attack, images, start, perturbation, targets, labels, history, shape, settings):
-    """The :class:`AttackResult`, arrays back in the caller's ``shape``, with ``classifier.predict_proba(images)``."""
+def _finish(classifier, attack, images, start, perturbation, targets, labels, history, shape, settings,
+            probabilities=True):
+    """The :class:`AttackResult`, arrays back in the caller's ``shape``, with ``classifier.predict_proba(images)``
+    (None with ``probabilities=False``)."""
     images = images.reshape(shape)
     return AttackResult(attack=attack, images=images, start=start.reshape(shape),
                         perturbation=perturbation.reshape(shape), targets=np.asarray(targets, dtype=np.int64),
                         labels=np.asarray(labels, dtype=np.int64), history=history,
-                        probabilities=classifier.predict_proba(images), settings=settings)
+                        probabilities=classifier.predict_proba(images) if probabilities else None,
+                        settings=settings)
