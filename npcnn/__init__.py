@@ -6,9 +6,10 @@ explains it and attacks it.
 """
 from .classifier import Classifier, load_classifier
 from .gradcheck import gradcheck, gradcheck_loss
-from .models import count_neurons, count_parameters, seed_cnn, summary
-from .nn import (BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Linear, LogSoftmax,
-                 MaxPool2d, Module, NLLLoss, Parameter, ReLU, Sequential, Softmax)
+from .models import MODELS, build_model, count_neurons, count_parameters, seed_cnn, summary
+from .nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, CrossEntropyLoss, Dropout, Flatten,
+                 LeakyReLU, Linear, LogSoftmax, MaxPool2d, Module, NLLLoss, Parameter, ReLU, Residual, Sequential,
+                 Sigmoid, Softmax, Tanh)
 from .optim import SGD, Adam
 
 __version__ = "0.1.0"

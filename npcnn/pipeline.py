@@ -19,10 +19,12 @@ from .io import read_json, write_json
 # (200 steps: none of the 10 report pairs on the --quick net; 500: 4 of 10; 1,000: all).
 FULL = dict(limit=None, epochs=10, class_steps=15000, targeted_steps=1000, noise_steps=1500, sweep_limit=None,
             embedding_limit=2000, deeper_limit=None,
-            eps=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], robustness_attack="fgsm")
+            eps=[0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3], robustness_attack="fgsm",
+            defense_limit=None, defense_curve_limit=1000, defense_targeted="all")
 QUICK = dict(limit=6000, epochs=2, class_steps=400, targeted_steps=1000, noise_steps=300, sweep_limit=None,
              embedding_limit=500, deeper_limit=2000,
-             eps=[0.0, 0.1, 0.2, 0.3], robustness_attack="fgsm")
+             eps=[0.0, 0.1, 0.2, 0.3], robustness_attack="fgsm",
+             defense_limit=300, defense_curve_limit=200, defense_targeted="report")
 
 # what a stage may fail with that the user can fix (anything else is a bug, and keeps its traceback)
 EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -46,7 +48,7 @@ class Stage:
         return f"experiments.{self.function.__name__}({', '.join(args)})"
 
 
-def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
+def stages(out, dataset, quick, data_dir=None, seed=0, defend=True):
     from . import experiments  # here, not at the top: `npcnn` imports this module for StageFailed alone
     from .analysis.attacks import SWEEP_BETAS, TARGETED
     from .experiments.noise import NOISE_LRS
@@ -59,6 +61,18 @@ def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
     targeted = dict(steps=s["targeted_steps"], lr=TARGETED["lr"])
     defence = [Stage("defend", experiments.train, adv, os.path.join(adv, "metrics.json"),
                      dict(train, adversarial="fgsm"))] if defend else []
+    adv_attacks = os.path.join(adv, "attacks")
+    # the robust net seen as the standard one was: its class images (the report's setting), saliency maps and
+    # targeted attacks, and both nets under FGSM, PGD with restarts and APGD (npcnn.experiments.defense)
+    robust = [
+        Stage("defense", experiments.defense, adv, os.path.join(adv, "defense", "defense.npz"),
+              dict(against=plain, limit=s["defense_limit"], curve_limit=s["defense_curve_limit"], seed=seed)),
+        Stage("defend-saliency", experiments.saliency, adv, os.path.join(adv, "saliency", "saliency.npz")),
+        Stage("defend-class-image", experiments.class_images, adv, os.path.join(adv_attacks, "class_image.npz"),
+              dict(steps=s["class_steps"])),
+        Stage("defend-targeted", experiments.targeted, adv, os.path.join(adv_attacks, "targeted.npz"),
+              dict(pairs=s["defense_targeted"], **targeted)),
+    ] if defend else []
     return [
         Stage("train", experiments.compare, out, os.path.join(out, "comparison.json"), train), *defence,
         Stage("inspect", experiments.inspect, plain, os.path.join(plain, "inspect")),
@@ -88,6 +102,7 @@ def stages(out, dataset, quick, data_dir=None, seed=0, defend=False):
         Stage("boundary", experiments.boundary, plain, os.path.join(attacks, "boundary.npz"), dict(seed=seed)),
         Stage("robustness", experiments.robustness, plain, os.path.join(attacks, "robustness.npz"),
               dict(attack=s["robustness_attack"], eps=s["eps"], variants=[bn] + ([adv] if defend else []))),
+        *robust,
     ]
 
 
@@ -95,9 +110,11 @@ class StageFailed(RuntimeError):
     pass
 
 
-def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, defend=False, log=print):
+def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, defend=True, log=print):
     """Run every stage not already done with the same settings, then write ``out/report.html``. ``defend``
-    adds a net trained on FGSM examples (``out/adversarial``, Wong et al.'s setting) to the robustness curves."""
+    trains a net on FGSM examples (``out/adversarial``, Wong et al.'s recipe), adds it to the robustness
+    curves and runs "Defending the net" (:mod:`npcnn.experiments.defense`, and the robust net's class images,
+    saliency maps and targeted attacks)."""
     from .report import write_report
 
     os.makedirs(out, exist_ok=True)

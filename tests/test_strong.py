@@ -177,6 +177,28 @@ def test_apgd_is_at_least_as_strong_as_pgd_on_the_trained_net(run, test_set):
     assert dlr <= pgd10 + 0.005, (dlr, pgd10)
 
 
+def test_worst_of_apgd_counts_an_image_robust_only_if_both_losses_fail(run, test_set):
+    images, labels = test_set
+    x, y = images[:150].astype(np.float32) / 255, labels[:150].astype(np.int64)
+    clf, eps = run.classifier, 0.1
+    both = A.run_attack(clf, "apgd-ce+dlr", x, y, eps, steps=10, seed=3)
+    ce = S.apgd(clf, x, y, eps, loss="ce", steps=10, seed=3)
+    left = np.flatnonzero(~ce.success)
+    dlr = S.apgd(clf, x[left], y[left], eps, loss="dlr", steps=10, seed=[3, 1])   # DLR only where CE failed
+    want = ce.success.copy()
+    want[left] = dlr.success
+    np.testing.assert_array_equal(both.success, want)
+    assert both.attack == "apgd-ce+dlr" and both.success.sum() >= ce.success.sum()
+    fooled_by_dlr = left[dlr.success]
+    np.testing.assert_array_equal(both.images[fooled_by_dlr], dlr.images[dlr.success])
+    np.testing.assert_array_equal(both.images[ce.success], ce.images[ce.success])
+    assert both.linf.max() <= eps + 1e-6 and both.images.min() >= 0 and both.images.max() <= 1
+    # the stage's curve uses it by name
+    curve = A.robustness_curve(clf, x, y, [0, eps], attack="apgd-ce+dlr", steps=10, progress=False)
+    assert curve.accuracy[1] <= A.robustness_curve(clf, x, y, [eps], attack="apgd-ce", steps=10,
+                                                   progress=False).accuracy[0]
+
+
 # --------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("call, message", [

@@ -53,9 +53,35 @@ def module_dtype(m, default=np.float64):
     return np.dtype(default)
 
 
+class Residual(torch.nn.Module):
+    """The PyTorch twin of :class:`npcnn.nn.Residual`: ``body(x) + shortcut(x)`` (identity if None),
+    with the same ``body.*`` / ``shortcut.*`` state-dict keys."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
 def _torch_layer(layer):
     if isinstance(layer, nn.Sequential):
         return torch.nn.Sequential(*[_torch_layer(child) for child in layer])
+    if isinstance(layer, nn.Residual):
+        return Residual(_torch_layer(layer.body), None if layer.shortcut is None else _torch_layer(layer.shortcut))
+    if isinstance(layer, nn.AvgPool2d):
+        return torch.nn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                                  count_include_pad=layer.count_include_pad)
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return torch.nn.AdaptiveAvgPool2d(layer.output_size)
+    if isinstance(layer, nn.Tanh):
+        return torch.nn.Tanh()
+    if isinstance(layer, nn.Sigmoid):
+        return torch.nn.Sigmoid()
+    if isinstance(layer, nn.LeakyReLU):
+        return torch.nn.LeakyReLU(layer.negative_slope)
     if isinstance(layer, nn.Conv2d):
         return torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
                                padding=layer.padding, bias=layer.bias is not None)
@@ -94,9 +120,8 @@ def to_torch(m, dtype=None):
 
 
 def _copy_modes(m, t):
-    if isinstance(m, nn.Sequential):
-        for child_m, child_t in zip(m, t):
-            _copy_modes(child_m, child_t)
+    for name, child_m in m.children():        # a Sequential's layers, a Residual's body and shortcut
+        _copy_modes(child_m, t[int(name)] if isinstance(m, nn.Sequential) else getattr(t, name))
     t.training = bool(m.training)
 
 

@@ -25,7 +25,8 @@ size by :func:`interpolate`. Guided Grad-CAM is ``guided backprop * interpolate(
 with ``L`` rectified, as Captum's ``GuidedGradCam`` (whose default ``interpolate_mode`` is "nearest";
 the paper's is "bilinear").
 
-Which activation ``A``: ``layer="conv2"`` means the conv block's rectified maps, the output of the first
+Which activation ``A``: ``layer="last"`` (the default) means the last conv block's rectified maps (conv2's
+in ``seed_cnn()``; in a ResNet the last residual block's, after its ReLU); ``layer="conv2"`` means conv2's: the output of the first
 ReLU after that Conv2d (BatchNorm or pooling in between allowed; the conv's own output if no ReLU follows
 before the next conv), as in the paper (Caffe's in-place ReLU makes "conv5_3" rectified) and as
 pytorch-grad-cam users pick for VGG / ResNet. An integer ``layer`` is an index into ``classifier.body``
@@ -87,6 +88,9 @@ def cam_layers(classifier, size=(28, 28)):
         if isinstance(layer, Conv2d):
             conv = names[id(layer)]
             out[i] = f"{conv} output (layer {i})"
+        elif _holds_conv(layer):                   # a block (a Residual): its convs are inside
+            conv = type(layer).__name__
+            out[i] = f"{conv} output (layer {i})"
         else:
             out[i] = f"{type(layer).__name__}" + (f" after {conv}" if conv else "") + f" (layer {i})"
         if isinstance(layer, ReLU) and conv and out.get(i - 1, "").startswith(conv):
@@ -94,22 +98,30 @@ def cam_layers(classifier, size=(28, 28)):
     return out
 
 
+def _holds_conv(module):
+    """Whether ``module`` is a Conv2d or holds one (a Residual block, a nested Sequential)."""
+    return any(isinstance(m, Conv2d) for m in module.modules())
+
+
 def resolve_layer(classifier, layer, where="grad_cam", size=(28, 28)):
-    """``(index into classifier.body, description)`` of ``layer`` (a conv name or an index) for inputs of
-    ``size``; a ValueError naming the argument and the choices otherwise."""
+    """``(index into classifier.body, description)`` of ``layer`` (a conv name, "last" for the last conv
+    block, or an index) for inputs of ``size``; a ValueError naming the argument and the choices otherwise."""
     convs = conv_layers(classifier)
     maps = cam_layers(classifier, size)
     choices = f"{', '.join(convs)} or an index {min(maps)}..{max(maps)}" if maps else "(none)"
-    if isinstance(layer, str) and layer in convs:
-        index = next(i for i, m in enumerate(classifier.body) if m is convs[layer])
-        relu = next((j for j in range(index + 1, max(maps) + 1) if isinstance(classifier.body[j], (ReLU, Conv2d))),
+    blocks = [i for i in maps if _holds_conv(classifier.body[i])]
+    if (isinstance(layer, str) and layer in convs) or (layer == "last" and blocks):
+        index = blocks[-1] if layer == "last" else next(i for i, m in enumerate(classifier.body) if m is convs[layer])
+        relu = next((j for j in range(index + 1, max(maps) + 1)
+                     if isinstance(classifier.body[j], ReLU) or _holds_conv(classifier.body[j])),
                     None)                          # the first ReLU after the conv, unless a conv comes first
         if relu is not None and isinstance(classifier.body[relu], ReLU):
             index = relu
         return index, maps[index]
     if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and int(layer) in maps:
         return int(layer), maps[int(layer)]
-    raise ValueError(f"{where}: layer must be {choices} (a layer with a [N, C, h, w] output), got {layer!r}")
+    raise ValueError(f"{where}: layer must be {choices} (a layer with a [N, C, h, w] output), or \"last\" "
+                     f"(the last conv block), got {layer!r}")
 
 
 def _check_target(classifier, target, n, where):
@@ -202,12 +214,13 @@ def _grad_cam(r, size, index, described, relu):
                    layer=described, index=index)
 
 
-def grad_cam(classifier, images, target=None, layer="conv2", relu=True):
+def grad_cam(classifier, images, target=None, layer="last", relu=True):
     """Grad-CAM of pixel-space ``images`` [N, H, W] (or [N, 1, H, W]) at ``layer`` for class ``target``
     (an int, one per image, or None: the predicted class). Returns a :class:`GradCam`: the map at the
     layer's resolution, bilinearly upsampled to the input size, and scaled to [0, 1] per image.
 
-    ``layer``: "conv1", "conv2", ... (the output of the ReLU after that Conv2d) or an index into
+    ``layer``: "last" (the last conv block: conv2 in the reference net), "conv1", "conv2", ... (the output of
+    the ReLU after that Conv2d) or an index into
     ``classifier.body`` (that module's output; :func:`cam_layers`). Equals Captum's
     ``LayerGradCam(model, module).attribute(x, target, relu_attributions=relu)`` and, upsampled,
     ``LayerAttribution.interpolate(..., interpolate_mode="bilinear")``.
@@ -228,13 +241,13 @@ def deconvolution(classifier, images, target=None):
     return _run(classifier, images, target, None, ("deconvolution",), "deconvolution")[0]["deconvolution"]
 
 
-def guided_grad_cam(classifier, images, target=None, layer="conv2", mode="nearest"):
+def guided_grad_cam(classifier, images, target=None, layer="last", mode="nearest"):
     """Guided Grad-CAM [N, H, W]: :func:`guided_backprop` times the rectified Grad-CAM upsampled to the
     input size with ``mode`` ("nearest", Captum ``GuidedGradCam``'s default, or "bilinear", the paper's)."""
     return _explain(classifier, images, target, layer, mode, ("cam", "guided"), "guided_grad_cam").guided_grad_cam
 
 
-def explain(classifier, images, target=None, layer="conv2", mode="bilinear"):
+def explain(classifier, images, target=None, layer="last", mode="bilinear"):
     """All four maps from one forward pass (per chunk of images) and one backward pass per method: an
     :class:`Explanation`. Guided Grad-CAM's map is upsampled with ``mode`` (here "bilinear" by default,
     the paper's and the Grad-CAM map's; :func:`guided_grad_cam` defaults to Captum's "nearest")."""

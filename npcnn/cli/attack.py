@@ -11,13 +11,16 @@ Experiments (the report's settings are the defaults):
 * ``boundary``     how fragile each sample digit is: DeepFool's L2 (50 steps, overshoot 0.02) and the
                    smallest L-inf budget at which PGD flips it (bisection to 1e-3);
 * ``robustness``   test accuracy against eps under FGSM / PGD (with restarts) / APGD, for one or more runs,
-                   checked for the signs of gradient masking.
+                   checked for the signs of gradient masking;
+* ``defense``      an adversarially trained RUN_DIR beside the standard net ``--against``: clean, FGSM,
+                   PGD-50 x 10 restarts and APGD-CE + APGD-DLR at eps 0.3, and the curves against eps
+                   (writes ``RUN_DIR/defense/``).
 
 Writes ``RUN_DIR/attacks/`` (PNGs and one ``.npz`` per experiment, the ``.npz`` last).
 Every argument is checked before anything is computed or written. The work is done by
 :mod:`npcnn.experiments.adversarial`; this module only parses the arguments.
 """
-EXPERIMENTS = ("class-image", "targeted", "noise", "boundary", "robustness")
+EXPERIMENTS = ("class-image", "targeted", "noise", "boundary", "robustness", "defense")
 
 # option -> experiments it applies to (anything else is an error, not silently ignored)
 APPLIES = {
@@ -37,10 +40,12 @@ APPLIES = {
     "tol": ("boundary",),
     "pgd_steps": ("boundary",),
     "attack": ("robustness",),
-    "eps": ("robustness",),
+    "eps": ("robustness", "defense"),
+    "against": ("defense",),
+    "curve_limit": ("defense",),
     "variants": ("robustness",),
     "step_size": ("robustness",),
-    "limit": ("noise", "robustness"),
+    "limit": ("noise", "robustness", "defense"),
     "no_random_start": ("robustness",),
     "restarts": ("robustness",),
     "no_check": ("robustness",),
@@ -99,21 +104,26 @@ def register(sub):
                                              "> 0 (default 0.001)")
     p.add_argument("--pgd-steps", type=int, help="boundary: PGD steps at each budget tried (default 20, step size "
                                                  "2.5 * eps / steps, random start)")
-    p.add_argument("--attack", choices=["fgsm", "pgd", "pgd-l2", "apgd-ce", "apgd-dlr"],
-                   help="robustness: the attack (default fgsm; apgd-ce / apgd-dlr: Auto-PGD, Croce & Hein 2020)")
+    p.add_argument("--attack", choices=["fgsm", "pgd", "pgd-l2", "apgd-ce", "apgd-dlr", "apgd-ce+dlr"],
+                   help="robustness: the attack (default fgsm; apgd-ce / apgd-dlr: Auto-PGD, Croce & Hein 2020; "
+                        "apgd-ce+dlr: both, an image robust only if both fail)")
+    p.add_argument("--against", metavar="RUN_DIR",
+                   help="defense: the standard net to compare the adversarially trained RUN_DIR with (required)")
+    p.add_argument("--curve-limit", type=int, help="defense: test images for the curves against eps (default 1000)")
     p.add_argument("--restarts", type=int, help="robustness: random restarts of PGD / APGD; an image counts as "
                                                 "robust only if every restart fails (default 1)")
     p.add_argument("--no-check", action="store_true",
                    help="robustness: skip the checks for gradient masking (FGSM beside an iterative attack, the "
                         "attack at eps 1 on 500 images)")
     p.add_argument("--eps", nargs="+", type=float, help="robustness: attack sizes in pixel units "
-                                                        "(default 0 .. 0.3, or 0 .. 3 for pgd-l2)")
+                                                        "(default 0 .. 0.3, or 0 .. 3 for pgd-l2); defense: the "
+                                                        "table's one budget (default 0.3)")
     p.add_argument("--variants", nargs="+", metavar="RUN_DIR", help="robustness: more runs on the same plot "
                                                                     "(e.g. the BatchNorm variant)")
     p.add_argument("--step-size", type=float, help="robustness: PGD step size (default 2.5 * eps / steps)")
     p.add_argument("--no-random-start", action="store_true", help="robustness: PGD starts at the clean image")
-    p.add_argument("--limit", type=int, help="noise, robustness: use the first N test images only (for the "
-                                             "transfer rate / the curve)")
+    p.add_argument("--limit", type=int, help="noise, robustness, defense: use the first N test images only (for "
+                                             "the transfer rate / the curve / the table)")
     p.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="keep images within these pixel values, clipping after each step (default: unbounded, "
                         "as the report)")
@@ -140,6 +150,7 @@ STAGES = {
     "noise": ("noise", ("lr", "seed", "target", "indices", "limit", "bounds", "space")),
     "boundary": ("boundary", ("overshoot", "tol", "pgd_steps", "seed")),
     "robustness": ("robustness", ("attack", "eps", "variants", "step_size", "limit", "seed", "restarts")),
+    "defense": ("defense", ("against", "eps", "limit", "curve_limit", "seed")),
 }
 
 
@@ -156,6 +167,16 @@ def settings(args):
         kwargs["regularized"] = True
     if args.experiment == "robustness" and args.no_check:
         kwargs["check"] = False
+    if args.experiment == "defense":
+        if "steps" in kwargs:
+            raise ValueError("--steps does not apply to `defense` (its attacks' steps are fixed: "
+                             "npcnn.experiments.defense.TABLE)")
+        if "against" not in kwargs:
+            raise ValueError("defense needs --against RUN_DIR: the standard net to compare with")
+        if "eps" in kwargs and len(kwargs["eps"]) != 1:
+            raise ValueError(f"--eps takes one value for `defense` (the table's budget), got {len(kwargs['eps'])}")
+        if "eps" in kwargs:
+            kwargs["eps"] = kwargs["eps"][0]
     if "lr" in kwargs and len(kwargs["lr"]) != 1:
         if args.experiment != "noise":
             raise ValueError(f"--lr takes one value for `{args.experiment}` (several only for noise, a sweep), "

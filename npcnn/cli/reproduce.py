@@ -11,9 +11,13 @@ def register(sub):
     p.add_argument("--data-dir", help="folder with the four IDX files")
     p.add_argument("--quick", action="store_true", help="a subset, fewer epochs and steps: every section in minutes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--defend", action="store_true",
-                   help="also train the net on FGSM examples (eps 0.3, Wong et al.'s setting) and add it to the "
-                        "robustness curves (about 2.5x the training time of one variant)")
+    defend = p.add_mutually_exclusive_group()
+    defend.add_argument("--defend", dest="defend", action="store_true", default=True,
+                        help="(the default) also train the net on FGSM examples (eps 0.3, Wong et al.'s recipe) "
+                             "and write 'Defending the net': both nets under FGSM, PGD with restarts and APGD, "
+                             "and the robust net's class images, saliency maps and targeted attacks")
+    defend.add_argument("--no-defend", dest="defend", action="store_false",
+                        help="leave the robust net out (about half the time of the whole reproduction)")
     p.set_defaults(func=run)
 
 

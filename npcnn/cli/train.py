@@ -1,11 +1,17 @@
-"""``npcnn train``: train the reference net with the report's settings (:mod:`npcnn.experiments.training`)."""
+"""``npcnn train``: train the reference net with the report's settings, or a net of the model zoo with
+``--model NAME`` (:mod:`npcnn.experiments.training`)."""
 import os
 
 from . import positive_float, positive_int
 
 
 def add_arguments(p):
+    from ..models import MODELS, PARAMETERS
+
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist", help="default: mnist")
+    p.add_argument("--model", default="seed-cnn", metavar="NAME",
+                   help="the net: " + ", ".join(f"{n} ({PARAMETERS[n]:,} parameters)" for n in MODELS)
+                        + " (default: seed-cnn, the report's reference net)")
     p.add_argument("--data-dir", help="folder with the four IDX files (default: $NPCNN_DATA, cache, or download)")
     p.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
     p.add_argument("--batch-size", type=positive_int, help="default: 64 (100 with --adversarial)")
@@ -17,7 +23,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the shuffle (default: 0)")
     p.add_argument("--limit", type=positive_int, help="train on the first N training images only (quick runs)")
     variant = p.add_mutually_exclusive_group()
-    variant.add_argument("--batchnorm", action="store_true", help="BatchNorm2d after each max-pool")
+    variant.add_argument("--batchnorm", action="store_true",
+                         help="BatchNorm2d after each max-pool (the reference net only)")
     variant.add_argument("--compare", action="store_true", help="train with and without BatchNorm and compare")
     adv = p.add_argument_group("adversarial training (Madry et al. 2018; Wong et al. 2020)")
     adv.add_argument("--adversarial", choices=["fgsm", "pgd"],
@@ -39,15 +46,17 @@ def add_arguments(p):
 
 
 def register(sub):
-    p = sub.add_parser("train", help="train the reference CNN (the report's settings are the defaults)",
-                       description="Train the report's CNN and write a run folder with its history, metrics, "
-                                   "model and figures.")
+    p = sub.add_parser("train", help="train the reference CNN (the report's settings are the defaults) or a zoo net",
+                       description="Train the report's CNN (or, with --model, a net of the model zoo) and write a "
+                                   "run folder with its history, metrics, model and figures.")
     add_arguments(p)
     p.set_defaults(func=run)
 
 
 def default_out(args):
     name = "compare" if args.compare else "batchnorm" if args.batchnorm else "plain"
+    if args.model.replace("_", "-") != "seed-cnn":
+        name = args.model
     if args.adversarial:
         name += f"-{args.adversarial}"
     prefix = "" if args.dataset == "mnist" else "fashion-"
@@ -57,9 +66,9 @@ def default_out(args):
 def run(args):
     from .. import experiments
 
-    settings = dict(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, limit=args.limit,
-                    allow_sample=args.allow_sample, adversarial=args.adversarial)
+    settings = dict(dataset=args.dataset, model=args.model, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, limit=args.limit, allow_sample=args.allow_sample,
+                    adversarial=args.adversarial)
     for flag in ("eps", "attack_steps", "attack_step_size", "adversarial_fraction"):
         if getattr(args, flag) is not None:
             settings[flag] = getattr(args, flag)

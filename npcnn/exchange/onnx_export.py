@@ -6,6 +6,8 @@ ONNX operator per npcnn layer, so it reads in Netron like the layer list::
     pixels [N, 1, 28, 28] float32, in [0, 1]
       -> Sub(mean) -> Div(std)                          the normalisation, inside the graph
       -> Conv -> Relu -> MaxPool [-> BatchNormalization] -> ... -> Flatten -> Gemm -> Relu -> Gemm
+         (and for the zoo: AveragePool, GlobalAveragePool, Tanh, Sigmoid, LeakyRelu; a Residual block
+         is its body's nodes, its shortcut's, and an Add)
       -> logits [N, C]
       -> Softmax(axis=1) -> probabilities [N, C]
 
@@ -17,7 +19,8 @@ float32), opset :data:`OPSET`, with the batch dimension left free.
 """
 import numpy as np
 
-from ..nn import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, LogSoftmax, MaxPool2d, ReLU, Softmax
+from ..nn import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
+                  LogSoftmax, MaxPool2d, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh)
 from .errors import require
 
 OPSET = 17   # ai.onnx opset: every operator used here has had its current form since opset 15 or earlier
@@ -40,18 +43,9 @@ def build_onnx(model, normalization, *, class_names=None, name="npcnn", input_sh
                         helper.make_tensor("input.std", TensorProto.FLOAT, [], [float(normalization.std)])]
     nodes += [helper.make_node("Sub", ["pixels", "input.mean"], ["centered"], name="normalize.sub_mean"),
               helper.make_node("Div", ["centered", "input.std"], ["normalized"], name="normalize.div_std")]
-    x = "normalized"
-    for i, layer in enumerate(layers[:-1]):
-        out = "logits" if i == len(layers) - 2 else f"{i}.out"
-        node, used = _node(helper, i, layer, x, out)
-        if node is None:      # an identity at inference (Dropout): the next node reads x directly
-            if out == "logits":
-                nodes.append(helper.make_node("Identity", [x], [out], name=f"{i}.identity"))
-                x = out
-            continue
-        nodes.append(node)
-        inits += [onnx.numpy_helper.from_array(state[k], k) for k in used]
-        x = out
+    body, used = _sequence(helper, "", layers[:-1], "normalized", "logits")
+    nodes += body
+    inits += [onnx.numpy_helper.from_array(state[k], k) for k in used]
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="softmax"))
     classes = model[-2].out_features if hasattr(model[-2], "out_features") else None
     graph = helper.make_graph(
@@ -71,8 +65,60 @@ def build_onnx(model, normalization, *, class_names=None, name="npcnn", input_sh
     return onnx_model
 
 
+def _sequence(helper, prefix, layers, x, out):
+    """The nodes of ``layers`` applied in turn to ``x``, the last one writing ``out``, and the state-dict
+    keys they read; ``prefix`` is the layers' key prefix (``""`` for the net, ``"3.body."`` in a block)."""
+    nodes, used = [], []
+    for i, layer in enumerate(layers):
+        name = f"{prefix}{i}"
+        target = out if i == len(layers) - 1 else f"{name}.out"
+        more, keys = _nodes(helper, name, layer, x, target)
+        if not more:          # an identity at inference (Dropout): the next node reads x directly
+            if target == out:
+                nodes.append(helper.make_node("Identity", [x], [out], name=f"{name}.identity"))
+                x = out
+            continue
+        nodes += more
+        used += keys
+        x = target
+    if not layers:
+        nodes.append(helper.make_node("Identity", [x], [out], name=f"{prefix}identity"))
+    return nodes, used
+
+
+def _nodes(helper, i, layer, x, out):
+    """The ONNX nodes of one layer (the key prefix ``i``: ``3``, ``3.body.0``) and the state-dict keys they
+    read (no nodes for an inference identity). A Residual is its two paths and an Add."""
+    if isinstance(layer, Residual):
+        paths = [layer.body] + ([layer.shortcut] if layer.shortcut is not None else [])
+        nodes, used, ends = [], [], []
+        for name, path in zip(("body", "shortcut"), paths):
+            steps = list(path) if isinstance(path, Sequential) else [path]
+            more, keys = _sequence(helper, f"{i}.{name}.", steps, x, f"{i}.{name}.out")
+            nodes, used, ends = nodes + more, used + keys, ends + [f"{i}.{name}.out"]
+        skip = ends[1] if len(ends) == 2 else x
+        return nodes + [helper.make_node("Add", [ends[0], skip], [out], name=f"{i}.add")], used
+    node, used = _node(helper, i, layer, x, out)
+    return ([] if node is None else [node]), used
+
+
 def _node(helper, i, layer, x, out):
     """The ONNX node of one layer and the state-dict keys it reads (None for an inference identity)."""
+    if isinstance(layer, AvgPool2d):
+        ph, pw = layer.padding
+        return helper.make_node("AveragePool", [x], [out], name=f"{i}.avgpool", kernel_shape=list(layer.kernel_size),
+                                strides=list(layer.stride), pads=[ph, pw, ph, pw],
+                                count_include_pad=int(layer.count_include_pad)), []
+    if isinstance(layer, AdaptiveAvgPool2d):
+        if layer.output_size not in (1, (1, 1)):
+            raise ValueError(f"ONNX export: layer {i} is {layer!r}; only output size 1 (GlobalAveragePool) has an "
+                             f"ONNX translation here")
+        return helper.make_node("GlobalAveragePool", [x], [out], name=f"{i}.globalavgpool"), []
+    if isinstance(layer, (Tanh, Sigmoid)):
+        op = type(layer).__name__
+        return helper.make_node(op, [x], [out], name=f"{i}.{op.lower()}"), []
+    if isinstance(layer, LeakyReLU):
+        return helper.make_node("LeakyRelu", [x], [out], name=f"{i}.leakyrelu", alpha=float(layer.negative_slope)), []
     if isinstance(layer, Conv2d):
         ph, pw = layer.padding
         inputs = [x, f"{i}.weight"] + ([f"{i}.bias"] if layer.bias is not None else [])

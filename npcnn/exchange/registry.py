@@ -5,14 +5,15 @@ tensors belong to. ``--model NAME`` picks it from :data:`ARCHITECTURES`; a file 
 the name in its metadata (``npcnn_model``). The PyTorch twin of each entry is built from the same
 layer list in the same order, so the state-dict keys (``0.weight``, ``3.running_mean``, ...) agree.
 
-The model zoo adds its nets here with :func:`register`.
+The model zoo's nets for 1x28x28 images are registered at the end, under their
+:data:`npcnn.models.MODELS` names (which ``model.npz`` records as ``npz_architecture``).
 """
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..models import seed_cnn
+from ..models import INPUT_SHAPES, MODELS, PARAMETERS, seed_cnn
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,50 @@ register(Architecture(
     "seed-cnn-bn", "the reference CNN with BatchNorm2d after each max-pool (799,206 parameters)",
     lambda num_classes=10, dtype=np.float32: seed_cnn(True, num_classes, dtype=dtype), batchnorm=True,
     torch=_TORCH_SEED.format(bn1=" nn.BatchNorm2d(32),", bn2=" nn.BatchNorm2d(32),")))
+
+
+# --------------------------------------------------------------------------- the model zoo (npcnn.models.zoo)
+_TORCH_ZOO = {
+    "lenet5": """nn.Sequential(
+    nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+    nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+    nn.Flatten(), nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10),
+    nn.LogSoftmax(dim=1))""",
+    "madry-mnist": """nn.Sequential(
+    nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(), nn.Linear(1024, 10), nn.LogSoftmax(dim=1))""",
+    "wong-mnist": """nn.Sequential(
+    nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+    nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10), nn.LogSoftmax(dim=1))""",
+    "small-vgg": """nn.Sequential(
+    nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10), nn.LogSoftmax(dim=1))""",
+    "small-resnet": """# class Residual(nn.Module): forward(x) = self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+# block(i, o, s) = Residual(nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(),
+#                                         nn.Conv2d(o, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o)),
+#                           None if (i, s) == (o, 1) else nn.Sequential(nn.Conv2d(i, o, 1, s, bias=False),
+#                                                                        nn.BatchNorm2d(o)))
+nn.Sequential(
+    nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+    block(16, 16, 1), nn.ReLU(), block(16, 32, 2), nn.ReLU(), block(32, 64, 2), nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10), nn.LogSoftmax(dim=1))""",
+}
+_ZOO_DESCRIPTIONS = {
+    "lenet5": "LeNet-5, LeCun et al. 1998 (tanh, average pooling)",
+    "madry-mnist": "Madry et al.'s MNIST net (MadryLab/mnist_challenge)",
+    "wong-mnist": "Wong et al.'s MNIST net (locuslab/fast_adversarial)",
+    "small-vgg": "a small VGG-style net (conv-conv-pool twice, fc 256)",
+    "small-resnet": "a small ResNet (three basic blocks, BatchNorm, global average pooling)",
+}
+
+
+def _zoo_builder(name):
+    return lambda num_classes=10, dtype=np.float32: MODELS[name](num_classes=num_classes, dtype=dtype)
+
+
+for _name, _torch in _TORCH_ZOO.items():
+    register(Architecture(
+        _name, f"{_ZOO_DESCRIPTIONS[_name]} ({PARAMETERS[_name]:,} parameters)", _zoo_builder(_name),
+        batchnorm=False, npz_architecture=_name, input_shape=INPUT_SHAPES[_name], torch=_torch))

@@ -117,7 +117,7 @@ def _write_run(folder, config, model, normalization, arch, names, test_x, test_y
                         probabilities=probabilities)
     write_json(os.path.join(folder, "config.json"), config)
     save_model(os.path.join(folder, "model.npz"), model, normalization, batchnorm=arch.batchnorm,
-               dataset=config["dataset"], class_names=names)
+               dataset=config["dataset"], class_names=names, architecture=arch.npz_architecture)
     write_json(os.path.join(folder, "history.json"),
                {"train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": [], "seconds": []})
     samples = pick_samples(labels, result, config["seed"], len(names))
@@ -178,7 +178,7 @@ def export_run(run_dir, *, onnx=None, safetensors=None, check=True):
         raise ValueError("nothing to export: give --onnx FILE and/or --safetensors FILE")
     run = Run.open(run_dir)
     clf = run.classifier
-    name = registry.name_of(clf.info["batchnorm"])
+    name = registry.name_of(clf.info["batchnorm"], clf.info.get("architecture", "seed_cnn"))
     written = {}
     if onnx is not None:
         graph = build_onnx(clf.model, clf.normalization, class_names=clf.class_names, name=name)

@@ -38,6 +38,7 @@ from .boundary import boundary
 from .cam import cam
 from .deeper import ablation, channel_images, dataset_examples, embedding
 from .common import StageOutput
+from .defense import defense
 from .inside import inspect, occlusion, saliency
 from .noise import noise, noise_sweep
 from .robustness import robustness

@@ -17,7 +17,7 @@ import numpy as np
 from .. import plots  # noqa: F401  (selects the Agg backend)
 from ..data import Normalization, load_dataset
 from ..io import read_json, save_figure, write_json
-from ..models import count_neurons, count_parameters, save_model, seed_cnn, summary_rows
+from ..models import build_model, check_input_shape, count_neurons, count_parameters, model_name, save_model, summary_rows
 from ..nn import NLLLoss
 from ..optim import Adam, lr_schedule
 from ..plots import training as training_plots
@@ -38,7 +38,8 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"   # or "cyclic" (npcnn.optim.lr_schedule): 0 -> lr -> 0, Wong et al.'s
     seed: int = 0
-    batchnorm: bool = False
+    model: str = "seed-cnn"         # a name of npcnn.models.MODELS: the reference net, or one of the zoo
+    batchnorm: bool = False          # the reference net only: BatchNorm2d after each max-pool
     limit: Optional[int] = None
     allow_sample: bool = False
     # adversarial training (npcnn.experiments.adversarial_training); None: the report's plain training
@@ -69,6 +70,9 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         lr_schedule(self.lr_schedule, self.lr, self.epochs)   # checks the name
+        self.model = model_name(self.model)                   # a known name, in its registered spelling
+        if self.batchnorm and self.model != "seed-cnn":
+            raise ValueError(f"--batchnorm applies only to the reference net (seed-cnn), not to {self.model}")
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"--limit must be positive, got {self.limit}")
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
@@ -86,7 +90,7 @@ class RunFolderError(ValueError):
 
 _ADVERSARIAL_FLAGS = ("eps", "attack_steps", "attack_step_size", "random_start", "adversarial_fraction")
 # settings that must match for --resume to continue a run (epochs may grow)
-_RESUME_KEYS = (("dataset", "batch_size", "lr", "lr_schedule", "seed", "batchnorm", "limit", "adversarial")
+_RESUME_KEYS = (("dataset", "batch_size", "lr", "lr_schedule", "seed", "model", "batchnorm", "limit", "adversarial")
                 + _ADVERSARIAL_FLAGS)
 
 
@@ -134,7 +138,8 @@ def load_train_test(config, log=print):
 
 
 def train_run(config, out, *, resume=False, progress=True, log=print, data=None):
-    """Train the reference net per ``config`` into the run folder ``out``; return its metrics dict.
+    """Train the net ``config.model`` (the reference net by default) per ``config`` into the run folder
+    ``out``; return its metrics dict.
 
     Ctrl-C leaves the last completed epoch in ``out/checkpoint.npz``;
     ``resume=True`` continues from it and ends with the same weights and
@@ -144,7 +149,9 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
     prepare_folder(out, config, resume)
     train, test, info = data if data is not None else load_train_test(config, log)
     normalization = Normalization.from_images(train[0])
-    model = seed_cnn(batchnorm=config.batchnorm, num_classes=len(info.class_names), rng=config.seed)
+    images = np.shape(train[0])
+    check_input_shape(config.model, (1, *images[1:]) if len(images) == 3 else images[1:], f"the {config.dataset} data")
+    model = build_model(config.model, len(info.class_names), batchnorm=config.batchnorm, rng=config.seed)
     optimizer = Adam(model.parameters(), lr=config.lr)
     loss = NLLLoss()
     os.makedirs(out, exist_ok=True)
@@ -164,7 +171,8 @@ def train_run(config, out, *, resume=False, progress=True, log=print, data=None)
             os.unlink(watch.path)   # from an earlier run that never finished an epoch
     if log:
         variant = "with BatchNorm" if config.batchnorm else "without BatchNorm"
-        log(f"training the reference net {variant}: {count_parameters(model):,} parameters, "
+        what = f"the reference net {variant}" if config.model == "seed-cnn" else config.model
+        log(f"training {what}: {count_parameters(model):,} parameters, "
             f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr:g}"
             + (f" ({config.lr_schedule}: 0 -> {config.lr:g} -> 0)" if config.lr_schedule != "constant" else "")
             + (f"; {adversarial.describe()}" if adversarial else ""))
@@ -199,7 +207,7 @@ def finish_run(out, config, model, normalization, history, test, info, extra=Non
     result = evaluate(model, *test, normalization=normalization)
     labels = np.asarray(test[1], dtype=np.int64)
     save_model(os.path.join(out, "model.npz"), model, normalization, batchnorm=config.batchnorm,
-               dataset=config.dataset, class_names=names)
+               dataset=config.dataset, class_names=names, architecture=config.model)
     write_json(os.path.join(out, "history.json"), history.as_dict())
     samples = pick_samples(labels, result, config.seed, len(names))
     write_json(os.path.join(out, "samples.json"), samples)
@@ -227,6 +235,7 @@ def finish_run(out, config, model, normalization, history, test, info, extra=Non
         "layers": summary_rows(model),
         "dataset": config.dataset,
         "data_source": info.source,
+        "model": config.model,
         "batchnorm": config.batchnorm,
         "epochs": len(history),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -274,6 +283,9 @@ VARIANTS = {"plain": False, "batchnorm": True}
 def compare_runs(config, out, *, resume=False, progress=True, log=print):
     """Train without and with BatchNorm into ``out/plain`` and ``out/batchnorm``; draw them side by side."""
     config.validate()
+    if config.model != "seed-cnn":
+        raise ValueError(f"--compare trains the reference net with and without BatchNorm; it does not apply to "
+                         f"{config.model}")
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunFolderError(f"output folder {out} is a file")
     data = load_train_test(config, log)
@@ -324,8 +336,9 @@ def with_recipe(settings):
 
 
 def train(out, *, resume=False, progress=True, log=print, **settings):
-    """Train the reference net into the run folder ``out``. ``settings`` are the fields of
-    :class:`TrainConfig` (dataset, data_dir, epochs, batch_size, lr, lr_schedule, seed, batchnorm, limit,
+    """Train a net (``model``: a name of :data:`npcnn.models.MODELS`, the reference net "seed-cnn" by
+    default) into the run folder ``out``. ``settings`` are the fields of
+    :class:`TrainConfig` (dataset, data_dir, epochs, batch_size, lr, lr_schedule, seed, model, batchnorm, limit,
     allow_sample, adversarial, eps, ...), the report's by default; with ``adversarial``, the batch size, lr
     and schedule not given are :data:`ADVERSARIAL_RECIPE`'s. ``resume=True`` continues an interrupted run.
     Returns a :class:`TrainOutput`."""

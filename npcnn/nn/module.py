@@ -236,7 +236,8 @@ class Sequential(Module):
         return grad_out
 
     def __repr__(self):
-        inner = "\n".join(f"  ({i}): {layer}" for i, layer in enumerate(self.layers))
+        inner = "\n".join(f"  ({i}): " + repr(layer).replace("\n", "\n  ")   # nested blocks indented
+                           for i, layer in enumerate(self.layers))
         return f"Sequential(\n{inner}\n)"
 
 

@@ -14,6 +14,7 @@ from ..runs import FORMAT
 from .attacks import section_attacks, sweep_sentence
 from .beyond import section_beyond, speed_rows
 from .deeper import section_deeper
+from .defense import section_defense
 from .inside import section_inside
 from .page import STYLE, VARIANT_TITLES, esc
 from .training import section_setup, section_training
@@ -61,12 +62,14 @@ def build_report(directory):
         f"<h1>npcnn report: a CNN on {esc(dataset)}, trained, inspected and fooled</h1>",
         "<nav><a href='#setup'>setup</a><a href='#training'>training</a><a href='#inside'>looking inside</a>"
         "<a href='#deeper'>looking deeper</a>"
-        "<a href='#attacks'>adversarial examples</a><a href='#beyond'>beyond the report</a></nav>",
+        "<a href='#attacks'>adversarial examples</a><a href='#defense'>defending the net</a>"
+        "<a href='#beyond'>beyond the report</a></nav>",
         section_setup(runs),
         section_training(directory, runs),
         section_inside(runs),
         section_deeper(runs),
         section_attacks(runs),
+        section_defense(runs),
         section_beyond(directory, runs),
     ]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

@@ -61,6 +61,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px sol
 text-align:right}th{background:#eef}td:first-child,th:first-child{text-align:left}
 table.net td:nth-child(2){text-align:left;font-family:monospace}table.net th:nth-child(2){text-align:left}
 .gallery{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em;align-items:start}
 figure{margin:0;max-width:100%}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.8em;color:#555;text-align:center}
 .notrun{background:#fff4e0;border-left:4px solid #e90;padding:.5em 1em;margin:.6em 0}
