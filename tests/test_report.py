@@ -25,7 +25,7 @@ from npcnn.report.training import adversarial_sentence
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SECTIONS = ["setup", "training", "inside", "deeper", "attacks", "beyond"]
+SECTIONS = ["setup", "training", "inside", "deeper", "attacks", "defense", "beyond"]
 
 
 def npcnn(*args, **kwargs):
@@ -86,7 +86,8 @@ def test_reproduce_quick_writes_every_section(reproduced):
     assert p.scripts == 0 and p.external == []  # self-contained: nothing to fetch
     for line in ("[train]", "[inspect]", "[occlusion]", "[saliency]", "[cam]", "[class-image-regularized]", "[embedding]", "[ablation]",
                  "[examples]", "[channels]", "[class-image]", "[targeted]",
-                 "[targeted-sweep]", "[noise]", "[noise-sweep]", "[boundary]", "[defend]", "[robustness]", "[report]"):
+                 "[targeted-sweep]", "[noise]", "[noise-sweep]", "[boundary]", "[defend]", "[defense]", "[defend-saliency]", "[defend-class-image]",
+                 "[defend-targeted]", "[robustness]", "[report]"):
         assert line in result.stdout
 
 
@@ -108,7 +109,12 @@ def test_embedded_figures_are_pngs_and_match_the_stages(reproduced):
         + 1  # cam/cam.png (the per-image figures stay in the folder)
         + 4  # deeper/: embedding_tsne.png, ablation_conv2.png, top_conv2.png, channels_conv2.png
         + len(glob.glob(str(plain / "attacks" / "*.png")))
+        + 1  # adversarial/defense/defense_curves.png
+        + 2 * 3  # standard and robust side by side: class images, saliency, targeted pairs
     )
+    assert (out / "adversarial" / "defense" / "defense_curves.png").is_file()
+    for rel in ("attacks/class_images.png", "saliency/saliency.png", "attacks/targeted_pairs.png"):
+        assert (plain / rel).is_file() and (out / "adversarial" / rel).is_file(), rel
     assert len(p.images) == expected
 
 
