@@ -128,13 +128,13 @@ def test_feature_maps_reject_bad_images():
         feature_maps(clf, np.zeros((28, 28, 1, 1, 1)))
 
 
-def test_post_activation_needs_a_relu():
+def test_post_activation_needs_an_activation():
     net = Sequential(Conv2d(1, 2, 3, dtype=np.float64), ReLU(), Conv2d(2, 2, 3, dtype=np.float64))
     from npcnn.nn import Flatten, LogSoftmax
     model = Sequential(*net.layers, Flatten(), Linear(2 * 24 * 24, 3, dtype=np.float64), LogSoftmax())
     clf = Classifier(model, Normalization(0.0, 1.0))
     assert feature_maps(clf, digits(1))["conv2"].shape == (1, 2, 24, 24)
-    with pytest.raises(ValueError, match="conv2 is not followed by a ReLU"):
+    with pytest.raises(ValueError, match="conv2 is not followed by an activation"):
         feature_maps(clf, digits(1), post_activation=True)
 
 

@@ -26,7 +26,8 @@ with ``L`` rectified, as Captum's ``GuidedGradCam`` (whose default ``interpolate
 the paper's is "bilinear").
 
 Which activation ``A``: ``layer="last"`` (the default) means the last conv block's rectified maps (conv2's
-in ``seed_cnn()``; in a ResNet the last residual block's, after its ReLU); ``layer="conv2"`` means conv2's: the output of the first
+in ``seed_cnn()``; in a ResNet the last residual block's, after its ReLU: "block3" in small-resnet); ``layer="conv2"``
+means conv2's: the output of the first
 ReLU after that Conv2d (BatchNorm or pooling in between allowed; the conv's own output if no ReLU follows
 before the next conv), as in the paper (Caffe's in-place ReLU makes "conv5_3" rectified) and as
 pytorch-grad-cam users pick for VGG / ResNet. An integer ``layer`` is an index into ``classifier.body``
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..nn import Conv2d, ReLU
+from ..nn import Conv2d, ReLU, Residual, Sequential
 from .features import conv_layers
 
 MODES = ("bilinear", "nearest")
@@ -89,7 +90,7 @@ def cam_layers(classifier, size=(28, 28)):
             conv = names[id(layer)]
             out[i] = f"{conv} output (layer {i})"
         elif _holds_conv(layer):                   # a block (a Residual): its convs are inside
-            conv = type(layer).__name__
+            conv = names[id(layer)]
             out[i] = f"{conv} output (layer {i})"
         else:
             out[i] = f"{type(layer).__name__}" + (f" after {conv}" if conv else "") + f" (layer {i})"
@@ -158,15 +159,28 @@ def _backward(classifier, grad, rule="gradient", down_to=0, start=None):
     """The gradient at the input of layer ``down_to`` (0: the net's input), from ``grad`` at the output of
     layer ``start - 1`` (None: the logits), each layer's own backward except at a ReLU, where ``rule``
     decides (see the module's docstring). The layers must hold the caches of a forward pass."""
-    layers = classifier.body.layers
-    for layer in reversed(layers[down_to:start]):
-        if isinstance(layer, ReLU) and rule == "deconvolution":
-            grad = np.maximum(grad, 0)                            # ReLU of the output gradient
-        elif isinstance(layer, ReLU) and rule == "guided":
-            grad = np.maximum(layer.backward(grad, param_grads=False), 0)   # ReLU of g * [x > 0]
-        else:
-            grad = layer.backward(grad, param_grads=False)
+    for layer in reversed(classifier.body.layers[down_to:start]):
+        grad = _backward_through(layer, grad, rule)
     return grad
+
+
+def _backward_through(layer, grad, rule):
+    """One layer's backward with ``rule`` at every ReLU, also at those inside it (a Residual's body, a nested
+    Sequential: where Captum's hooks act too); the residual add passes ``grad`` to both paths and sums."""
+    if isinstance(layer, ReLU) and rule == "deconvolution":
+        return np.maximum(grad, 0)                                   # ReLU of the output gradient
+    if isinstance(layer, ReLU) and rule == "guided":
+        return np.maximum(layer.backward(grad, param_grads=False), 0)   # ReLU of g * [x > 0]
+    if rule == "gradient" or not any(isinstance(m, ReLU) for m in layer.modules() if m is not layer):
+        return layer.backward(grad, param_grads=False)
+    if isinstance(layer, Sequential):
+        for inner in reversed(layer.layers):
+            grad = _backward_through(inner, grad, rule)
+        return grad
+    if isinstance(layer, Residual):
+        skip = grad if layer.shortcut is None else _backward_through(layer.shortcut, grad, rule)
+        return _backward_through(layer.body, grad, rule) + skip
+    raise ValueError(f"the {rule} rule cannot reach the ReLUs inside a {type(layer).__name__}")
 
 
 def _one_hot(logits, target):

@@ -82,7 +82,7 @@ class ChannelImages:
         return self.activation / np.where(self.best_test > 0, self.best_test, np.nan)
 
 
-def visualize_channels(classifier, layer="conv2", channels=None, *, test_images=None, seed=0, progress=True,
+def visualize_channels(classifier, layer="last", channels=None, *, test_images=None, seed=0, progress=True,
                        **settings):
     """For each of ``channels`` (default: all) of conv ``layer``, the input that maximises its mean activation,
     with :data:`CHANNEL` (300 Adam steps of 0.05 in pixel space from U(0, 1) noise, bounded to [0, 1], blur

@@ -17,26 +17,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import fast
-from ..nn import Conv2d, MaxPool2d, Sequential
+from ..nn import AvgPool2d, Conv2d, MaxPool2d, Residual, Sequential
 from .embedding import _batches, as_pixels
-from .features import _model, conv_layers, feature_maps
+from .features import _model, conv_layers, feature_maps, layer_name, out_channels
 
 #: layers that change neither the spatial size nor which input pixels a unit sees
-_POINTWISE = ("ReLU", "BatchNorm2d", "Dropout")
+_POINTWISE = ("ReLU", "LeakyReLU", "Tanh", "Sigmoid", "BatchNorm2d", "Dropout")
 
 
 def _conv(classifier, layer):
-    """(index of the named conv layer in the Sequential, the Conv2d), with an error naming the choices."""
-    convs = conv_layers(classifier)
-    if layer not in convs:
-        raise ValueError(f"--layer must be one of {', '.join(convs) or '(no conv layers)'}, got {layer!r}")
-    model = _model(classifier)
-    return next(i for i, m in enumerate(model) if m is convs[layer]), convs[layer]
+    """(index of the named conv layer in the Sequential, the layer, its name: "last" resolved), with an error
+    naming the choices."""
+    name = layer_name(classifier, layer)
+    module = conv_layers(classifier)[name]
+    return next(i for i, m in enumerate(_model(classifier)) if m is module), module, name
 
 
 def check_channels(classifier, layer, channels):
     """The channels of ``layer`` to use (default: all), as an int64 array; an error naming the range."""
-    n = _conv(classifier, layer)[1].out_channels
+    n = out_channels(_conv(classifier, layer)[1])
     if channels is None:
         return np.arange(n, dtype=np.int64)
     chosen = np.atleast_1d(np.asarray(channels)).ravel()
@@ -90,7 +89,7 @@ def _class_accuracy(correct, labels, num_classes):
         return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan), counts
 
 
-def channel_ablation(classifier, images, labels, layer="conv2", channels=None, batch_size=1000, progress=False):
+def channel_ablation(classifier, images, labels, layer="last", channels=None, batch_size=1000, progress=False):
     """Set each output channel of conv ``layer`` to zero in turn (for every image and position) and run the
     rest of the net: accuracy overall and per class, and the true-class logit's change, per channel.
 
@@ -102,7 +101,7 @@ def channel_ablation(classifier, images, labels, layer="conv2", channels=None, b
     BatchNorm's image of 0, as in Captum. The layers before and after the conv run on the fast path
     once per batch (the head once, the tail once per channel). Returns an :class:`AblationResult`.
     """
-    j, _ = _conv(classifier, layer)
+    j, _, layer = _conv(classifier, layer)
     chosen = check_channels(classifier, layer, channels)
     images, labels = np.asarray(images), np.asarray(labels).astype(np.int64)
     if len(images) == 0 or len(images) != len(labels):
@@ -141,25 +140,33 @@ def channel_ablation(classifier, images, labels, layer="conv2", channels=None, b
 
 # --------------------------------------------------------------------------- dataset examples
 
-def receptive_field(classifier, layer="conv2"):
+def receptive_field(classifier, layer="last"):
     """Which input pixels one unit of conv ``layer``'s output sees, from the kernels, strides and paddings
-    of the layers up to it (ReLU, BatchNorm2d and Dropout change nothing).
+    of the layers up to it (activations, BatchNorm2d and Dropout change nothing; a residual block's is its
+    body's, which covers its shortcut's).
 
     Returns ``{"size": (Rh, Rw), "stride": (Jh, Jw), "offset": (Oh, Ow)}``: unit (r, c) sees input rows
     ``Oh + r*Jh .. Oh + r*Jh + Rh - 1`` (and the columns likewise), before clipping at the image border.
     Through a layer with kernel k, stride s, padding p: ``O -= p*J``, ``R += (k - 1)*J``, ``J *= s``.
     The reference net: conv1 3x3 (offset -1), after the 2x2 pool 4x4 (stride 2), conv2 8x8 (offset -3).
     """
-    j, _ = _conv(classifier, layer)
+    j, _, layer = _conv(classifier, layer)
     size, stride, offset = np.ones(2, np.int64), np.ones(2, np.int64), np.zeros(2, np.int64)
-    for m in list(_model(classifier))[:j + 1]:
-        if isinstance(m, (Conv2d, MaxPool2d)):
-            k, s, p = (np.array(v, dtype=np.int64) for v in (m.kernel_size, m.stride, m.padding))
-            offset -= p * stride
-            size += (k - 1) * stride
-            stride *= s
-        elif type(m).__name__ not in _POINTWISE:
-            raise ValueError(f"receptive_field: cannot follow a {type(m).__name__} before {layer}")
+
+    def through(modules):
+        nonlocal size, stride, offset
+        for m in modules:
+            if isinstance(m, (Conv2d, MaxPool2d, AvgPool2d)):
+                k, s, p = (np.array(v, dtype=np.int64) for v in (m.kernel_size, m.stride, m.padding))
+                offset = offset - p * stride
+                size = size + (k - 1) * stride
+                stride = stride * s
+            elif isinstance(m, Residual):
+                through(m.body if isinstance(m.body, Sequential) else [m.body])
+            elif type(m).__name__ not in _POINTWISE:
+                raise ValueError(f"receptive_field: cannot follow a {type(m).__name__} before {layer}")
+
+    through(list(_model(classifier))[:j + 1])
     return {"size": tuple(int(v) for v in size), "stride": tuple(int(v) for v in stride),
             "offset": tuple(int(v) for v in offset)}
 
@@ -226,16 +233,16 @@ def _candidates(maps, first_id, k, floor):
     return vals, ids
 
 
-def top_activations(classifier, images, layer="conv2", k=9, batch_size=1000, progress=False):
+def top_activations(classifier, images, layer="last", k=9, batch_size=1000, progress=False):
     """Zeiler & Fergus's dataset examples: for each channel of conv ``layer``, the ``k`` (image, position)
-    pairs of ``images`` with the largest activation after that conv's ReLU (ties: the earlier image, then
+    pairs of ``images`` with the largest activation after that conv's activation (ties: the earlier image, then
     the earlier position in row-major order), and the input patch each of them sees.
 
     ``images``: uint8 [N, H, W] or pixel-space floats [N, H, W] / [N, 1, H, W]. The maps come from
     :func:`~npcnn.analysis.features.feature_maps` in batches of ``batch_size``; only the running top k are
     kept. Returns a :class:`TopActivations`.
     """
-    _conv(classifier, layer)                                   # checks the layer
+    layer = _conv(classifier, layer)[2]                        # checks the layer
     images = np.asarray(images)
     if images.ndim == 4:
         images = images[:, 0]

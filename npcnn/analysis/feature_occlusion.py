@@ -57,7 +57,7 @@ def _check_channel(channel, n, k, where):
     return c
 
 
-def strongest_channels(classifier, images, layer="conv2"):
+def strongest_channels(classifier, images, layer="last"):
     """``(k [N], total activation of k [N], index, description)``: each image's strongest map at ``layer``."""
     x = as_images(images, "strongest_channels").astype(classifier.dtype, copy=False)
     index, described = resolve_layer(classifier, layer, "strongest_channels", x.shape[1:])
@@ -69,7 +69,7 @@ def strongest_channels(classifier, images, layer="conv2"):
     return k, totals[np.arange(len(x)), k].astype(np.float64), index, described
 
 
-def project_feature_map(classifier, images, channel, layer="conv2"):
+def project_feature_map(classifier, images, channel, layer="last"):
     """[N, H, W]: map ``channel`` (one number, or one per image) of ``layer`` projected to pixels by the
     deconvnet, all other activations of the layer set to zero (see the module's docstring)."""
     x = as_images(images, "project_feature_map").astype(classifier.dtype, copy=False)
@@ -87,7 +87,7 @@ def project_feature_map(classifier, images, channel, layer="conv2"):
     return np.concatenate(parts)
 
 
-def feature_occlusion(classifier, images, layer="conv2", patch=10, stride=2, fill=0.0, batch_size=256,
+def feature_occlusion(classifier, images, layer="last", patch=10, stride=2, fill=0.0, batch_size=256,
                       progress=False):
     """The Zeiler & Fergus panels of each image (see the module's docstring): a :class:`FeatureOcclusion`.
     ``patch``, ``stride``, ``fill`` and ``batch_size`` as in :func:`npcnn.analysis.occlusion.occlusion`."""

@@ -11,14 +11,15 @@ The work is done by :mod:`npcnn.experiments`; this module only parses the argume
 
 
 def _layer(text):
-    """"conv1" / "conv2" or an index into the Sequential."""
+    """A conv layer's name (conv1, conv2, block1, ..., last) or an index into the Sequential."""
     return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _setup_cam(p):
-    p.add_argument("--layer", type=_layer, default="conv2",
-                   help="the layer Grad-CAM looks at: conv1, conv2 (the output of the ReLU after it) or an index "
-                        "into the network's layers (default: conv2)")
+    p.add_argument("--layer", type=_layer, default="last",
+                   help="the layer Grad-CAM looks at: a conv layer by name (conv1, conv2, ...; block1, ... for "
+                        "residual blocks: the output of the ReLU after it), 'last' (the last of them: conv2 in the "
+                        "reference net), or an index into the network's layers (default: last)")
     p.add_argument("--target", type=int, help="the class explained (default: each image's predicted class)")
     p.add_argument("--indices", type=int, nargs="+", metavar="I",
                    help="test-set indices of the images (default: the run's samples, one per class)")
@@ -39,18 +40,19 @@ def _setup_embedding(p):
 
 
 def _setup_ablation(p):
-    p.add_argument("--layer", default="conv2", help="the conv layer whose channels are zeroed (default: conv2)")
+    p.add_argument("--layer", default="last", help="the conv layer whose channels are zeroed: conv1, conv2, ..., "
+                                                   "block1, ... or last (default: last, conv2 in the reference net)")
     p.add_argument("--limit", type=int, help="the first N test images (default: all)")
 
 
 def _setup_examples(p):
-    p.add_argument("--layer", default="conv2", help="the conv layer (default: conv2)")
+    p.add_argument("--layer", default="last", help="the conv layer: conv1, conv2, ..., block1, ... or last (default: last, conv2 in the reference net)")
     p.add_argument("--k", type=int, default=9, help="patches per channel (default: 9, as Zeiler & Fergus)")
     p.add_argument("--limit", type=int, help="the first N test images (default: all)")
 
 
 def _setup_channels(p):
-    p.add_argument("--layer", default="conv2", help="the conv layer (default: conv2)")
+    p.add_argument("--layer", default="last", help="the conv layer: conv1, conv2, ..., block1, ... or last (default: last, conv2 in the reference net)")
     p.add_argument("--steps", type=int, help="Adam steps (default: 300)")
     p.add_argument("--seed", type=int, default=0, help="seeds the starting noise and the jitter (default: 0)")
 

@@ -58,10 +58,10 @@ def _setup_occlusion(p):
     p.add_argument("--fill", type=float, default=0.0, help="pixel value of the patch, 0 = black (default: 0.0)")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="occluded images per forward pass (default: 256)")
-    p.add_argument("--feature-layer", default="conv2",
-                   help="Zeiler & Fergus's panels: the strongest map of this conv layer (conv1, conv2), its total "
-                        "activation as the patch moves and its projection to pixels; 'none' leaves them out "
-                        "(default: conv2)")
+    p.add_argument("--feature-layer", default="last",
+                   help="Zeiler & Fergus's panels: the strongest map of this conv layer (conv1, conv2, ..., block1, "
+                        "..., or last: conv2 in the reference net), its total activation as the patch moves and its "
+                        "projection to pixels; 'none' leaves them out (default: last)")
     _add_indices(p)
 
 

@@ -47,8 +47,9 @@ def _check_target(target, n):
     return int(target)
 
 
-def cam(run, *, layer="conv2", target=None, indices=None, progress=True):
-    """Grad-CAM at ``layer`` ("conv1", "conv2", or an index into the net's layers: that module's output;
+def cam(run, *, layer="last", target=None, indices=None, progress=True):
+    """Grad-CAM at ``layer`` ("last": the last conv layer or block, conv2 in the reference net; "conv1",
+    "conv2", "block1", ...; or an index into the net's layers: that module's output;
     see :func:`npcnn.analysis.cam.cam_layers`), guided backprop, guided Grad-CAM (bilinear, as the
     paper) and deconvolution of the run's digits (or of the test images ``indices``), each explaining
     class ``target`` (None: the class the net predicts for that image). ``progress`` is accepted so that

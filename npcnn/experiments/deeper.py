@@ -23,6 +23,7 @@ import numpy as np
 
 from ..analysis.channels import channel_ablation, check_channels, top_activations
 from ..analysis.embedding import TSNE, as_pixels, check_method, embed, knn_accuracy, penultimate
+from ..analysis.features import layer_name
 from ..plots import deeper as plots
 from .common import StageOutput, Writer, open_run
 
@@ -59,7 +60,10 @@ def _test_set(run, limit, minimum):
 
 
 def _check_layer(run, layer):
-    check_channels(run.classifier, layer, None)      # an unknown layer: ValueError naming the choices
+    """The conv layer's name ("last" resolved: conv2 in the reference net, block3 in small-resnet); an unknown
+    layer is a ValueError naming the choices."""
+    check_channels(run.classifier, layer, None)
+    return layer_name(run.classifier, layer)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -125,14 +129,14 @@ class AblationOutput(StageOutput):
                 f"{len(r.channels)} channels); largest drops: {lines}; written to {self.folder}")
 
 
-def ablation(run, *, layer="conv2", limit=None, progress=True):
+def ablation(run, *, layer="last", limit=None, progress=True):
     """Set each output channel of conv ``layer`` to zero in turn, for the first ``limit`` test images:
     accuracy drop overall (bars, sorted) and per class (heatmap), and the true-class logit's change per
     image and channel (Captum's LayerFeatureAblation attribution). Writes ``ablation_<layer>.png`` and
     ``.npz``. Returns an :class:`AblationOutput`."""
     _check_limit(limit, 1)
     run = open_run(run)
-    _check_layer(run, layer)
+    layer = _check_layer(run, layer)
     images, labels = _test_set(run, limit, 1)
     clf = run.classifier
     r = channel_ablation(clf, images, labels, layer=layer, progress=progress)
@@ -167,14 +171,14 @@ class DatasetExamplesOutput(StageOutput):
                 f"(channel {strongest}), channels never active: {dead}; written to {self.folder}")
 
 
-def dataset_examples(run, *, layer="conv2", k=9, limit=None, progress=True):
+def dataset_examples(run, *, layer="last", k=9, limit=None, progress=True):
     """For each channel of conv ``layer``, the ``k`` (image, position) pairs of the first ``limit`` test
     images with the largest activation after the conv's ReLU, and the input patch of each position's
     receptive field. Writes ``top_<layer>.png`` and ``.npz``. Returns a :class:`DatasetExamplesOutput`."""
     k = _integer(k, "k", 1, MAX_K)
     _check_limit(limit, 1)
     run = open_run(run)
-    _check_layer(run, layer)
+    layer = _check_layer(run, layer)
     images, _ = _test_set(run, limit, 1)
     t = top_activations(run.classifier, images, layer=layer, k=k, progress=progress)
     out = Writer(run.file(FOLDER))
@@ -203,7 +207,7 @@ class ChannelImagesOutput(StageOutput):
                 f"{np.nanmin(r.ratio):.2f} .. {np.nanmax(r.ratio):.2f}); written to {self.folder}")
 
 
-def channel_images(run, *, layer="conv2", steps=None, seed=0, progress=True):
+def channel_images(run, *, layer="last", steps=None, seed=0, progress=True):
     """For each channel of conv ``layer``, the input in [0, 1] that maximises its mean activation after the
     ReLU (:func:`npcnn.analysis.channel_images.visualize_channels`), and how much harder it drives the channel
     than the channel's best test image. Writes ``channels_<layer>.png`` and ``.npz``."""
@@ -212,7 +216,7 @@ def channel_images(run, *, layer="conv2", steps=None, seed=0, progress=True):
     steps = CHANNEL["steps"] if steps is None else _integer(steps, "steps", 1, 100_000)
     seed = _integer(seed, "seed", 0, 2**32 - 1)
     run = open_run(run)
-    _check_layer(run, layer)
+    layer = _check_layer(run, layer)
     images, _ = _test_set(run, None, 1)
     r = visualize_channels(run.classifier, layer, test_images=images, seed=seed, steps=steps, progress=progress)
     out = Writer(run.file(FOLDER))

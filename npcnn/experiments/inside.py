@@ -82,7 +82,7 @@ class OcclusionOutput(StageOutput):
                 f"{self.changed} image(s) change class somewhere; written to {self.folder}")
 
 
-def occlusion(run, *, patch=10, stride=2, fill=0.0, batch_size=256, indices=None, feature_layer="conv2",
+def occlusion(run, *, patch=10, stride=2, fill=0.0, batch_size=256, indices=None, feature_layer="last",
               progress=True):
     """Slide a ``patch`` (pixels: one number, or height and width) filled with ``fill`` over each image in
     steps of ``stride``; map the true class's probability and the predicted class at every position, and,

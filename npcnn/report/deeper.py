@@ -1,4 +1,5 @@
 """Section 3b: looking deeper (class activation maps; where the net looks, and what each part of it does)."""
+import glob
 import os
 
 import numpy as np
@@ -15,13 +16,23 @@ def section_deeper(runs):
     folder = os.path.join(path, "deeper")
     parts.append("<h3>The test set as the net sees it</h3>")
     parts.append(embedding_part(path, folder))
-    parts.append("<h3>Which channels matter: each conv2 channel zeroed</h3>")
-    parts.append(ablation_part(path, folder))
-    parts.append("<h3>What each conv2 channel detects: the test patches it likes best</h3>")
-    parts.append(examples_part(path, folder))
-    parts.append("<h3>What each conv2 channel detects: the input it likes best</h3>")
-    parts.append(channels_part(path, folder))
+    layer = _layer(folder, "ablation")
+    parts.append(f"<h3>Which channels matter: each {esc(layer)} channel zeroed</h3>")
+    parts.append(ablation_part(path, folder, layer))
+    layer = _layer(folder, "top")
+    parts.append(f"<h3>What each {esc(layer)} channel detects: the test patches it likes best</h3>")
+    parts.append(examples_part(path, folder, layer))
+    layer = _layer(folder, "channels")
+    parts.append(f"<h3>What each {esc(layer)} channel detects: the input it likes best</h3>")
+    parts.append(channels_part(path, folder, layer))
     return "\n".join(parts)
+
+
+def _layer(folder, prefix):
+    """The conv layer a stage of this folder ran on (``<prefix>_<layer>.npz``): conv2 (the reference net's)
+    when it is there, else the last name written (a zoo net's last conv layer or block); conv2 if none."""
+    found = sorted(os.path.basename(f)[len(prefix) + 1:-4] for f in glob.glob(os.path.join(folder, f"{prefix}_*.npz")))
+    return "conv2" if "conv2" in found or not found else found[-1]
 
 
 def cam_part(path):
@@ -61,8 +72,8 @@ def embedding_part(path, folder):
             + gallery([os.path.join(folder, "embedding_tsne.png")]))
 
 
-def ablation_part(path, folder):
-    f = os.path.join(folder, "ablation_conv2.npz")
+def ablation_part(path, folder, layer="conv2"):
+    f = os.path.join(folder, f"ablation_{layer}.npz")
     if not os.path.isfile(f):
         return not_run("the channel ablation", f"npcnn ablation {path}")
     d = load_npz(f)
@@ -70,7 +81,7 @@ def ablation_part(path, folder):
     order = np.argsort(-drop, kind="stable")
     top = ", ".join(f"channel {int(d['channels'][i])} ({100 * drop[i]:.2f} points)" for i in order[:3])
     worst_class = np.unravel_index(np.argmax(d["class_drop"]), d["class_drop"].shape)
-    return (f"<p>Each of the {drop.size} channels of conv2 set to zero in turn (Captum's LayerFeatureAblation with "
+    return (f"<p>Each of the {drop.size} channels of {esc(layer)} set to zero in turn (Captum's LayerFeatureAblation with "
             f"a zero baseline), on {d['labels'].size:,} test images; accuracy with every channel: "
             f"{pct(d['base_accuracy'])}.</p><p class='lesson'>"
             f"{'No single channel is vital' if drop.max() < 0.02 else 'Some channels matter more than others'}: the "
@@ -78,31 +89,32 @@ def ablation_part(path, folder):
             f"one class is "
             f"{100 * float(d['class_drop'][worst_class]):.1f} points (channel {int(d['channels'][worst_class[0]])} "
             f"on class {int(worst_class[1])}).</p>"
-            + gallery([os.path.join(folder, "ablation_conv2.png")]))
+            + gallery([os.path.join(folder, f"ablation_{layer}.png")]))
 
 
-def examples_part(path, folder):
-    f = os.path.join(folder, "top_conv2.npz")
+def examples_part(path, folder, layer="conv2"):
+    f = os.path.join(folder, f"top_{layer}.npz")
     if not os.path.isfile(f):
         return not_run("the dataset examples", f"npcnn examples {path}")
     d = load_npz(f)
     size = "x".join(str(int(v)) for v in d["rf_size"])
-    return (f"<p>For each conv2 channel, the {int(d['k'])} places in the test set where it fires most (after its "
-            f"ReLU), shown as the {size} input patch that unit sees (Zeiler &amp; Fergus 2014). Where the report saw "
+    return (f"<p>For each {esc(layer)} channel, the {int(d['k'])} places in the test set where it fires most (after "
+            f"its activation), shown as the {size} input patch that unit sees (Zeiler &amp; Fergus 2014). Where the report saw "
             f"3x3x32 weight boxes it could not read, these patches show which strokes make each channel fire.</p>"
-            + gallery([os.path.join(folder, "top_conv2.png")]))
+            + gallery([os.path.join(folder, f"top_{layer}.png")]))
 
 
-def channels_part(path, folder):
-    f = os.path.join(folder, "channels_conv2.npz")
+def channels_part(path, folder, layer="conv2"):
+    f = os.path.join(folder, f"channels_{layer}.npz")
     if not os.path.isfile(f):
         return not_run("the channel images", f"npcnn channels {path}")
     d = load_npz(f)
     ratio = np.asarray(d["ratio"], np.float64)
-    return (f"<p>For each conv2 channel, the image in [0, 1] that maximises its mean activation after the ReLU: "
+    return (f"<p>For each {esc(layer)} channel, the image in [0, 1] that maximises its mean activation (after "
+            f"the activation that follows the layer): "
             f"{int(d['steps'])} Adam steps of {float(d['lr']):g} from uniform noise, blurred "
             f"({float(d['blur_sigma']):g} px) every 2 steps and shifted by up to {int(d['jitter'])} px each step (Yosinski et al. 2015).</p>"
             f"<p class='lesson'>{int(np.sum(ratio > 1))} of {ratio.size} images drive their channel harder than "
             f"every test image does ({ratio.min():.1f} to {ratio.max():.1f} times the best test image's mean "
             f"activation): what a channel likes is a texture of the strokes it detects, repeated over the whole "
-            f"image, not a digit.</p>" + gallery([os.path.join(folder, "channels_conv2.png")]))
+            f"image, not a digit.</p>" + gallery([os.path.join(folder, f"channels_{layer}.png")]))
