@@ -28,6 +28,12 @@ QUICK = dict(limit=6000, epochs=2, class_steps=400, targeted_steps=1000, noise_s
              eps=[0.0, 0.1, 0.2, 0.3], robustness_attack="fgsm",
              defense_limit=300, defense_curve_limit=200, defense_targeted="report")
 
+# the robust net: PGD-5 training (steps of 0.1 from a random start in the eps-0.3 box) with Wong et al.'s batch
+# size and cyclic lr (npcnn.experiments.adversarial_training.ADVERSARIAL_RECIPE). Measured on the first 2,000
+# test images (PGD-50 x 10 restarts / APGD-CE + DLR): 90.05 % / 88.25 %; FGSM training with the same recipe
+# 80.95 % / 72.70 %, at a third of the training time.
+ROBUST_TRAINING = dict(adversarial="pgd", attack_steps=5, attack_step_size=0.1)
+
 # what a stage may fail with that the user can fix (anything else is a bug, and keeps its traceback)
 EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError)
 
@@ -62,7 +68,7 @@ def stages(out, dataset, quick, data_dir=None, seed=0, defend=True):
     # lr recorded, not left to the default: a folder attacked at the old default (0.01) is attacked again
     targeted = dict(steps=s["targeted_steps"], lr=TARGETED["lr"])
     defence = [Stage("defend", experiments.train, adv, os.path.join(adv, "metrics.json"),
-                     dict(train, adversarial="fgsm"))] if defend else []
+                     dict(train, **ROBUST_TRAINING))] if defend else []
     adv_attacks = os.path.join(adv, "attacks")
     # the robust net seen as the standard one was: its class images (the report's setting), saliency maps and
     # targeted attacks, and both nets under FGSM, PGD with restarts and APGD (npcnn.experiments.defense)
@@ -114,7 +120,7 @@ class StageFailed(RuntimeError):
 
 def reproduce(out, *, dataset="mnist", quick=False, data_dir=None, seed=0, defend=True, log=print):
     """Run every stage not already done with the same settings, then write ``out/report.html``. ``defend``
-    trains a net on FGSM examples (``out/adversarial``, Wong et al.'s recipe), adds it to the robustness
+    trains a net on PGD-5 examples (``out/adversarial``, :data:`ROBUST_TRAINING`), adds it to the robustness
     curves and runs "Defending the net" (:mod:`npcnn.experiments.defense`, and the robust net's class images,
     saliency maps and targeted attacks)."""
     from .report import write_report

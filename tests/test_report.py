@@ -129,10 +129,10 @@ def test_numbers_on_the_page_come_from_the_run_files(reproduced):
     assert "799,078" in page and "10,014" in page
     # --defend: the FGSM-trained net, its settings said, and a curve of its own in the robustness plot
     a = json.loads((out / "adversarial" / "metrics.json").read_text())["adversarial"]
-    assert a["method"] == "fgsm" and a["step_size"] == 0.375
+    assert a["method"] == "pgd" and a["steps"] == 5 and a["step_size"] == 0.1   # pipeline.ROBUST_TRAINING
     assert f"<p>{adversarial_sentence(a)}</p>" in page
     assert load_npz(out / "plain" / "attacks" / "robustness.npz")["accuracy"].shape[0] == 3
-    assert "<th>adversarially trained (FGSM)</th>" in page
+    assert "<th>adversarially trained</th>" in page
     history = json.loads((out / "plain" / "history.json").read_text())
     assert f"{history['test_loss'][-1]:.4f}" in page
     # section 4: the targeted attack's step size said, the sweep's table and sentence read off its arrays

@@ -111,7 +111,8 @@ def test_every_report_stage_runs_on_the_zoo_net_by_its_own_layer_names(name, zoo
     run = str(zoo_runs / name)
     clf = experiments.common.open_run(run).classifier
     last = list(conv_layers(clf))[-1]
-    assert layer_name(clf, "last") == last and last == ("block3" if name == "small-resnet" else f"conv{len(conv_layers(clf))}")
+    assert layer_name(clf, "last") == last
+    assert last == ("block3" if name == "small-resnet" else f"conv{len(conv_layers(clf))}")
     r = experiments.inspect(run, progress=False)
     assert set(r.maps) == set(conv_layers(clf)) and r.filters["conv2"].shape[0] == 5
     o = experiments.occlusion(run, stride=6, progress=False)

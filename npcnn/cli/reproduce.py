@@ -13,7 +13,7 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     defend = p.add_mutually_exclusive_group()
     defend.add_argument("--defend", dest="defend", action="store_true", default=True,
-                        help="(the default) also train the net on FGSM examples (eps 0.3, Wong et al.'s recipe) "
+                        help="(the default) also train the net on PGD-5 examples (eps 0.3, Wong et al.'s lr schedule) "
                              "and write 'Defending the net': both nets under FGSM, PGD with restarts and APGD, "
                              "and the robust net's class images, saliency maps and targeted attacks")
     defend.add_argument("--no-defend", dest="defend", action="store_false",

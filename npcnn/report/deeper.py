@@ -31,7 +31,8 @@ def section_deeper(runs):
 def _layer(folder, prefix):
     """The conv layer a stage of this folder ran on (``<prefix>_<layer>.npz``): conv2 (the reference net's)
     when it is there, else the last name written (a zoo net's last conv layer or block); conv2 if none."""
-    found = sorted(os.path.basename(f)[len(prefix) + 1:-4] for f in glob.glob(os.path.join(folder, f"{prefix}_*.npz")))
+    files = glob.glob(os.path.join(folder, f"{prefix}_*.npz"))
+    found = sorted(os.path.basename(f)[len(prefix) + 1:-len(".npz")] for f in files)
     return "conv2" if "conv2" in found or not found else found[-1]
 
 

@@ -39,8 +39,10 @@ def _training(robust):
     size = config.get("attack_step_size") or (1.25 * config["eps"] if method == "FGSM" else 2.5 * config["eps"] / steps)
     lr = f"Adam, lr {config['lr']:g}" + (f" on a {schedule} schedule (0 up to it and back down to 0)"
                                          if schedule != "constant" else "")
-    return (f"<p>The robust net is the reference architecture trained on {method} examples of itself (Wong, Rice "
-            f"&amp; Kolter 2020, \"Fast is better than free\"): every batch attacked at L&infin; eps "
+    source = ("Wong, Rice &amp; Kolter 2020, \"Fast is better than free\"" if method == "FGSM" else
+              "Madry et al. 2018, with the batch size and cyclic learning rate of Wong, Rice &amp; Kolter 2020")
+    return (f"<p>The robust net is the reference architecture trained on {method} examples of itself ({source}): "
+            f"every batch attacked at L&infin; eps "
             f"{config['eps']:g} with {steps} step(s) of {size:g} from a random start in the eps box, "
             f"{config['epochs']} epochs, batch {config['batch_size']}, {lr}. After every epoch, PGD on a fixed "
             f"batch of training images watches for catastrophic overfitting; the best epoch is kept.</p>")

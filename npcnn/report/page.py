@@ -10,7 +10,7 @@ import os
 from ..io import load_npz, read_json
 
 VARIANT_TITLES = {"plain": "without BatchNorm", "batchnorm": "with BatchNorm",
-                  "adversarial": "adversarially trained (FGSM)"}
+                  "adversarial": "adversarially trained"}
 
 
 def read_json_if_any(path):
