@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..nn import Conv2d, ReLU, Residual, Sequential
-from .features import conv_layers
+from .features import _holds_conv, conv_layers
 
 MODES = ("bilinear", "nearest")
 
@@ -97,11 +97,6 @@ def cam_layers(classifier, size=(28, 28)):
         if isinstance(layer, ReLU) and conv and out.get(i - 1, "").startswith(conv):
             out[i] = f"{conv} + ReLU (layer {i})"
     return out
-
-
-def _holds_conv(module):
-    """Whether ``module`` is a Conv2d or holds one (a Residual block, a nested Sequential)."""
-    return any(isinstance(m, Conv2d) for m in module.modules())
 
 
 def resolve_layer(classifier, layer, where="grad_cam", size=(28, 28)):

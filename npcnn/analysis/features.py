@@ -28,6 +28,7 @@ def _model(classifier):
 
 
 def _holds_conv(module):
+    """Whether ``module`` is a Conv2d or holds one (a Residual block, a nested Sequential)."""
     return any(isinstance(m, Conv2d) for m in module.modules())
 
 

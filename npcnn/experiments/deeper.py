@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.channels import channel_ablation, check_channels, top_activations
+from ..analysis.channels import channel_ablation, top_activations
 from ..analysis.embedding import TSNE, as_pixels, check_method, embed, knn_accuracy, penultimate
 from ..analysis.features import layer_name
 from ..plots import deeper as plots
@@ -62,7 +62,6 @@ def _test_set(run, limit, minimum):
 def _check_layer(run, layer):
     """The conv layer's name ("last" resolved: conv2 in the reference net, block3 in small-resnet); an unknown
     layer is a ValueError naming the choices."""
-    check_channels(run.classifier, layer, None)
     return layer_name(run.classifier, layer)
 
 
