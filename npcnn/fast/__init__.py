@@ -25,9 +25,12 @@ results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.
 import os
 
 from .. import parallel
+from ..nn.residual import Residual
+from .conv_act import ConvAct, conv_act_length
 from .fused import ConvReLUPool, fusable
+from .residual import FastResidual
 
-__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "fusable"]
+__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "fusable"]
 
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -70,17 +73,26 @@ class FastSequential:
         return self.train(False)
 
     def steps(self):
-        """The model's layers, each Conv2d -> ReLU -> MaxPool2d triple as one ConvReLUPool when fusing."""
+        """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
+        ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual a
+        FastResidual over its planned body and shortcut; the other layers as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
+            take = 1
             if self.fuse and fusable(layers, i):
-                key = tuple(id(layer) for layer in layers[i:i + 3])
-                fused[key] = self._fused.get(key) or ConvReLUPool(*layers[i:i + 3])
-                steps.append(fused[key])
-                i += 3
+                take, make = 3, ConvReLUPool
+            elif self.fuse and conv_act_length(layers, i):
+                take, make = conv_act_length(layers, i), ConvAct
+            elif self.fuse and type(layers[i]) is Residual:
+                take, make = 1, lambda block: FastResidual(block, lambda part: plan(part, fuse=True))
             else:
                 steps.append(layers[i])
                 i += 1
+                continue
+            key = tuple(id(layer) for layer in layers[i:i + take])
+            fused[key] = self._fused.get(key) or make(*layers[i:i + take])
+            steps.append(fused[key])
+            i += take
         self._fused = fused     # steps whose layers left the model go, with their buffers
         return steps
 
@@ -106,7 +118,7 @@ class FastSequential:
         with parallel.one_blas_thread(self._own_threads):
             steps = self._steps
             for step in reversed(steps):
-                if isinstance(step, ConvReLUPool):
+                if isinstance(step, (ConvReLUPool, ConvAct)):
                     grad_out = step.backward(grad_out, param_grads, input_grad or step is not steps[0])
                 else:
                     grad_out = step.backward(grad_out, param_grads=param_grads)

@@ -75,6 +75,20 @@ def _path(conv, pool):
     return "nhwc"
 
 
+def padded_channels_last(x, ph, pw, xp):
+    """``x`` (N, C, H, W) zero-padded by (ph, pw) into ``xp`` (N, H+2ph, W+2pw, C), which is returned.
+    An ``x`` that is an NCHW view of channels-last memory (a fast step's output) is copied row by row."""
+    n, c, h, w = x.shape
+    x_nhwc = x.transpose(0, 2, 3, 1)
+    if x_nhwc.flags.c_contiguous:
+        kernels.pad_channels_last(x_nhwc.reshape(n, h, w * c), ph, pw, xp.reshape(n, h + 2 * ph, -1))
+    else:
+        if ph or pw:
+            xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:] = 0, 0, 0, 0
+        xp[:, ph:ph + h, pw:pw + w] = x_nhwc
+    return xp
+
+
 class ConvReLUPool:
     """``pool(relu(conv(x)))`` in one step, with the same forward / backward contract as a layer.
 
@@ -193,16 +207,8 @@ class ConvReLUPool:
         """``x`` (N, C, H, W) as a zero-padded (N, H+2p, W+2p, C) buffer kept for backward."""
         n, c, h, w = x.shape
         ph, pw = self.conv.padding
-        xp = self._buffer("xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype)
-        x_nhwc = x.transpose(0, 2, 3, 1)
-        if x_nhwc.flags.c_contiguous:                  # x is a view of channels-last memory (a fused conv's output)
-            kernels.pad_channels_last(x_nhwc.reshape(n, h, w * c), ph, pw, xp.reshape(n, h + 2 * ph, -1))
-        else:
-            if ph or pw:
-                xp[:, :ph], xp[:, ph + h:], xp[:, :, :pw], xp[:, :, pw + w:] = 0, 0, 0, 0
-            xp[:, ph:ph + h, pw:pw + w] = x_nhwc
-        self._xp = xp
-        return xp
+        self._xp = padded_channels_last(x, ph, pw, self._buffer("xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype))
+        return self._xp
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad_out, param_grads=True, input_grad=True):

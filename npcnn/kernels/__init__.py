@@ -37,7 +37,7 @@ import sys
 import types
 
 from . import _compile
-from .columns import col2im, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
+from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
@@ -49,7 +49,7 @@ from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
-    "im2col", "col2im", "cols_to_nchw", "nchw_to_cols", "pad_channels_last", "im2col_nhwc",
+    "im2col", "col2im", "cols_to_nchw", "nchw_to_cols", "pad_channels_last", "im2col_nhwc", "col2im_nhwc",
     "maxpool_forward", "maxpool_backward", "bias_relu_maxpool", "maxpool_relu_backward",
     "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc",
     "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",

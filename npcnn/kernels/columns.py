@@ -171,3 +171,24 @@ def im2col_nhwc(xp3, n_ch, kh, kw, sh, sw, ho, wo, cols):
                     for k in range(run):
                         dst[k] = src[k]
     return cols
+
+
+@_kernel(size_arg=0)
+def col2im_nhwc(dcols, n_ch, kh, kw, sh, sw, ho, wo, dxp3):
+    """The adjoint of :func:`im2col_nhwc`: each row of ``dcols`` (N*ho*wo, kh*kw*C) added back onto
+    the padded channels-last input it was gathered from, ``dxp3`` (N, Hp, Wp*C), which is zeroed
+    first. Each image's rows go to its own plane, so the images run in parallel without atomics."""
+    n_img = dxp3.shape[0]
+    run = kw * n_ch
+    for n in prange(n_img):
+        dxp3[n] = 0.0
+        for oy in range(ho):
+            for ox in range(wo):
+                row = dcols[(n * ho + oy) * wo + ox]
+                x0 = ox * sw * n_ch
+                for i in range(kh):
+                    dst = dxp3[n, oy * sh + i, x0:x0 + run]
+                    src = row[i * run:(i + 1) * run]
+                    for k in range(run):
+                        dst[k] += src[k]
+    return dxp3

@@ -1,0 +1,187 @@
+"""Conv2d, or Conv2d -> ReLU / Tanh, as one channels-last step: the fast path of every conv that no
+2x2 max-pool follows (strided convs, convs before a BatchNorm, ResNet's and LeNet's convs, a VGG
+stage's first conv).
+
+Nothing here is new math; it is :class:`~npcnn.nn.Conv2d`'s im2col + GEMM and the activation's own
+rule, reordered so that the column matrix never leaves the CPU's cache:
+
+* forward: the input is zero-padded channels last (``xp``, (N, H+2p, W+2p, C)); then, a few images
+  at a time, im2col writes their receptive fields as rows (taps in (i, j, c) order) and one GEMM
+  ``rows = cols @ W`` (W as (kh*kw*C, F)) writes the conv straight into the output, (N*Ho*Wo, F),
+  where the bias and the activation are applied in place. The output is returned as an NCHW view of
+  that channels-last memory (``out.transpose(0, 3, 1, 2)``): BatchNorm2d, the activations, the
+  residual addition and the next fast conv all keep it channels last.
+* backward, with ``G = dL/dy`` as rows (N*Ho*Wo, F): ``Ga = G * act'(y)`` (ReLU: ``[y > 0]``, tanh:
+  ``1 - y**2``, none: ``G``), then, chunk by chunk, the columns rebuilt from ``xp``:
+
+  - ``dL/dW += cols^T @ Ga``   ((kh*kw*C, F), reordered to the weight's (F, C, kh, kw))
+  - ``dL/db += sum of Ga's rows``
+  - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto the padded input gradient,
+    whose interior is dL/dx.
+
+While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
+each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
+own partial weight gradient (summed at the end). The sums run in a different order from the
+readable layers', so the two agree to rounding (``tests/test_fast_conv_act.py``).
+"""
+import numpy as np
+
+from .. import kernels, parallel
+from ..nn.activation import ReLU
+from ..nn.smooth import Tanh
+from ..nn.conv import Conv2d
+from . import fused
+from .fused import padded_channels_last
+
+#: The activations folded into the step: their forward applied in place, their derivative from the output.
+ACTIVATIONS = (ReLU, Tanh)
+
+
+def conv_act_length(layers, i):
+    """How many layers from ``layers[i]`` a :class:`ConvAct` takes: 2 for Conv2d followed by ReLU or Tanh,
+    1 for a Conv2d alone, 0 when ``layers[i]`` is not a Conv2d (subclasses are left alone)."""
+    if type(layers[i]) is not Conv2d:
+        return 0
+    return 2 if i + 1 < len(layers) and type(layers[i + 1]) in ACTIVATIONS else 1
+
+
+def _activate(act, rows):
+    """The activation's forward, in place on ``rows``."""
+    if isinstance(act, ReLU):
+        np.maximum(rows, 0, out=rows)
+    elif isinstance(act, Tanh):
+        np.tanh(rows, out=rows)
+
+
+def _activation_grad(act, g, y, out):
+    """``g * act'(pre-activation)``, from the output ``y``, into ``out`` (``g`` itself without an activation)."""
+    if act is None:
+        return g
+    if isinstance(act, ReLU):
+        return np.multiply(g, y > 0, out=out)
+    np.multiply(y, y, out=out)                       # tanh: 1 - y**2
+    np.subtract(1, out, out=out)
+    return np.multiply(out, g, out=out)
+
+
+class ConvAct:
+    """``act(conv(x))`` (or ``conv(x)``) in one channels-last step, with a layer's forward / backward contract.
+
+    ``backward(grad_out, param_grads=True, input_grad=True)`` adds dL/dW and dL/db into the conv's
+    Parameters and returns dL/dx (an NCHW view of channels-last memory), or None when ``input_grad``
+    is False (the first step of a net in training).
+    """
+
+    def __init__(self, conv, act=None):
+        if type(conv) is not Conv2d or not (act is None or type(act) in ACTIVATIONS):
+            raise TypeError(f"ConvAct needs a Conv2d and optionally a ReLU or Tanh; got {conv!r}, {act!r}")
+        self.conv, self.act = conv, act
+        self._buffers = {}
+
+    def __repr__(self):
+        return f"ConvAct({self.conv!r}, {self.act!r})"
+
+    def _buffer(self, name, shape, dtype):
+        """A scratch array kept on this step and reused while its shape and dtype stay the same."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
+        return buf
+
+    def _plan(self, n):
+        """(images per chunk, workers): chunks whose columns take about NHWC_CHUNK_BYTES, shared among
+        npcnn's threads when it shares out the GEMMs and there is more than one chunk."""
+        step = max(1, fused.NHWC_CHUNK_BYTES // (self._p * self._k * self._itemsize))
+        workers = min(parallel.num_threads(), -(-n // step)) if parallel.sharing() else 1
+        return step, workers
+
+    def _run(self, n, body):
+        """``body(first, last, t, serial)`` over the images, on ``workers`` threads (see :meth:`_plan`)."""
+        step, workers = self._plan(n)
+        if workers == 1:
+            body(0, n, 0, False, step)
+        else:
+            parallel.run_threads(lambda t: body(t * n // workers, (t + 1) * n // workers, t, True, step), workers)
+        return workers
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x):
+        conv = self.conv
+        n, ho, wo = conv._geometry(x)
+        c, f = conv.in_channels, conv.out_channels
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        h, w = x.shape[2:]
+        xp = padded_channels_last(x, ph, pw, self._buffer("xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype))
+        xp3 = xp.reshape(n, h + 2 * ph, -1)
+        self._p, self._k, self._itemsize = ho * wo, kh * kw * c, x.itemsize
+        w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(self._k, f)
+        bias = conv.bias.data if conv.bias is not None else None
+        out = np.empty((n * ho * wo, f), dtype=x.dtype)       # new every call: later layers may keep it
+        p, k = self._p, self._k
+
+        def body(first, last, t, serial, step):
+            cols = self._buffer(f"cols{t}", (min(last - first, step) * p, k), x.dtype)
+            im2col = kernels.im2col_nhwc.serial if serial else kernels.im2col_nhwc
+            for a in range(first, last, step):
+                b = min(last, a + step)
+                chunk_cols, rows = cols[:(b - a) * p], out[a * p:b * p]
+                im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, chunk_cols)
+                if serial:
+                    np.matmul(chunk_cols, w_mat, out=rows)
+                else:
+                    parallel.matmul(chunk_cols, w_mat, out=rows)
+                if bias is not None:
+                    np.add(rows, bias, out=rows)
+                _activate(self.act, rows)
+
+        self._run(n, body)
+        self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
+        return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, grad_out, param_grads=True, input_grad=True):
+        conv, xp, y = self.conv, self._xp, self._out
+        n, c, h, w = self._x_shape
+        f = conv.out_channels
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        (ho, wo), p, k = self._hw, self._p, self._k
+        if not (param_grads or input_grad):
+            return None
+        g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * p, f)
+        xp3 = xp.reshape(n, xp.shape[1], -1)
+        w_t = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k)   # W^T as (F, K)
+        dxp = self._buffer("dxp", xp.shape, xp.dtype) if input_grad else None
+        step, workers = self._plan(n)
+        dw = np.zeros((workers, k, f), dtype=xp.dtype) if param_grads else None
+        db = np.zeros((workers, f), dtype=xp.dtype) if param_grads else None
+
+        def body(first, last, t, serial, step):
+            rows = min(last - first, step) * p
+            ga_buf = self._buffer(f"ga{t}", (rows, f), xp.dtype) if self.act is not None else None
+            cols = self._buffer(f"cols{t}", (rows, k), xp.dtype) if param_grads else None
+            dcols = self._buffer(f"dcols{t}", (rows, k), xp.dtype) if input_grad else None
+            mm = np.matmul if serial else parallel.matmul
+            im2col = kernels.im2col_nhwc.serial if serial else kernels.im2col_nhwc
+            col2im = kernels.col2im_nhwc.serial if serial else kernels.col2im_nhwc
+            for a in range(first, last, step):
+                b = min(last, a + step)
+                m = (b - a) * p
+                ga = _activation_grad(self.act, g[a * p:b * p], y[a * p:b * p],
+                                      None if ga_buf is None else ga_buf[:m])
+                if param_grads:
+                    im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, cols[:m])
+                    dw[t] += mm(cols[:m].T, ga)
+                    db[t] += ga.sum(axis=0)
+                if input_grad:
+                    mm(ga, w_t, out=dcols[:m])
+                    col2im(dcols[:m], c, kh, kw, sh, sw, ho, wo, dxp.reshape(xp3.shape)[a:b])
+
+        self._run(n, body)
+        if param_grads:
+            conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
+            if conv.bias is not None:
+                conv.bias.accumulate(db.sum(axis=0), owned=True)
+        if not input_grad:
+            return None
+        # channels last, returned as an NCHW view (a copy: dxp is reused by the next call)
+        return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w]).transpose(0, 3, 1, 2)

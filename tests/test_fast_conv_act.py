@@ -1,0 +1,208 @@
+"""The channels-last conv step (ConvAct), the residual block on the fast path (FastResidual) and the
+kernel they add (col2im_nhwc), each against the readable layers they stand for."""
+import contextlib
+
+import numba
+import numpy as np
+import pytest
+
+import npcnn.nn as nn
+from npcnn import fast, kernels, parallel
+from npcnn.fast import ConvAct, ConvReLUPool, FastResidual, conv_act
+from npcnn.fast import fused
+from npcnn.models import build_model
+
+NEEDS_TWO_THREADS = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+ACTS = {"none": None, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _configs(count, seed=0):
+    """Random conv settings: (n, c, f, h, w, kernel, stride, padding, bias)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        h, w = int(rng.integers(k[0], 16)), int(rng.integers(k[1], 16))
+        if h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
+            continue
+        out.append((int(rng.integers(1, 6)), int(rng.integers(1, 7)), int(rng.integers(1, 9)), h, w, k, s, p,
+                    bool(rng.integers(0, 2))))
+    return out
+
+
+def _readable(layers, x, g, param_grads=True, input_grad=True):
+    for layer in layers:
+        layer.zero_grad() if hasattr(layer, "zero_grad") else None
+    y = x
+    for layer in layers:
+        y = layer.forward(y)
+    d = g
+    for layer in reversed(layers):
+        d = layer.backward(d, param_grads=param_grads)
+    grads = [None if p.grad is None else p.grad.copy() for p in layers[0].parameters()]
+    return y, (d if input_grad else None), grads
+
+
+def _fast(layers, x, g, param_grads=True, input_grad=True):
+    layers[0].zero_grad()
+    step = ConvAct(*layers)
+    y = step.forward(x)
+    d = step.backward(g, param_grads, input_grad)
+    return y, d, [None if p.grad is None else p.grad.copy() for p in layers[0].parameters()]
+
+
+def _close(a, b, tol):
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("config", _configs(40))
+def test_conv_act_equals_the_readable_layers_in_float64(config, act):
+    """Forward, dL/dx, dL/dW and dL/db of every shape (strides, paddings, one-pixel kernels, odd sizes),
+    from a contiguous NCHW input and from an NCHW view of channels-last memory (a fast step's output)."""
+    n, c, f, h, w, k, s, p, bias = config
+    rng = np.random.default_rng(sum(config[:5]))
+    layers = [nn.Conv2d(c, f, k, s, p, bias=bias, dtype=np.float64, rng=1)]
+    if ACTS[act] is not None:
+        layers.append(ACTS[act]())
+    x = rng.standard_normal((n, c, h, w))
+    g = rng.standard_normal(layers[0].output_shape(x.shape))
+    ref = _readable(layers, x, g)
+    for inp in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        for a, b in zip(_fast(layers, inp, g), ref):
+            if isinstance(a, list):
+                for ga, gb in zip(a, b):
+                    _close(ga, gb, 1e-12)
+            else:
+                _close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("param_grads,input_grad", [(True, False), (False, True), (False, False)])
+def test_conv_act_skips_what_is_not_asked(param_grads, input_grad):
+    rng = np.random.default_rng(2)
+    layers = [nn.Conv2d(3, 4, 3, 2, 1, dtype=np.float64, rng=2), nn.ReLU()]
+    x, g = rng.standard_normal((5, 3, 9, 9)), rng.standard_normal((5, 4, 5, 5))
+    ref = _readable(layers, x, g, param_grads=param_grads, input_grad=input_grad)
+    y, dx, grads = _fast(layers, x, g, param_grads, input_grad)
+    _close(y, ref[0], 1e-12)
+    _close(dx, ref[1], 1e-12)
+    for a, b in zip(grads, ref[2]):
+        _close(a, b if param_grads else None, 1e-12)
+
+
+def test_conv_act_float32_stays_float32_and_close():
+    rng = np.random.default_rng(3)
+    layers = [nn.Conv2d(16, 16, 3, padding=1, rng=3), nn.Tanh()]
+    x = rng.standard_normal((6, 16, 12, 12)).astype(np.float32)
+    g = rng.standard_normal((6, 16, 12, 12)).astype(np.float32)
+    ref = _readable(layers, x, g)
+    got = _fast(layers, x, g)
+    assert got[0].dtype == got[1].dtype == got[2][0].dtype == np.float32
+    _close(got[0], ref[0], 1e-5)
+    _close(got[1], ref[1], 1e-5)
+    for a, b in zip(got[2], ref[2]):
+        _close(a, b, 1e-5)
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+@NEEDS_TWO_THREADS
+@pytest.mark.parametrize("shared", ["in turn", "real threads"])
+def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
+    """One image per chunk (13 chunks), shared among npcnn's threads while BLAS runs on one: the output
+    and every gradient equal one thread walking the chunks, to rounding."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((13, 6, 9, 10)).astype(np.float32)
+    g = rng.standard_normal((13, 5, 5, 5)).astype(np.float32)
+    monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
+    calls, real = [], parallel.run_threads
+    if shared == "in turn":
+        monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or [fn(t) for t in range(w)] and None)
+    else:
+        monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or real(fn, w))
+    results = []
+    for threads in (numba.get_num_threads(), 1):
+        with numba_threads(threads), parallel.one_blas_thread():
+            layers = [nn.Conv2d(6, 5, 3, stride=2, padding=1, rng=3), nn.ReLU()]
+            results.append(_fast(layers, x, g))
+    assert calls and calls[0] == numba.get_num_threads() > 1
+    (y1, d1, g1), (y2, d2, g2) = results
+    for a, b in zip([y1, d1, *g1], [y2, d2, *g2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+@pytest.mark.parametrize("k,s", [((3, 3), (1, 1)), ((4, 4), (2, 2)), ((1, 1), (2, 2)), ((5, 2), (1, 3))])
+def test_col2im_nhwc_is_the_adjoint_of_im2col_nhwc(k, s, variant):
+    """<im2col(x), d> == <x, col2im(d)> for random x and d, and col2im zeroes what it writes into."""
+    rng = np.random.default_rng(7)
+    n, c, hp, wp = 3, 4, 11, 9
+    ho, wo = (hp - k[0]) // s[0] + 1, (wp - k[1]) // s[1] + 1
+    xp3 = rng.standard_normal((n, hp, wp * c))
+    cols = np.empty((n * ho * wo, k[0] * k[1] * c))
+    getattr(kernels.im2col_nhwc, variant)(xp3, c, k[0], k[1], s[0], s[1], ho, wo, cols)
+    d = rng.standard_normal(cols.shape)
+    back = np.full(xp3.shape, np.nan)                  # garbage that must be overwritten
+    getattr(kernels.col2im_nhwc, variant)(d, c, k[0], k[1], s[0], s[1], ho, wo, back)
+    assert np.isfinite(back).all()
+    assert abs((cols * d).sum() - (xp3 * back).sum()) < 1e-10 * np.abs(cols * d).sum()
+
+
+def test_plan_groups_every_zoo_net_into_fast_steps():
+    """Which steps the fast path makes of each net: the triples, the other convs with their activation,
+    the residual blocks with planned bodies."""
+    def kinds(net):
+        out = []
+        for step in net.steps():
+            if isinstance(step, FastResidual):
+                out.append(("residual", kinds(step.body), step.shortcut and kinds(step.shortcut)))
+            else:
+                out.append(type(step).__name__)
+        return out
+    assert kinds(fast.plan(build_model("lenet5")))[:4] == ["ConvAct", "AvgPool2d", "ConvAct", "AvgPool2d"]
+    assert kinds(fast.plan(build_model("wong-mnist")))[:2] == ["ConvAct", "ConvAct"]
+    assert kinds(fast.plan(build_model("small-vgg")))[:4] == ["ConvAct", "ConvReLUPool", "ConvAct", "ConvReLUPool"]
+    resnet = kinds(fast.plan(build_model("small-resnet")))
+    assert resnet[:3] == ["ConvAct", "BatchNorm2d", "ReLU"]
+    assert resnet[3] == ("residual", ["ConvAct", "BatchNorm2d", "ReLU", "ConvAct", "BatchNorm2d"], None)
+    assert resnet[5][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
+    assert not any(isinstance(s, (ConvAct, ConvReLUPool)) for s in fast.plan(build_model("lenet5"), fuse=False).steps())
+
+
+def test_fast_residual_equals_the_readable_block_in_float64():
+    rng = np.random.default_rng(8)
+    for stride, cin, cout in ((1, 4, 4), (2, 4, 6)):
+        from npcnn.models.zoo import basic_block
+        block = basic_block(cin, cout, stride, dtype=np.float64, rng=int(stride))
+        x = rng.standard_normal((5, cin, 8, 8))
+        y = block.forward(x)
+        g = rng.standard_normal(y.shape)
+        block.zero_grad()
+        dx = block.backward(g)
+        grads = [p.grad.copy() for p in block.parameters()]
+        block.zero_grad()
+        step = FastResidual(block, lambda part: fast.plan(part, fuse=True))
+        np.testing.assert_allclose(step.forward(x), y, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(step.backward(g), dx, rtol=0, atol=1e-12)
+        for p, ref in zip(block.parameters(), grads):
+            np.testing.assert_allclose(p.grad, ref, rtol=0, atol=1e-12)
+
+
+def test_conv_act_rejects_what_it_cannot_run():
+    with pytest.raises(TypeError, match="ConvAct needs"):
+        ConvAct(nn.Conv2d(1, 2, 3), nn.Sigmoid())
+    assert conv_act.conv_act_length([nn.Conv2d(1, 2, 3), nn.Sigmoid()], 0) == 1
+    assert conv_act.conv_act_length([nn.ReLU()], 0) == 0
