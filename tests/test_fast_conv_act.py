@@ -60,12 +60,19 @@ def _close(a, b, tol):
         assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
 
 
+@pytest.mark.parametrize("path", ["gemm", "direct"])
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("config", _configs(40))
-def test_conv_act_equals_the_readable_layers_in_float64(config, act):
+def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monkeypatch):
     """Forward, dL/dx, dL/dW and dL/db of every shape (strides, paddings, one-pixel kernels, odd sizes),
-    from a contiguous NCHW input and from an NCHW view of channels-last memory (a fast step's output)."""
+    from a contiguous NCHW input and from an NCHW view of channels-last memory (a fast step's output),
+    through the channels-last im2col + GEMM and (stride-1 convs) through the direct kernels."""
     n, c, f, h, w, k, s, p, bias = config
+    if path == "direct" and s == (1, 1):
+        monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6)
+        assert conv_act.direct(nn.Conv2d(c, f, k, s, p))
+    else:
+        monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
     rng = np.random.default_rng(sum(config[:5]))
     layers = [nn.Conv2d(c, f, k, s, p, bias=bias, dtype=np.float64, rng=1)]
     if ACTS[act] is not None:
@@ -83,10 +90,13 @@ def test_conv_act_equals_the_readable_layers_in_float64(config, act):
 
 
 @pytest.mark.parametrize("param_grads,input_grad", [(True, False), (False, True), (False, False)])
-def test_conv_act_skips_what_is_not_asked(param_grads, input_grad):
+@pytest.mark.parametrize("stride", [1, 2])            # the direct path and the GEMM path
+def test_conv_act_skips_what_is_not_asked(param_grads, input_grad, stride):
     rng = np.random.default_rng(2)
-    layers = [nn.Conv2d(3, 4, 3, 2, 1, dtype=np.float64, rng=2), nn.ReLU()]
-    x, g = rng.standard_normal((5, 3, 9, 9)), rng.standard_normal((5, 4, 5, 5))
+    layers = [nn.Conv2d(3, 4, 3, stride, 1, dtype=np.float64, rng=2), nn.ReLU()]
+    assert conv_act.direct(layers[0]) == (stride == 1)
+    x = rng.standard_normal((5, 3, 9, 9))
+    g = rng.standard_normal(layers[0].output_shape(x.shape))
     ref = _readable(layers, x, g, param_grads=param_grads, input_grad=input_grad)
     y, dx, grads = _fast(layers, x, g, param_grads, input_grad)
     _close(y, ref[0], 1e-12)
@@ -95,10 +105,11 @@ def test_conv_act_skips_what_is_not_asked(param_grads, input_grad):
         _close(a, b if param_grads else None, 1e-12)
 
 
-def test_conv_act_float32_stays_float32_and_close():
+@pytest.mark.parametrize("c", [16, 1])                 # the GEMM path and the direct path
+def test_conv_act_float32_stays_float32_and_close(c):
     rng = np.random.default_rng(3)
-    layers = [nn.Conv2d(16, 16, 3, padding=1, rng=3), nn.Tanh()]
-    x = rng.standard_normal((6, 16, 12, 12)).astype(np.float32)
+    layers = [nn.Conv2d(c, 16, 3, padding=1, rng=3), nn.Tanh()]
+    x = rng.standard_normal((6, c, 12, 12)).astype(np.float32)
     g = rng.standard_normal((6, 16, 12, 12)).astype(np.float32)
     ref = _readable(layers, x, g)
     got = _fast(layers, x, g)
@@ -206,3 +217,19 @@ def test_conv_act_rejects_what_it_cannot_run():
         ConvAct(nn.Conv2d(1, 2, 3), nn.Sigmoid())
     assert conv_act.conv_act_length([nn.Conv2d(1, 2, 3), nn.Sigmoid()], 0) == 1
     assert conv_act.conv_act_length([nn.ReLU()], 0) == 0
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_conv_act_threaded_kernels_equal_the_readable_layers(direct, monkeypatch):
+    """The kernels' threaded copies (from any size on), the weight gradient summed over per-thread blocks."""
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6 if direct else 0)
+    rng = np.random.default_rng(9)
+    layers = [nn.Conv2d(2, 5, (3, 2), 1, (1, 0), dtype=np.float64, rng=4), nn.ReLU()]
+    x = rng.standard_normal((7, 2, 10, 9))
+    g = rng.standard_normal(layers[0].output_shape(x.shape))
+    ref = _readable(layers, x, g)
+    with parallel.one_blas_thread():
+        got = _fast(layers, x, g)
+    for a, b in zip([got[0], got[1], *got[2]], [ref[0], ref[1], *ref[2]]):
+        _close(a, b, 1e-12)

@@ -19,6 +19,11 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
   - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto the padded input gradient,
     whose interior is dL/dx.
 
+A stride-1 conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3,
+1x5x5, 3x3x3) is computed directly instead, in NCHW, along the output rows
+(``kernels.direct_conv_act_nchw`` and its two gradients, :mod:`npcnn.kernels.direct_conv_rows`): with
+so few taps im2col + GEMM is a pass over memory. Its output is NCHW.
+
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
 each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
 own partial weight gradient (summed at the end). The sums run in a different order from the
@@ -33,6 +38,9 @@ from ..nn.conv import Conv2d
 from . import fused
 from .fused import padded_channels_last
 
+#: Stride-1 convs with at most this many weights per filter (C*kh*kw) are computed directly.
+DIRECT_MAX_TAPS = 27
+
 #: The activations folded into the step: their forward applied in place, their derivative from the output.
 ACTIVATIONS = (ReLU, Tanh)
 
@@ -43,6 +51,16 @@ def conv_act_length(layers, i):
     if type(layers[i]) is not Conv2d:
         return 0
     return 2 if i + 1 < len(layers) and type(layers[i + 1]) in ACTIVATIONS else 1
+
+
+def _act_code(act):
+    return kernels.ACT_RELU if isinstance(act, ReLU) else kernels.ACT_TANH if isinstance(act, Tanh) else kernels.ACT_NONE
+
+
+def direct(conv):
+    """True when ``conv`` takes the direct path: stride 1 and at most DIRECT_MAX_TAPS weights per filter."""
+    kh, kw = conv.kernel_size
+    return conv.stride == (1, 1) and conv.in_channels * kh * kw <= DIRECT_MAX_TAPS
 
 
 def _activate(act, rows):
@@ -106,6 +124,9 @@ class ConvAct:
 
     # ------------------------------------------------------------------ forward
     def forward(self, x):
+        self._direct = direct(self.conv)
+        if self._direct:
+            return self._forward_direct(x)
         conv = self.conv
         n, ho, wo = conv._geometry(x)
         c, f = conv.in_channels, conv.out_channels
@@ -138,15 +159,51 @@ class ConvAct:
         self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 
+    def _forward_direct(self, x):
+        conv = self.conv
+        n, ho, wo = conv._geometry(x)
+        c, f, (ph, pw), (h, w) = conv.in_channels, conv.out_channels, conv.padding, x.shape[2:]
+        xpad = self._buffer("xpad", (n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+        if ph or pw:
+            xpad[:, :, :ph], xpad[:, :, ph + h:], xpad[:, :, :, :pw], xpad[:, :, :, pw + w:] = 0, 0, 0, 0
+        xpad[:, :, ph:ph + h, pw:pw + w] = x
+        bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
+        out = np.empty((n, f, ho, wo), dtype=x.dtype)
+        kernels.direct_conv_act_nchw(xpad, conv.weight.data, bias, _act_code(self.act), *conv.kernel_size, out)
+        self._x_shape, self._xp, self._out = x.shape, xpad, out
+        return out
+
+    def _backward_direct(self, grad_out, param_grads, input_grad):
+        conv, xpad = self.conv, self._xp
+        n, c, h, w = self._x_shape
+        (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+        g = np.ascontiguousarray(grad_out)
+        ga = _activation_grad(self.act, g, self._out, None if self.act is None else np.empty_like(g))
+        if param_grads:
+            blocks = min(n, parallel.num_threads())
+            dw_part = np.empty((blocks, *conv.weight.shape), dtype=g.dtype)
+            db_part = np.empty((blocks, conv.out_channels), dtype=g.dtype)
+            kernels.direct_conv_weight_grad_nchw(ga, xpad, kh, kw, dw_part, db_part)
+            conv.weight.accumulate(dw_part.sum(axis=0), owned=True)
+            if conv.bias is not None:
+                conv.bias.accumulate(db_part.sum(axis=0), owned=True)
+        if not input_grad:
+            return None
+        dxpad = self._buffer("dxpad", xpad.shape, xpad.dtype)
+        kernels.direct_conv_input_grad_nchw(ga, conv.weight.data, kh, kw, dxpad)
+        return dxpad[:, :, ph:ph + h, pw:pw + w].copy()
+
     # ------------------------------------------------------------------ backward
     def backward(self, grad_out, param_grads=True, input_grad=True):
+        if not (param_grads or input_grad):
+            return None
+        if self._direct:
+            return self._backward_direct(grad_out, param_grads, input_grad)
         conv, xp, y = self.conv, self._xp, self._out
         n, c, h, w = self._x_shape
         f = conv.out_channels
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         (ho, wo), p, k = self._hw, self._p, self._k
-        if not (param_grads or input_grad):
-            return None
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * p, f)
         xp3 = xp.reshape(n, xp.shape[1], -1)
         w_t = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k)   # W^T as (F, K)

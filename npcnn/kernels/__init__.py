@@ -16,6 +16,8 @@ One file per family:
 - ``pooling.py``       max-pool forward and backward, and ReLU -> 2x2 max-pool fused onto a conv
 - ``direct_conv.py``   the fused conv -> ReLU -> pool computed directly, for convs with few weights
                        per filter (the first conv), and its gradients
+- ``direct_conv_rows.py`` a stride-1 conv with few weights per filter, computed directly along the
+                       output rows (no pool after it), and its gradients
 - ``winners_grad.py``  the gradients of the channels-last fused conv, from the pool's winners only
 - ``normalization.py`` batch normalisation, NCHW and channels last
 - ``optimizer.py``     the Adam update
@@ -40,6 +42,8 @@ from . import _compile
 from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
+from .direct_conv_rows import (ACT_NONE, ACT_RELU, ACT_TANH, direct_conv_act_nchw, direct_conv_input_grad_nchw,
+                               direct_conv_weight_grad_nchw)
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
@@ -54,6 +58,8 @@ __all__ = [
     "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc",
     "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",
     "direct_conv_input_grad_1x3x3",
+    "ACT_NONE", "ACT_RELU", "ACT_TANH", "direct_conv_act_nchw", "direct_conv_weight_grad_nchw",
+    "direct_conv_input_grad_nchw",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
