@@ -42,3 +42,21 @@ def test_profile_layers_prints_the_per_layer_table():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| layer | forward ms | backward ms | share |" in result.stdout
     assert "fused Conv2d+ReLU+MaxPool2d" in result.stdout and "training step (fused)" in result.stdout
+
+
+def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path):
+    """bench_zoo on two zoo nets (one with residual blocks) against PyTorch in both layouts: the peers
+    compute the same thing from the same weights, and every cell of both tables is measured."""
+    out = tmp_path / "zoo.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_zoo.py", "--quick", "--models", "lenet5,small-resnet",
+                             "--peers", "npcnn,torch,torch_cl", "--json", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for model in ("lenet5", "small-resnet"):
+        assert f"{model}: torch: ok, torch_cl: ok" in result.stdout
+    summary = json.loads(out.read_text())["summary"]["default"]
+    for task in ("train", "infer"):
+        for model in ("lenet5", "small-resnet"):
+            row = summary[task][model]
+            assert row["peers"]["npcnn"]["images_per_s"] > 0
+            assert row["npcnn_over"]["pytorch"] > 0 and row["npcnn_over"]["torch_cl"] > 0
