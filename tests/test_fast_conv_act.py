@@ -233,3 +233,22 @@ def test_conv_act_threaded_kernels_equal_the_readable_layers(direct, monkeypatch
         got = _fast(layers, x, g)
     for a, b in zip([got[0], got[1], *got[2]], [ref[0], ref[1], *ref[2]]):
         _close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("k,s,p,include", [(2, 2, 0, True), (3, 2, 1, True), (3, 1, 1, False)])
+def test_avgpool_keeps_a_channels_last_input_channels_last(k, s, p, include):
+    """The same numbers from an NCHW input and from an NCHW view of channels-last memory, forward and
+    backward; the second gives channels-last results, as the next fast conv wants them."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 5, 8, 7))
+    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    pool = nn.AvgPool2d(k, s, p, count_include_pad=include)
+    y = pool.forward(x)
+    g = rng.standard_normal(y.shape)
+    dx = pool.backward(g)
+    assert y.flags.c_contiguous and dx.flags.c_contiguous
+    y_cl = pool.forward(x_cl)
+    dx_cl = pool.backward(np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    assert y_cl.transpose(0, 2, 3, 1).flags.c_contiguous and dx_cl.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_allclose(y_cl, y, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(dx_cl, dx, rtol=0, atol=1e-15)

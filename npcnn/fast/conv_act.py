@@ -21,7 +21,7 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
 
 A stride-1 conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3,
 1x5x5, 3x3x3) is computed directly instead, in NCHW, along the output rows
-(``kernels.direct_conv_act_nchw`` and its two gradients, :mod:`npcnn.kernels.direct_conv_rows`): with
+(``kernels.direct_conv_relu_nchw`` and its two gradients, :mod:`npcnn.kernels.direct_conv_rows`): with
 so few taps im2col + GEMM is a pass over memory. Its output is NCHW.
 
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
@@ -51,10 +51,6 @@ def conv_act_length(layers, i):
     if type(layers[i]) is not Conv2d:
         return 0
     return 2 if i + 1 < len(layers) and type(layers[i + 1]) in ACTIVATIONS else 1
-
-
-def _act_code(act):
-    return kernels.ACT_RELU if isinstance(act, ReLU) else kernels.ACT_TANH if isinstance(act, Tanh) else kernels.ACT_NONE
 
 
 def direct(conv):
@@ -169,7 +165,10 @@ class ConvAct:
         xpad[:, :, ph:ph + h, pw:pw + w] = x
         bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
         out = np.empty((n, f, ho, wo), dtype=x.dtype)
-        kernels.direct_conv_act_nchw(xpad, conv.weight.data, bias, _act_code(self.act), *conv.kernel_size, out)
+        relu = isinstance(self.act, ReLU)
+        kernels.direct_conv_relu_nchw(xpad, conv.weight.data, bias, relu, *conv.kernel_size, out)
+        if not relu:
+            _activate(self.act, out)
         self._x_shape, self._xp, self._out = x.shape, xpad, out
         return out
 

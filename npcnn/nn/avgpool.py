@@ -9,6 +9,21 @@ from .conv import _pair, conv_output_size
 from .module import Module, check_input
 
 
+def _is_channels_last(x):
+    """True when ``x`` (N, C, H, W) is an NCHW view of channels-last memory (a fast conv step's output)."""
+    return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _zeros(shape, dtype, channels_last):
+    """Zeros of ``shape`` (N, C, H, W), laid out channels last (an NCHW view) or NCHW. The pools keep
+    their input's layout: the window sums then run along contiguous memory either way, and a fast
+    conv after the pool finds its input channels last."""
+    if channels_last:
+        n, c, h, w = shape
+        return np.zeros((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return np.zeros(shape, dtype=dtype)
+
+
 def _shown(v):
     """A setting as the user gave it (an int, or a pair as a tuple), for the repr: PyTorch prints what it was given."""
     return tuple(v) if isinstance(v, (tuple, list)) else v if v is None else int(v)
@@ -28,6 +43,9 @@ class AvgPool2d(Module):
     ``dL/dx[n, c, i, j] = sum over the windows (oy, ox) that contain (i, j) of dL/dy[n, c, oy, ox] / d``:
     the adjoint of the forward, written as the same loop over the kh*kw window offsets, adding
     instead of gathering (overlapping windows add their shares).
+
+    The output (and the input gradient) keeps the input's memory layout: NCHW, or channels last
+    when the input is an NCHW view of channels-last memory, as the fast path's convs return.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
@@ -79,24 +97,30 @@ class AvgPool2d(Module):
         if ho <= 0 or wo <= 0:
             raise ValueError(f"{self!r}: input of spatial size {x.shape[2:]} is smaller than the window")
         (ph, pw) = self.padding
-        padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-        padded[:, :, ph:ph + h, pw:pw + w] = x
-        total = np.zeros((n, c, ho, wo), dtype=x.dtype)
+        self._channels_last = _is_channels_last(x)
+        padded = x
+        if ph or pw:
+            padded = _zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype, self._channels_last)
+            padded[:, :, ph:ph + h, pw:pw + w] = x
+        total = _zeros((n, c, ho, wo), x.dtype, self._channels_last)
         for window in self._windows(ho, wo):             # add the window's values, one offset at a time
             total += padded[window]
         self._divisor_map = self._divisor(h, w, ho, wo, x.dtype)
         self._x_shape = x.shape
-        return total / self._divisor_map
+        total /= self._divisor_map
+        return total
 
     def backward(self, grad_out, param_grads=True):
         n, c, h, w = self._x_shape
         _, _, ho, wo = grad_out.shape
         (ph, pw) = self.padding
         share = grad_out / self._divisor_map               # each output's gradient, split evenly
-        dpadded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad_out.dtype)
+        dpadded = _zeros((n, c, h + 2 * ph, w + 2 * pw), grad_out.dtype, self._channels_last)
         for window in self._windows(ho, wo):             # the forward's loop, scattering instead of gathering
             dpadded[window] += share
-        return dpadded[:, :, ph:ph + h, pw:pw + w].copy()
+        if ph or pw:
+            return dpadded[:, :, ph:ph + h, pw:pw + w].copy(order="K")   # (in the same layout)
+        return dpadded
 
 
 def _bins(size, out):
