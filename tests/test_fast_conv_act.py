@@ -189,23 +189,29 @@ def test_plan_groups_every_zoo_net_into_fast_steps():
     resnet = kinds(fast.plan(build_model("small-resnet")))
     assert resnet[:3] == ["ConvAct", "BatchNorm2d", "ReLU"]
     assert resnet[3] == ("residual", ["ConvAct", "BatchNorm2d", "ReLU", "ConvAct", "BatchNorm2d"], None)
-    assert resnet[5][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
+    assert resnet[4][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
+    assert len(resnet) == 6 + 4                                   # each block's ReLU folded into its step
+    assert all(step.relu is not None for step in fast.plan(build_model("small-resnet")).steps()[3:6])
     assert not any(isinstance(s, (ConvAct, ConvReLUPool)) for s in fast.plan(build_model("lenet5"), fuse=False).steps())
 
 
-def test_fast_residual_equals_the_readable_block_in_float64():
+@pytest.mark.parametrize("relu", [False, True])
+def test_fast_residual_equals_the_readable_block_in_float64(relu):
+    """The block (and the ReLU after it, folded in), identity and 1x1-conv shortcuts, against the readable
+    layers run one after the other."""
+    from npcnn.models.zoo import basic_block
     rng = np.random.default_rng(8)
     for stride, cin, cout in ((1, 4, 4), (2, 4, 6)):
-        from npcnn.models.zoo import basic_block
         block = basic_block(cin, cout, stride, dtype=np.float64, rng=int(stride))
+        layers = nn.Sequential(block, nn.ReLU()) if relu else block
         x = rng.standard_normal((5, cin, 8, 8))
-        y = block.forward(x)
+        y = layers.forward(x)
         g = rng.standard_normal(y.shape)
         block.zero_grad()
-        dx = block.backward(g)
+        dx = layers.backward(g)
         grads = [p.grad.copy() for p in block.parameters()]
         block.zero_grad()
-        step = FastResidual(block, lambda part: fast.plan(part, fuse=True))
+        step = FastResidual(block, lambda part: fast.plan(part, fuse=True), nn.ReLU() if relu else None)
         np.testing.assert_allclose(step.forward(x), y, rtol=0, atol=1e-12)
         np.testing.assert_allclose(step.backward(g), dx, rtol=0, atol=1e-12)
         for p, ref in zip(block.parameters(), grads):

@@ -25,10 +25,9 @@ results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.
 import os
 
 from .. import parallel
-from ..nn.residual import Residual
 from .conv_act import ConvAct, conv_act_length
 from .fused import ConvReLUPool, fusable
-from .residual import FastResidual
+from .residual import FastResidual, residual_length
 
 __all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "fusable"]
 
@@ -74,8 +73,8 @@ class FastSequential:
 
     def steps(self):
         """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
-        ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual a
-        FastResidual over its planned body and shortcut; the other layers as they are."""
+        ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual (with
+        the ReLU after it) a FastResidual over its planned body and shortcut; the other layers as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
             take = 1
@@ -83,8 +82,9 @@ class FastSequential:
                 take, make = 3, ConvReLUPool
             elif self.fuse and conv_act_length(layers, i):
                 take, make = conv_act_length(layers, i), ConvAct
-            elif self.fuse and type(layers[i]) is Residual:
-                take, make = 1, lambda block: FastResidual(block, lambda part: plan(part, fuse=True))
+            elif self.fuse and residual_length(layers, i):
+                take = residual_length(layers, i)
+                make = lambda block, relu=None: FastResidual(block, lambda part: plan(part, fuse=True), relu)  # noqa: E731
             else:
                 steps.append(layers[i])
                 i += 1
