@@ -1,7 +1,5 @@
 """The channels-last conv step (ConvAct), the residual block on the fast path (FastResidual) and the
 kernel they add (col2im_nhwc), each against the readable layers they stand for."""
-import contextlib
-
 import numba
 import numpy as np
 import pytest
@@ -11,8 +9,8 @@ from npcnn import fast, kernels, parallel
 from npcnn.fast import ConvAct, ConvReLUPool, FastResidual, conv_act
 from npcnn.fast import fused
 from npcnn.models import build_model
+from test_kernels_fast import NEEDS_TWO_THREADS, numba_threads
 
-NEEDS_TWO_THREADS = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
 ACTS = {"none": None, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -118,16 +116,6 @@ def test_conv_act_float32_stays_float32_and_close(c):
     _close(got[1], ref[1], 1e-5)
     for a, b in zip(got[2], ref[2]):
         _close(a, b, 1e-5)
-
-
-@contextlib.contextmanager
-def numba_threads(n):
-    before = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 @NEEDS_TWO_THREADS

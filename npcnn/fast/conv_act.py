@@ -36,7 +36,7 @@ from ..nn.activation import ReLU
 from ..nn.smooth import Tanh
 from ..nn.conv import Conv2d
 from . import fused
-from .fused import padded_channels_last
+from .fused import ScratchBuffers, padded_channels_last
 
 #: Stride-1 convs with at most this many weights per filter (C*kh*kw) are computed directly.
 DIRECT_MAX_TAPS = 27
@@ -78,7 +78,7 @@ def _activation_grad(act, g, y, out):
     return np.multiply(out, g, out=out)
 
 
-class ConvAct:
+class ConvAct(ScratchBuffers):
     """``act(conv(x))`` (or ``conv(x)``) in one channels-last step, with a layer's forward / backward contract.
 
     ``backward(grad_out, param_grads=True, input_grad=True)`` adds dL/dW and dL/db into the conv's
@@ -94,13 +94,6 @@ class ConvAct:
 
     def __repr__(self):
         return f"ConvAct({self.conv!r}, {self.act!r})"
-
-    def _buffer(self, name, shape, dtype):
-        """A scratch array kept on this step and reused while its shape and dtype stay the same."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
-        return buf
 
     def _plan(self, n):
         """(images per chunk, workers): chunks whose columns take about NHWC_CHUNK_BYTES, shared among

@@ -89,7 +89,19 @@ def padded_channels_last(x, ph, pw, xp):
     return xp
 
 
-class ConvReLUPool:
+class ScratchBuffers:
+    """A fast step's scratch arrays, kept from one call to the next."""
+
+    def _buffer(self, name, shape, dtype):
+        """A scratch array kept on this step and reused while its shape and dtype stay the same."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = buffers[name] = np.empty(shape, dtype=dtype)
+        return buf
+
+
+class ConvReLUPool(ScratchBuffers):
     """``pool(relu(conv(x)))`` in one step, with the same forward / backward contract as a layer.
 
     ``forward(x)`` returns the pooled output (N, F, Ho, Wo); ``backward(grad_out, param_grads=True,
@@ -107,13 +119,6 @@ class ConvReLUPool:
 
     def __repr__(self):
         return f"ConvReLUPool({self.conv!r}, {self.pool!r})"
-
-    def _buffer(self, name, shape, dtype):
-        """A scratch array kept on this step and reused while its shape and dtype stay the same."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
-        return buf
 
     # ------------------------------------------------------------------ forward
     def forward(self, x):
