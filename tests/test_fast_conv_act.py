@@ -64,9 +64,10 @@ def _close(a, b, tol):
 def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monkeypatch):
     """Forward, dL/dx, dL/dW and dL/db of every shape (strides, paddings, one-pixel kernels, odd sizes),
     from a contiguous NCHW input and from an NCHW view of channels-last memory (a fast step's output),
-    through the channels-last im2col + GEMM and (stride-1 convs) through the direct kernels."""
+    through the channels-last im2col + GEMM and through the direct kernels (a strided conv over its
+    input's phase planes)."""
     n, c, f, h, w, k, s, p, bias = config
-    if path == "direct" and s == (1, 1):
+    if path == "direct":
         monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6)
         assert conv_act.direct(nn.Conv2d(c, f, k, s, p))
     else:
@@ -204,6 +205,18 @@ def test_fast_residual_equals_the_readable_block_in_float64(relu):
         np.testing.assert_allclose(step.backward(g), dx, rtol=0, atol=1e-12)
         for p, ref in zip(block.parameters(), grads):
             np.testing.assert_allclose(p.grad, ref, rtol=0, atol=1e-12)
+
+
+def test_phase_planes_round_trip_and_turn_a_strided_conv_into_a_stride_one_conv():
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((2, 3, 8, 9))
+    q = conv_act.to_phases(a, 2, 3)
+    assert q.shape == (2, 18, 4, 3)
+    np.testing.assert_array_equal(q[:, (1 * 2 + 1) * 3 + 2], a[:, 1, 1::2, 2::3])      # plane (c=1, u=1, v=2)
+    np.testing.assert_array_equal(conv_act.from_phases(q, 2, 3), a)
+    assert conv_act.to_phases(a, 1, 1) is a
+    assert conv_act.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))      # Wong et al.'s first conv: 4 x 2x2 taps
+    assert not conv_act.direct(nn.Conv2d(16, 32, 4, stride=2, padding=1))
 
 
 def test_conv_act_rejects_what_it_cannot_run():

@@ -19,10 +19,12 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
   - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto the padded input gradient,
     whose interior is dL/dx.
 
-A stride-1 conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3,
-1x5x5, 3x3x3) is computed directly instead, in NCHW, along the output rows
-(``kernels.direct_conv_relu_nchw`` and its two gradients, :mod:`npcnn.kernels.direct_conv_rows`): with
-so few taps im2col + GEMM is a pass over memory. Its output is NCHW.
+A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
+is computed directly instead, in NCHW (``kernels.direct_conv_relu_nchw`` and its two gradients,
+:mod:`npcnn.kernels.direct_conv_rows`): with so few taps im2col + GEMM is a pass over memory. A
+strided conv goes there as a stride-1 conv over the input's phase planes (:func:`to_phases`: the
+sh*sw sub-images ``x[:, c, u::sh, v::sw]`` become channels, and the kernel is cut the same way), so
+the 1x4x4 stride-2 first conv of Wong et al.'s net is a 4x2x2 stride-1 conv. Its output is NCHW.
 
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
 each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
@@ -38,7 +40,7 @@ from ..nn.conv import Conv2d
 from . import fused
 from .fused import ScratchBuffers, padded_channels_last
 
-#: Stride-1 convs with at most this many weights per filter (C*kh*kw) are computed directly.
+#: Convs with at most this many weights per filter (C*kh*kw, counted on the phase planes) are computed directly.
 DIRECT_MAX_TAPS = 27
 
 #: The activations folded into the step: their forward applied in place, their derivative from the output.
@@ -54,9 +56,40 @@ def conv_act_length(layers, i):
 
 
 def direct(conv):
-    """True when ``conv`` takes the direct path: stride 1 and at most DIRECT_MAX_TAPS weights per filter."""
-    kh, kw = conv.kernel_size
-    return conv.stride == (1, 1) and conv.in_channels * kh * kw <= DIRECT_MAX_TAPS
+    """True when ``conv`` takes the direct path: at most DIRECT_MAX_TAPS weights per filter, counted on
+    the phase planes a strided conv is run on (C*sh*sw channels of ceil(kh/sh) x ceil(kw/sw) taps)."""
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+    return conv.in_channels * sh * sw * -(-kh // sh) * -(-kw // sw) <= DIRECT_MAX_TAPS
+
+
+def to_phases(a, sh, sw):
+    """``a`` (N, C, H, W), H and W multiples of the stride, as its sh*sw phase planes (N, C*sh*sw, H/sh, W/sw):
+    plane ``(c, u, v)`` holds ``a[:, c, u::sh, v::sw]``. A stride-(sh, sw) conv over ``a`` is a stride-1
+    conv over the planes, with the kernel's phases as its channels. Stride 1: ``a`` itself."""
+    if (sh, sw) == (1, 1):
+        return a
+    n, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(n, c, h // sh, sh, w // sw, sw).transpose(0, 1, 3, 5, 2, 4)).reshape(
+        n, c * sh * sw, h // sh, w // sw)
+
+
+def from_phases(q, sh, sw):
+    """The inverse of :func:`to_phases`: (N, C*sh*sw, Hq, Wq) back to (N, C, Hq*sh, Wq*sw)."""
+    if (sh, sw) == (1, 1):
+        return q
+    n, cq, hq, wq = q.shape
+    c = cq // (sh * sw)
+    return q.reshape(n, c, sh, sw, hq, wq).transpose(0, 1, 4, 2, 5, 3).reshape(n, c, hq * sh, wq * sw)
+
+
+def _kernel_padded(weight, kh, kw):
+    """``weight`` (F, C, kh0, kw0) with zero taps added up to (kh, kw) (a multiple of the stride)."""
+    f, c, kh0, kw0 = weight.shape
+    if (kh0, kw0) == (kh, kw):
+        return weight
+    out = np.zeros((f, c, kh, kw), dtype=weight.dtype)
+    out[:, :, :kh0, :kw0] = weight
+    return out
 
 
 def _activate(act, rows):
@@ -152,38 +185,46 @@ class ConvAct(ScratchBuffers):
         conv = self.conv
         n, ho, wo = conv._geometry(x)
         c, f, (ph, pw), (h, w) = conv.in_channels, conv.out_channels, conv.padding, x.shape[2:]
-        xpad = self._buffer("xpad", (n, c, h + 2 * ph, w + 2 * pw), x.dtype)
-        if ph or pw:
-            xpad[:, :, :ph], xpad[:, :, ph + h:], xpad[:, :, :, :pw], xpad[:, :, :, pw + w:] = 0, 0, 0, 0
-        xpad[:, :, ph:ph + h, pw:pw + w] = x
+        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+        kqh, kqw = -(-kh // sh), -(-kw // sw)                # the phase planes' kernel
+        hb, wb = (ho + kqh - 1) * sh, (wo + kqw - 1) * sw      # the padded input as the phases read it
+        xpad = self._buffer("xpad", (n, c, hb, wb), x.dtype)
+        xpad[...] = 0
+        rows, cols = min(h, hb - ph), min(w, wb - pw)          # (rows past hb are never read)
+        xpad[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
+        xq, wq = to_phases(xpad, sh, sw), to_phases(_kernel_padded(conv.weight.data, kqh * sh, kqw * sw), sh, sw)
         bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
         out = np.empty((n, f, ho, wo), dtype=x.dtype)
         relu = isinstance(self.act, ReLU)
-        kernels.direct_conv_relu_nchw(xpad, conv.weight.data, bias, relu, *conv.kernel_size, out)
+        kernels.direct_conv_relu_nchw(xq, wq, bias, relu, kqh, kqw, out)
         if not relu:
             _activate(self.act, out)
-        self._x_shape, self._xp, self._out = x.shape, xpad, out
+        self._x_shape, self._xp, self._wq, self._out = x.shape, xq, wq, out
         return out
 
     def _backward_direct(self, grad_out, param_grads, input_grad):
-        conv, xpad = self.conv, self._xp
+        conv, xq, wq = self.conv, self._xp, self._wq
         n, c, h, w = self._x_shape
-        (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         g = np.ascontiguousarray(grad_out)
         ga = _activation_grad(self.act, g, self._out, None if self.act is None else np.empty_like(g))
         if param_grads:
             blocks = min(n, parallel.num_threads())
-            dw_part = np.empty((blocks, *conv.weight.shape), dtype=g.dtype)
+            dw_part = np.empty((blocks, *wq.shape), dtype=g.dtype)
             db_part = np.empty((blocks, conv.out_channels), dtype=g.dtype)
-            kernels.direct_conv_weight_grad_nchw(ga, xpad, kh, kw, dw_part, db_part)
-            conv.weight.accumulate(dw_part.sum(axis=0), owned=True)
+            kernels.direct_conv_weight_grad_nchw(ga, xq, *wq.shape[2:], dw_part, db_part)
+            conv.weight.accumulate(from_phases(dw_part.sum(axis=0), sh, sw)[:, :, :kh, :kw], owned=False)
             if conv.bias is not None:
                 conv.bias.accumulate(db_part.sum(axis=0), owned=True)
         if not input_grad:
             return None
-        dxpad = self._buffer("dxpad", xpad.shape, xpad.dtype)
-        kernels.direct_conv_input_grad_nchw(ga, conv.weight.data, kh, kw, dxpad)
-        return dxpad[:, :, ph:ph + h, pw:pw + w].copy()
+        dxq = self._buffer("dxq", xq.shape, xq.dtype)
+        kernels.direct_conv_input_grad_nchw(ga, wq, *wq.shape[2:], dxq)
+        dxpad = from_phases(dxq, sh, sw)
+        dx = np.zeros(self._x_shape, dtype=g.dtype)
+        rows, cols = min(h, dxpad.shape[2] - ph), min(w, dxpad.shape[3] - pw)
+        dx[:, :, :rows, :cols] = dxpad[:, :, ph:ph + rows, pw:pw + cols]
+        return dx
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad_out, param_grads=True, input_grad=True):
