@@ -20,11 +20,11 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
     whose interior is dL/dx.
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
-is computed directly instead, in NCHW (``kernels.direct_conv_relu_nchw`` and its two gradients,
+is computed directly instead, in NCHW (``kernels.direct_conv_relu_to_nhwc`` and its two gradients,
 :mod:`npcnn.kernels.direct_conv_rows`): with so few taps im2col + GEMM is a pass over memory. A
 strided conv goes there as a stride-1 conv over the input's phase planes (:func:`to_phases`: the
 sh*sw sub-images ``x[:, c, u::sh, v::sw]`` become channels, and the kernel is cut the same way), so
-the 1x4x4 stride-2 first conv of Wong et al.'s net is a 4x2x2 stride-1 conv. Its output is NCHW.
+the 1x4x4 stride-2 first conv of Wong et al.'s net is a 4x2x2 stride-1 conv.
 
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
 each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
@@ -114,9 +114,9 @@ def _activation_grad(act, g, y, out):
 class ConvAct(ScratchBuffers):
     """``act(conv(x))`` (or ``conv(x)``) in one channels-last step, with a layer's forward / backward contract.
 
-    ``backward(grad_out, param_grads=True, input_grad=True)`` adds dL/dW and dL/db into the conv's
-    Parameters and returns dL/dx (an NCHW view of channels-last memory), or None when ``input_grad``
-    is False (the first step of a net in training).
+    ``forward`` returns an NCHW view of channels-last memory. ``backward(grad_out, param_grads=True,
+    input_grad=True)`` adds dL/dW and dL/db into the conv's Parameters and returns dL/dx, or None when
+    ``input_grad`` is False (the first step of a net in training).
     """
 
     def __init__(self, conv, act=None):
@@ -194,11 +194,12 @@ class ConvAct(ScratchBuffers):
         xpad[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
         xq, wq = to_phases(xpad, sh, sw), to_phases(_kernel_padded(conv.weight.data, kqh * sh, kqw * sw), sh, sw)
         bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
-        out = np.empty((n, f, ho, wo), dtype=x.dtype)
+        out_nhwc = np.empty((n, ho, wo, f), dtype=x.dtype)
         relu = isinstance(self.act, ReLU)
-        kernels.direct_conv_relu_nchw(xq, wq, bias, relu, kqh, kqw, out)
+        kernels.direct_conv_relu_to_nhwc(xq, wq, bias, relu, kqh, kqw, out_nhwc)
         if not relu:
-            _activate(self.act, out)
+            _activate(self.act, out_nhwc)
+        out = out_nhwc.transpose(0, 3, 1, 2)                   # channels last, as the GEMM path's
         self._x_shape, self._xp, self._wq, self._out = x.shape, xq, wq, out
         return out
 

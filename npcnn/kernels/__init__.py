@@ -42,7 +42,7 @@ from . import _compile
 from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
-from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_relu_nchw, direct_conv_weight_grad_nchw
+from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_relu_to_nhwc, direct_conv_weight_grad_nchw
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
@@ -57,7 +57,7 @@ __all__ = [
     "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc",
     "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",
     "direct_conv_input_grad_1x3x3",
-    "direct_conv_relu_nchw", "direct_conv_weight_grad_nchw",
+    "direct_conv_relu_to_nhwc", "direct_conv_weight_grad_nchw",
     "direct_conv_input_grad_nchw",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",

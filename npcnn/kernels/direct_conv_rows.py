@@ -27,12 +27,13 @@ from ._compile import _kernel
 
 
 @_kernel(size_arg=6, fma=True)
-def direct_conv_relu_nchw(xpad, w, bias, relu, kh, kw, out):
+def direct_conv_relu_to_nhwc(xpad, w, bias, relu, kh, kw, out):
     """``out[n, f] = conv(xpad[n], w[f]) + bias[f]`` for a stride-1 conv, then ``max(., 0)`` if ``relu``;
-    ``xpad`` (N, C, Hp, Wp) zero-padded, ``w`` (F, C, kh, kw), ``out`` (N, F, Ho, Wo). Each value is
-    summed tap by tap in the weight's order, then the bias is added. (Other activations are left to
+    ``xpad`` (N, C, Hp, Wp) zero-padded, ``w`` (F, C, kh, kw), ``out`` (N, Ho, Wo, F): channels last,
+    as the fast path's next steps want it. Each value is summed tap by tap in the weight's order, then
+    the bias is added. (Other activations are left to
     NumPy's vectorised functions: a scalar ``tanh`` per value here took four times the conv's time.)"""
-    n_img, f_out, ho, wo = out.shape
+    n_img, ho, wo, f_out = out.shape
     n_ch, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     span = (ho - 1) * wp + wo                   # the wide output's length that is read back
     xflat = xpad.reshape(n_img, n_ch, hp * wp)
@@ -49,13 +50,13 @@ def direct_conv_relu_nchw(xpad, w, bias, relu, kh, kw, out):
                             wide[t] += wv * src[t]
             b = bias[f]
             for y in range(ho):
-                o = out[n, f, y]
+                o = out[n, y]
                 row = wide[y * wp:y * wp + wo]
                 for x in range(wo):
                     v = row[x] + b
                     if relu and v < 0:                  # (NaN stays NaN, as np.maximum keeps it)
                         v = 0
-                    o[x] = v
+                    o[x, f] = v
     return out
 
 
@@ -73,7 +74,7 @@ def _spread(g, n, f, wp, wide):
 
 @_kernel(size_arg=0, fma=True, reassoc=True)
 def direct_conv_weight_grad_nchw(g, xpad, kh, kw, dw_part, db_part):
-    """dL/dW and dL/db of :func:`direct_conv_relu_nchw` from ``g`` (N, F, Ho, Wo), the gradient at the
+    """dL/dW and dL/db of :func:`direct_conv_relu_to_nhwc` from ``g`` (N, F, Ho, Wo), the gradient at the
     conv output. The images are dealt to ``len(dw_part)`` blocks (one per thread) in contiguous
     ranges, each summing into its own ``dw_part[b]`` (F, C, kh, kw) and ``db_part[b]`` (F); the
     caller sums the blocks."""
@@ -109,7 +110,7 @@ def direct_conv_weight_grad_nchw(g, xpad, kh, kw, dw_part, db_part):
 
 @_kernel(size_arg=0, fma=True)
 def direct_conv_input_grad_nchw(g, w, kh, kw, dxpad):
-    """dL/dxpad of :func:`direct_conv_relu_nchw` from ``g`` (N, F, Ho, Wo); ``dxpad`` (N, C, Hp, Wp)
+    """dL/dxpad of :func:`direct_conv_relu_to_nhwc` from ``g`` (N, F, Ho, Wo); ``dxpad`` (N, C, Hp, Wp)
     is zeroed first. Each image writes its own plane: the images run in parallel without atomics."""
     n_img, f_out, ho, wo = g.shape
     n_ch, hp, wp = dxpad.shape[1], dxpad.shape[2], dxpad.shape[3]
