@@ -20,7 +20,8 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
     whose interior is dL/dx.
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
-is computed directly instead, in NCHW (``kernels.direct_conv_relu_to_nhwc`` and its two gradients,
+is computed directly instead, from the NCHW input into a channels-last output
+(``kernels.direct_conv_relu_to_nhwc`` and its two gradients,
 :mod:`npcnn.kernels.direct_conv_rows`): with so few taps im2col + GEMM is a pass over memory. A
 strided conv goes there as a stride-1 conv over the input's phase planes (:func:`to_phases`: the
 sh*sw sub-images ``x[:, c, u::sh, v::sw]`` become channels, and the kernel is cut the same way), so
@@ -136,7 +137,8 @@ class ConvAct(ScratchBuffers):
         return step, workers
 
     def _run(self, n, body):
-        """``body(first, last, t, serial)`` over the images, on ``workers`` threads (see :meth:`_plan`)."""
+        """``body(first, last, t, serial, step)`` over the images, on ``workers`` threads (see :meth:`_plan`):
+        thread ``t`` takes images [first, last) ``step`` at a time, with the serial kernels when shared."""
         step, workers = self._plan(n)
         if workers == 1:
             body(0, n, 0, False, step)
