@@ -6,6 +6,12 @@ with the same Parameters, faster:
 
 * every Conv2d -> ReLU -> MaxPool2d triple becomes one :class:`~npcnn.fast.fused.ConvReLUPool`
   step (the conv output is never stored, the ReLU is folded into the pool's winners);
+* every other Conv2d, with the ReLU or Tanh after it, becomes one :class:`~npcnn.fast.conv_act.ConvAct`
+  step: channels last, im2col + GEMM a few images at a time so the columns stay in cache, or computed
+  directly when the conv has few weights per filter (a first layer); its output stays channels last
+  through BatchNorm, the pools and the activations, to the next conv;
+* every Residual, with the ReLU after it, becomes a :class:`~npcnn.fast.residual.FastResidual`: its
+  body and shortcut planned the same way, the ReLU applied in place on the sum;
 * BLAS is held to one thread while the net runs and npcnn shares its larger GEMMs among its own
   threads (:mod:`npcnn.parallel`), from batches big enough for that to pay. Without this, BLAS's
   threads spin between GEMMs while numba's run the kernels, and two cores serve four threads.
