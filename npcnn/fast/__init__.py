@@ -83,14 +83,12 @@ class FastSequential:
         the ReLU after it) a FastResidual over its planned body and shortcut; the other layers as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
-            take = 1
             if self.fuse and fusable(layers, i):
                 take, make = 3, ConvReLUPool
-            elif self.fuse and conv_act_length(layers, i):
-                take, make = conv_act_length(layers, i), ConvAct
-            elif self.fuse and residual_length(layers, i):
-                take = residual_length(layers, i)
-                make = lambda block, relu=None: FastResidual(block, lambda part: plan(part, fuse=True), relu)  # noqa: E731
+            elif self.fuse and (take := conv_act_length(layers, i)):
+                make = ConvAct
+            elif self.fuse and (take := residual_length(layers, i)):
+                make = _residual_step
             else:
                 steps.append(layers[i])
                 i += 1
@@ -129,6 +127,11 @@ class FastSequential:
                 else:
                     grad_out = step.backward(grad_out, param_grads=param_grads)
             return grad_out
+
+
+def _residual_step(block, relu=None):
+    """A Residual (and the ReLU after it) as a FastResidual, its body and shortcut planned with fusion."""
+    return FastResidual(block, lambda part: plan(part, fuse=True), relu)
 
 
 def plan(model, fuse=None):

@@ -124,7 +124,6 @@ class ConvAct(ScratchBuffers):
         if type(conv) is not Conv2d or not (act is None or type(act) in ACTIVATIONS):
             raise TypeError(f"ConvAct needs a Conv2d and optionally a ReLU or Tanh; got {conv!r}, {act!r}")
         self.conv, self.act = conv, act
-        self._buffers = {}
 
     def __repr__(self):
         return f"ConvAct({self.conv!r}, {self.act!r})"
@@ -136,15 +135,14 @@ class ConvAct(ScratchBuffers):
         workers = min(parallel.num_threads(), -(-n // step)) if parallel.sharing() else 1
         return step, workers
 
-    def _run(self, n, body):
+    @staticmethod
+    def _run(n, body, step, workers):
         """``body(first, last, t, serial, step)`` over the images, on ``workers`` threads (see :meth:`_plan`):
         thread ``t`` takes images [first, last) ``step`` at a time, with the serial kernels when shared."""
-        step, workers = self._plan(n)
         if workers == 1:
             body(0, n, 0, False, step)
         else:
             parallel.run_threads(lambda t: body(t * n // workers, (t + 1) * n // workers, t, True, step), workers)
-        return workers
 
     # ------------------------------------------------------------------ forward
     def forward(self, x):
@@ -166,20 +164,18 @@ class ConvAct(ScratchBuffers):
 
         def body(first, last, t, serial, step):
             cols = self._buffer(f"cols{t}", (min(last - first, step) * p, k), x.dtype)
+            mm = np.matmul if serial else parallel.matmul
             im2col = kernels.im2col_nhwc.serial if serial else kernels.im2col_nhwc
             for a in range(first, last, step):
                 b = min(last, a + step)
                 chunk_cols, rows = cols[:(b - a) * p], out[a * p:b * p]
                 im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, chunk_cols)
-                if serial:
-                    np.matmul(chunk_cols, w_mat, out=rows)
-                else:
-                    parallel.matmul(chunk_cols, w_mat, out=rows)
+                mm(chunk_cols, w_mat, out=rows)
                 if bias is not None:
                     np.add(rows, bias, out=rows)
                 _activate(self.act, rows)
 
-        self._run(n, body)
+        self._run(n, body, *self._plan(n))
         self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 
@@ -269,7 +265,7 @@ class ConvAct(ScratchBuffers):
                     mm(ga, w_t, out=dcols[:m])
                     col2im(dcols[:m], c, kh, kw, sh, sw, ho, wo, dxp.reshape(xp3.shape)[a:b])
 
-        self._run(n, body)
+        self._run(n, body, step, workers)
         if param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
             if conv.bias is not None:

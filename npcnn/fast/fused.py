@@ -94,7 +94,7 @@ class ScratchBuffers:
 
     def _buffer(self, name, shape, dtype):
         """A scratch array kept on this step and reused while its shape and dtype stay the same."""
-        buffers = self.__dict__.setdefault("_buffers", {})
+        buffers = self.__dict__.setdefault("_scratch", {})   # (not Module._buffers: no state here)
         buf = buffers.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
             buf = buffers[name] = np.empty(shape, dtype=dtype)
@@ -115,7 +115,6 @@ class ConvReLUPool(ScratchBuffers):
         if not fusable([conv, relu, pool], 0):
             raise TypeError(f"ConvReLUPool needs Conv2d, ReLU, MaxPool2d; got {conv!r}, {relu!r}, {pool!r}")
         self.conv, self.relu, self.pool = conv, relu, pool
-        self._buffers = {}
 
     def __repr__(self):
         return f"ConvReLUPool({self.conv!r}, {self.pool!r})"
