@@ -259,3 +259,35 @@ def test_avgpool_keeps_a_channels_last_input_channels_last(k, s, p, include):
     assert y_cl.transpose(0, 2, 3, 1).flags.c_contiguous and dx_cl.transpose(0, 2, 3, 1).flags.c_contiguous
     np.testing.assert_allclose(y_cl, y, rtol=0, atol=1e-15)
     np.testing.assert_allclose(dx_cl, dx, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,f", [(1, 1), (7, 3), (300, 16), (1000, 6)])   # runs that do and do not divide M
+def test_rows_kernels_equal_numpy(m, f, dtype, variant):
+    """The conv step's elementwise ends: bias (+ ReLU) in place, and the two derivatives from the output."""
+    rng = np.random.default_rng(m * f)
+    rows, bias, g = rng.normal(size=(m, f)).astype(dtype), rng.normal(size=f).astype(dtype), rng.normal(size=(m, f))
+    g = g.astype(dtype)
+    pick = lambda k: getattr(k, variant)                                          # noqa: E731
+    for relu in (False, True):
+        got = rows.copy()
+        pick(kernels.bias_relu_rows)(got, bias, relu, conv_act._run_of(got))
+        want = rows + bias
+        np.testing.assert_array_equal(got, np.maximum(want, 0) if relu else want)
+    y = np.maximum(rows, 0)
+    out = np.empty_like(g)
+    pick(kernels.relu_grad)(g, y, out)
+    np.testing.assert_array_equal(out, g * (y > 0))
+    y = np.tanh(rows)
+    pick(kernels.tanh_grad)(g, y, out)
+    np.testing.assert_allclose(out, g * (1 - y * y), rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+
+
+def test_rows_kernels_keep_nan_as_numpy_does():
+    rows = np.array([[np.nan, -1.0, 2.0]], dtype=np.float32)
+    kernels.bias_relu_rows(rows, np.zeros(3, np.float32), True, 3)
+    assert np.isnan(rows[0, 0]) and rows[0, 1] == 0 and rows[0, 2] == 2
+    out = np.empty((1, 3), np.float32)
+    kernels.relu_grad(np.array([[np.inf, np.nan, 5.0]], np.float32), np.array([[0.0, 0.0, 1.0]], np.float32), out)
+    assert np.isnan(out[0, 0]) and np.isnan(out[0, 1]) and out[0, 2] == 5

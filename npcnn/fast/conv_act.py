@@ -93,23 +93,30 @@ def _kernel_padded(weight, kh, kw):
     return out
 
 
-def _activate(act, rows):
-    """The activation's forward, in place on ``rows``."""
-    if isinstance(act, ReLU):
-        np.maximum(rows, 0, out=rows)
-    elif isinstance(act, Tanh):
+def _bias_act(act, rows, bias, serial):
+    """``act(rows + bias)`` in place on ``rows`` (M, F) (``bias`` may be None): bias and ReLU in one pass,
+    tanh by NumPy's vectorised function."""
+    relu = isinstance(act, ReLU)
+    if bias is not None or relu:
+        kernel = kernels.bias_relu_rows.serial if serial else kernels.bias_relu_rows
+        zero = np.zeros(rows.shape[1], dtype=rows.dtype) if bias is None else bias
+        kernel(rows, zero, relu, _run_of(rows))
+    if isinstance(act, Tanh):
         np.tanh(rows, out=rows)
 
 
-def _activation_grad(act, g, y, out):
+def _run_of(rows):
+    """Whole rows of (M, F) making a run of >= 512 values (or all of them), for the rows kernels."""
+    return min(rows.shape[0], -(-512 // rows.shape[1])) * rows.shape[1]
+
+
+def _activation_grad(act, g, y, out, serial=False):
     """``g * act'(pre-activation)``, from the output ``y``, into ``out`` (``g`` itself without an activation)."""
     if act is None:
         return g
-    if isinstance(act, ReLU):
-        return np.multiply(g, y > 0, out=out)
-    np.multiply(y, y, out=out)                       # tanh: 1 - y**2
-    np.subtract(1, out, out=out)
-    return np.multiply(out, g, out=out)
+    kernel = kernels.relu_grad if isinstance(act, ReLU) else kernels.tanh_grad     # tanh: 1 - y**2
+    (kernel.serial if serial else kernel)(g, y, out)
+    return out
 
 
 class ConvAct(ScratchBuffers):
@@ -171,9 +178,7 @@ class ConvAct(ScratchBuffers):
                 chunk_cols, rows = cols[:(b - a) * p], out[a * p:b * p]
                 im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, chunk_cols)
                 mm(chunk_cols, w_mat, out=rows)
-                if bias is not None:
-                    np.add(rows, bias, out=rows)
-                _activate(self.act, rows)
+                _bias_act(self.act, rows, bias, serial)
 
         self._run(n, body, *self._plan(n))
         self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
@@ -195,8 +200,8 @@ class ConvAct(ScratchBuffers):
         out_nhwc = np.empty((n, ho, wo, f), dtype=x.dtype)
         relu = isinstance(self.act, ReLU)
         kernels.direct_conv_relu_to_nhwc(xq, wq, bias, relu, kqh, kqw, out_nhwc)
-        if not relu:
-            _activate(self.act, out_nhwc)
+        if isinstance(self.act, Tanh):
+            np.tanh(out_nhwc, out=out_nhwc)
         out = out_nhwc.transpose(0, 3, 1, 2)                   # channels last, as the GEMM path's
         self._x_shape, self._xp, self._wq, self._out = x.shape, xq, wq, out
         return out
@@ -205,8 +210,10 @@ class ConvAct(ScratchBuffers):
         conv, xq, wq = self.conv, self._xp, self._wq
         n, c, h, w = self._x_shape
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        g = np.ascontiguousarray(grad_out)
-        ga = _activation_grad(self.act, g, self._out, None if self.act is None else np.empty_like(g))
+        g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))          # as the output's memory: NHWC
+        y = self._out.transpose(0, 2, 3, 1)
+        ga = _activation_grad(self.act, g, y, None if self.act is None else np.empty_like(g))
+        ga = np.ascontiguousarray(ga.transpose(0, 3, 1, 2))                # NCHW, as the kernels read it
         if param_grads:
             blocks = min(n, parallel.num_threads())
             dw_part = np.empty((blocks, *wq.shape), dtype=g.dtype)
@@ -242,7 +249,8 @@ class ConvAct(ScratchBuffers):
         dxp = self._buffer("dxp", xp.shape, xp.dtype) if input_grad else None
         step, workers = self._plan(n)
         dw = np.zeros((workers, k, f), dtype=xp.dtype) if param_grads else None
-        db = np.zeros((workers, f), dtype=xp.dtype) if param_grads else None
+        db = np.zeros((workers, f), dtype=xp.dtype) if param_grads and conv.bias is not None else None
+        ones = np.ones(step * p, dtype=xp.dtype) if db is not None else None   # db = ones @ Ga, a GEMV
 
         def body(first, last, t, serial, step):
             rows = min(last - first, step) * p
@@ -256,11 +264,12 @@ class ConvAct(ScratchBuffers):
                 b = min(last, a + step)
                 m = (b - a) * p
                 ga = _activation_grad(self.act, g[a * p:b * p], y[a * p:b * p],
-                                      None if ga_buf is None else ga_buf[:m])
+                                      None if ga_buf is None else ga_buf[:m], serial)
                 if param_grads:
                     im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, cols[:m])
                     dw[t] += mm(cols[:m].T, ga)
-                    db[t] += ga.sum(axis=0)
+                    if db is not None:
+                        db[t] += ones[:m] @ ga
                 if input_grad:
                     mm(ga, w_t, out=dcols[:m])
                     col2im(dcols[:m], c, kh, kw, sh, sw, ho, wo, dxp.reshape(xp3.shape)[a:b])
@@ -268,7 +277,7 @@ class ConvAct(ScratchBuffers):
         self._run(n, body, step, workers)
         if param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
-            if conv.bias is not None:
+            if db is not None:
                 conv.bias.accumulate(db.sum(axis=0), owned=True)
         if not input_grad:
             return None

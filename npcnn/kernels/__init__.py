@@ -20,6 +20,7 @@ One file per family:
                        output rows (no pool after it), and its gradients
 - ``winners_grad.py``  the gradients of the channels-last fused conv, from the pool's winners only
 - ``normalization.py`` batch normalisation, NCHW and channels last
+- ``rows.py``          a channels-last conv's bias and ReLU, and the activations' derivatives, in one pass
 - ``optimizer.py``     the Adam update
 
 Images are NCHW unless a kernel's name says ``nhwc`` (channels last). The
@@ -46,6 +47,7 @@ from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_relu_to_n
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
+from .rows import bias_relu_rows, relu_grad, tanh_grad
 from .pooling import (bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2, maxpool_backward, maxpool_forward,
                       maxpool_relu_backward, winners_to_dense_nhwc)
 from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
@@ -62,6 +64,7 @@ __all__ = [
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
+    "bias_relu_rows", "relu_grad", "tanh_grad",
     "adam_update",
 ]
 
