@@ -172,7 +172,7 @@ def test_plan_groups_every_zoo_net_into_fast_steps():
             else:
                 out.append(type(step).__name__)
         return out
-    assert kinds(fast.plan(build_model("lenet5")))[:4] == ["ConvAct", "AvgPool2d", "ConvAct", "AvgPool2d"]
+    assert kinds(fast.plan(build_model("lenet5")))[:4] == ["ConvAct", "FastAvgPool", "ConvAct", "FastAvgPool"]
     assert kinds(fast.plan(build_model("wong-mnist")))[:2] == ["ConvAct", "ConvAct"]
     assert kinds(fast.plan(build_model("small-vgg")))[:4] == ["ConvAct", "ConvReLUPool", "ConvAct", "ConvReLUPool"]
     resnet = kinds(fast.plan(build_model("small-resnet")))
@@ -291,3 +291,53 @@ def test_rows_kernels_keep_nan_as_numpy_does():
     out = np.empty((1, 3), np.float32)
     kernels.relu_grad(np.array([[np.inf, np.nan, 5.0]], np.float32), np.array([[0.0, 0.0, 1.0]], np.float32), out)
     assert np.isnan(out[0, 0]) and np.isnan(out[0, 1]) and out[0, 2] == 5
+
+
+def _avgpool_configs(count, seed=3):
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        k = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        h, w = int(rng.integers(k[0], 13)), int(rng.integers(k[1], 13))
+        out.append((int(rng.integers(1, 5)), int(rng.integers(1, 9)), h, w, k, s))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+@pytest.mark.parametrize("config", _avgpool_configs(30))
+def test_fast_avgpool_equals_the_readable_layer_in_float64(config, variant, monkeypatch):
+    """FastAvgPool against AvgPool2d on random windows and strides (overlapping or not), from a
+    channels-last input (the kernels) and from an NCHW one (the readable layer itself)."""
+    n, c, h, w, k, s = config
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 0 if variant == "parallel" else 1 << 40)
+    rng = np.random.default_rng(n * 100 + c * 10 + h)
+    x = rng.standard_normal((n, c, h, w))
+    pool = nn.AvgPool2d(k, s)
+    y = pool.forward(x)
+    g = rng.standard_normal(y.shape)
+    dx = pool.backward(g)
+    step = fast.FastAvgPool(pool)
+    for layout in ("channels last", "nchw"):
+        xin = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if layout == "channels last" else x
+        y_fast = step.forward(xin)
+        dx_fast = step.backward(np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+        assert step._kernel_path == (layout == "channels last" and c > 1)   # (one channel: both layouts are one)
+        if step._kernel_path:       # results in the input's layout, as the readable layer keeps it
+            assert y_fast.transpose(0, 2, 3, 1).flags.c_contiguous and dx_fast.transpose(0, 2, 3, 1).flags.c_contiguous
+        np.testing.assert_allclose(y_fast, y, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(dx_fast, dx, rtol=0, atol=1e-14)
+
+
+def test_fast_avgpool_float32_errors_and_planning():
+    pool = nn.AvgPool2d(2)
+    x = np.ascontiguousarray(np.random.default_rng(0).random((2, 5, 3, 6), dtype=np.float32)).transpose(0, 3, 1, 2)
+    step = fast.FastAvgPool(pool)
+    assert step.forward(x).dtype == np.float32
+    np.testing.assert_allclose(step.forward(x), pool.forward(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="smaller than the window"):
+        fast.FastAvgPool(nn.AvgPool2d(4)).forward(x)
+    with pytest.raises(TypeError, match="without padding"):
+        fast.FastAvgPool(nn.AvgPool2d(3, 1, 1))
+    padded = fast.plan(nn.Sequential(nn.Conv2d(1, 2, 3, rng=0), nn.AvgPool2d(3, 1, 1)))
+    assert [type(s).__name__ for s in padded.steps()] == ["ConvAct", "AvgPool2d"]   # padding: the readable layer

@@ -12,6 +12,8 @@ with the same Parameters, faster:
   through BatchNorm, the pools and the activations, to the next conv;
 * every Residual, with the ReLU after it, becomes a :class:`~npcnn.fast.residual.FastResidual`: its
   body and shortcut planned the same way, the ReLU applied in place on the sum;
+* every AvgPool2d without padding becomes a :class:`~npcnn.fast.avgpool.FastAvgPool`: one kernel pass
+  over a channels-last input (LeNet-5's pools, after its fast convs);
 * BLAS is held to one thread while the net runs and npcnn shares its larger GEMMs among its own
   threads (:mod:`npcnn.parallel`), from batches big enough for that to pay. Without this, BLAS's
   threads spin between GEMMs while numba's run the kernels, and two cores serve four threads.
@@ -31,11 +33,12 @@ results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.
 import os
 
 from .. import parallel
+from .avgpool import FastAvgPool, avgpool_length
 from .conv_act import ConvAct, conv_act_length
 from .fused import ConvReLUPool, fusable
 from .residual import FastResidual, residual_length
 
-__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "fusable"]
+__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "FastAvgPool", "fusable"]
 
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -80,7 +83,8 @@ class FastSequential:
     def steps(self):
         """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
         ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual (with
-        the ReLU after it) a FastResidual over its planned body and shortcut; the other layers as they are."""
+        the ReLU after it) a FastResidual over its planned body and shortcut, each AvgPool2d without padding a
+        FastAvgPool; the other layers as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
             if self.fuse and fusable(layers, i):
@@ -89,6 +93,8 @@ class FastSequential:
                 make = ConvAct
             elif self.fuse and (take := residual_length(layers, i)):
                 make = _residual_step
+            elif self.fuse and (take := avgpool_length(layers, i)):
+                make = FastAvgPool
             else:
                 steps.append(layers[i])
                 i += 1

@@ -13,7 +13,8 @@ One file per family:
                        builds each kernel twice (threaded and serial) and picks one per call
 - ``columns.py``       im2col / col2im, the conv GEMM's result to NCHW and back, channels-last
                        padding and columns
-- ``pooling.py``       max-pool forward and backward, and ReLU -> 2x2 max-pool fused onto a conv
+- ``pooling.py``       max-pool forward and backward, ReLU -> 2x2 max-pool fused onto a conv, and
+                       average pooling channels last
 - ``direct_conv.py``   the fused conv -> ReLU -> pool computed directly, for convs with few weights
                        per filter (the first conv), and its gradients
 - ``direct_conv_rows.py`` a stride-1 conv with few weights per filter, computed directly along the
@@ -48,7 +49,7 @@ from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_bac
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
 from .rows import bias_relu_rows, relu_grad, tanh_grad
-from .pooling import (bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2, maxpool_backward, maxpool_forward,
+from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2, maxpool_backward, maxpool_forward,
                       maxpool_relu_backward, winners_to_dense_nhwc)
 from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
 
@@ -56,7 +57,7 @@ __all__ = [
     "PARALLEL_MIN_SIZE",
     "im2col", "col2im", "cols_to_nchw", "nchw_to_cols", "pad_channels_last", "im2col_nhwc", "col2im_nhwc",
     "maxpool_forward", "maxpool_backward", "bias_relu_maxpool", "maxpool_relu_backward",
-    "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc",
+    "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc", "avgpool_nhwc", "avgpool_backward_nhwc",
     "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",
     "direct_conv_input_grad_1x3x3",
     "direct_conv_relu_to_nhwc", "direct_conv_weight_grad_nchw",

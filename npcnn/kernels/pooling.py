@@ -242,3 +242,55 @@ def winners_to_dense_nhwc(grad, argmax, out, hc, wc, g_rows):
                 _gradient_by_quadrant(grad, argmax, out, n, oy, ox, wc,
                                       g_rows[r], g_rows[r + 1], g_rows[r + wc], g_rows[r + wc + 1])
     return g_rows
+
+
+# --------------------------------------------------------------------------- average pooling, channels last
+# Each output row is built as one flat run of Wo*C values from the flat input rows it covers (index
+# arithmetic, no array view per pixel: a view per window cost more than the window's additions).
+@_kernel(size_arg=0)
+def avgpool_nhwc(x3, n_ch, kh, kw, sh, sw, out3):
+    """``out[n, oy, ox, c] = mean of x[n, oy*sh + i, ox*sw + j, c]`` over the kh*kw window offsets, no
+    padding; channels last as flat rows: ``x3`` (N, H, W*C), ``out3`` (N, Ho, Wo*C). Each window is
+    summed in (i, j) order, then divided by kh*kw, as :class:`~npcnn.nn.AvgPool2d` does."""
+    n_img, ho = out3.shape[0], out3.shape[1]
+    wo = out3.shape[2] // n_ch
+    d = kh * kw
+    for n in prange(n_img):
+        for oy in range(ho):
+            o = out3[n, oy]
+            o[:] = 0.0
+            for i in range(kh):
+                r = x3[n, oy * sh + i]
+                for j in range(kw):
+                    for ox in range(wo):
+                        src, dst = (ox * sw + j) * n_ch, ox * n_ch
+                        for c in range(n_ch):
+                            o[dst + c] += r[src + c]
+            for t in range(o.size):
+                o[t] /= d
+    return out3
+
+
+@_kernel(size_arg=0)
+def avgpool_backward_nhwc(g3, n_ch, kh, kw, sh, sw, dx3):
+    """The adjoint of :func:`avgpool_nhwc`: each output's gradient divided by kh*kw and added to every
+    input of its window (overlapping windows add up); ``g3`` (N, Ho, Wo*C), ``dx3`` (N, H, W*C), which is
+    zeroed first. Parallel over the images: each writes its own plane."""
+    n_img, ho = g3.shape[0], g3.shape[1]
+    wo = g3.shape[2] // n_ch
+    d = kh * kw
+    for n in prange(n_img):
+        dx3[n] = 0.0
+        share = np.empty(g3.shape[2], dtype=g3.dtype)
+        for oy in range(ho):
+            g = g3[n, oy]
+            for t in range(share.size):
+                share[t] = g[t] / d                  # each output's gradient, split evenly
+            for i in range(kh):
+                r = dx3[n, oy * sh + i]
+                for j in range(kw):
+                    for ox in range(wo):
+                        dst, src = (ox * sw + j) * n_ch, ox * n_ch
+                        for c in range(n_ch):
+                            r[dst + c] += share[src + c]
+    return dx3

@@ -90,12 +90,17 @@ class AvgPool2d(Module):
             count += inside[window]
         return count[0, 0]
 
-    def forward(self, x):
+    def checked_output_shape(self, x):
+        """The output's shape for input ``x``, after checking ``x`` (4-d, a window that fits)."""
         check_input(self, x, 4)
-        n, c, h, w = x.shape
-        _, _, ho, wo = self.output_shape(x.shape)
-        if ho <= 0 or wo <= 0:
+        shape = self.output_shape(x.shape)
+        if shape[2] <= 0 or shape[3] <= 0:
             raise ValueError(f"{self!r}: input of spatial size {x.shape[2:]} is smaller than the window")
+        return shape
+
+    def forward(self, x):
+        _, _, ho, wo = self.checked_output_shape(x)
+        n, c, h, w = x.shape
         (ph, pw) = self.padding
         self._channels_last = _is_channels_last(x)
         padded = x
