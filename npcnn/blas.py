@@ -68,6 +68,12 @@ def gemm_functions():
     return None
 
 
+def kernel_gemm():
+    """``(sgemm_address, dgemm_address, ilp64)`` when npcnn's kernels may call BLAS themselves (found,
+    and numba's JIT on: the intrinsic cannot run as Python), else None."""
+    return None if numba.config.DISABLE_JIT else gemm_functions()
+
+
 def _openblas_ilp64(handle, prefix, suffix):
     """True / False if the library is OpenBLAS built with / without 64-bit integers, else None."""
     get_config = getattr(handle, f"{prefix}openblas_get_config{suffix}", None)

@@ -155,6 +155,12 @@ def matmul(a, b, out=None):
     return out
 
 
+def kernel_gemm():
+    """``(sgemm_address, dgemm_address, ilp64)`` when npcnn's threaded kernels may run their own BLAS
+    calls on this thread now (inside :func:`one_blas_thread`, BLAS found, JIT on, threads launchable), else None."""
+    return blas.kernel_gemm() if sharing() and _may_launch_threads() else None
+
+
 def _may_launch_threads():
     """numba's workqueue layer (used when TBB is missing) aborts if two Python threads launch
     threaded kernels at once: with it, only the main thread does."""

@@ -1,5 +1,7 @@
 """The channels-last conv step (ConvAct), the residual block on the fast path (FastResidual) and the
 kernel they add (col2im_nhwc), each against the readable layers they stand for."""
+import contextlib
+
 import numba
 import numpy as np
 import pytest
@@ -58,13 +60,14 @@ def _close(a, b, tol):
         assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
 
 
-@pytest.mark.parametrize("path", ["gemm", "direct"])
+@pytest.mark.parametrize("path", ["gemm", "gemm on numba's threads", "direct"])
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("config", _configs(40))
 def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monkeypatch):
     """Forward, dL/dx, dL/dW and dL/db of every shape (strides, paddings, one-pixel kernels, odd sizes),
     from a contiguous NCHW input and from an NCHW view of channels-last memory (a fast step's output),
-    through the channels-last im2col + GEMM and through the direct kernels (a strided conv over its
+    through the channels-last im2col + GEMM (its chunk loop in Python, and in kernels.conv_rows with one
+    image per chunk, as inside a net's step) and through the direct kernels (a strided conv over its
     input's phase planes)."""
     n, c, f, h, w, k, s, p, bias = config
     if path == "direct":
@@ -72,6 +75,13 @@ def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monke
         assert conv_act.direct(nn.Conv2d(c, f, k, s, p))
     else:
         monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
+    calls = []
+    if path == "gemm on numba's threads":
+        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
+        monkeypatch.setattr(kernels, "conv_rows_backward", lambda *a, k=kernels.conv_rows_backward: calls.append(a) or k(*a))
+        shared = parallel.one_blas_thread
+    else:
+        shared = contextlib.nullcontext
     rng = np.random.default_rng(sum(config[:5]))
     layers = [nn.Conv2d(c, f, k, s, p, bias=bias, dtype=np.float64, rng=1)]
     if ACTS[act] is not None:
@@ -80,24 +90,28 @@ def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monke
     g = rng.standard_normal(layers[0].output_shape(x.shape))
     ref = _readable(layers, x, g)
     for inp in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
-        for a, b in zip(_fast(layers, inp, g), ref):
+        with shared():
+            got = _fast(layers, inp, g)
+        for a, b in zip(got, ref):
             if isinstance(a, list):
                 for ga, gb in zip(a, b):
                     _close(ga, gb, 1e-12)
             else:
                 _close(a, b, 1e-12)
+    assert len(calls) == (2 if path == "gemm on numba's threads" else 0)      # the kernel ran, for both inputs
 
 
 @pytest.mark.parametrize("param_grads,input_grad", [(True, False), (False, True), (False, False)])
-@pytest.mark.parametrize("stride", [1, 2])            # the direct path and the GEMM path
-def test_conv_act_skips_what_is_not_asked(param_grads, input_grad, stride):
+@pytest.mark.parametrize("stride,shared", [(1, False), (2, False), (2, True)])   # direct; GEMM: Python, numba loop
+def test_conv_act_skips_what_is_not_asked(param_grads, input_grad, stride, shared):
     rng = np.random.default_rng(2)
     layers = [nn.Conv2d(3, 4, 3, stride, 1, dtype=np.float64, rng=2), nn.ReLU()]
     assert conv_act.direct(layers[0]) == (stride == 1)
     x = rng.standard_normal((5, 3, 9, 9))
     g = rng.standard_normal(layers[0].output_shape(x.shape))
     ref = _readable(layers, x, g, param_grads=param_grads, input_grad=input_grad)
-    y, dx, grads = _fast(layers, x, g, param_grads, input_grad)
+    with parallel.one_blas_thread(shared):
+        y, dx, grads = _fast(layers, x, g, param_grads, input_grad)
     _close(y, ref[0], 1e-12)
     _close(dx, ref[1], 1e-12)
     for a, b in zip(grads, ref[2]):
@@ -120,18 +134,27 @@ def test_conv_act_float32_stays_float32_and_close(c):
 
 
 @NEEDS_TWO_THREADS
-@pytest.mark.parametrize("shared", ["in turn", "real threads"])
+@pytest.mark.parametrize("shared", ["python threads in turn", "python threads", "numba kernel"])
 def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
     """One image per chunk (13 chunks), shared among npcnn's threads while BLAS runs on one: the output
-    and every gradient equal one thread walking the chunks, to rounding."""
+    and every gradient equal one thread walking the chunks, to rounding. The chunks go to numba's threads
+    (kernels.conv_rows) when the kernels can call BLAS, else to Python threads."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((13, 6, 9, 10)).astype(np.float32)
     g = rng.standard_normal((13, 5, 5, 5)).astype(np.float32)
     monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
     calls, real = [], parallel.run_threads
-    if shared == "in turn":
-        monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or [fn(t) for t in range(w)] and None)
+    if shared == "numba kernel":
+        assert parallel.blas.kernel_gemm() is not None, "the kernels cannot call numpy's BLAS here"
+        for name in ("conv_rows_forward", "conv_rows_backward"):
+            kernel = getattr(kernels, name)
+            monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel: calls.append(a[-5 if "back" in kernel.__name__
+                                                                                          else -3].shape[0]) or kernel(*a))
     else:
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)
+    if shared == "python threads in turn":
+        monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or [fn(t) for t in range(w)] and None)
+    elif shared == "python threads":
         monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or real(fn, w))
     results = []
     for threads in (numba.get_num_threads(), 1):

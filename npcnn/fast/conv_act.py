@@ -110,6 +110,12 @@ def _run_of(rows):
     return min(rows.shape[0], -(-512 // rows.shape[1])) * rows.shape[1]
 
 
+def _act_code(act):
+    """The activation as :mod:`npcnn.kernels.conv_rows` codes it."""
+    return kernels.conv_rows.RELU if isinstance(act, ReLU) else kernels.conv_rows.TANH if isinstance(act, Tanh) \
+        else kernels.conv_rows.NONE
+
+
 def _activation_grad(act, g, y, out, serial=False):
     """``g * act'(pre-activation)``, from the output ``y``, into ``out`` (``g`` itself without an activation)."""
     if act is None:
@@ -180,7 +186,18 @@ class ConvAct(ScratchBuffers):
                 mm(chunk_cols, w_mat, out=rows)
                 _bias_act(self.act, rows, bias, serial)
 
-        self._run(n, body, *self._plan(n))
+        found = parallel.kernel_gemm() if x.dtype in (np.float32, np.float64) else None
+        if found is None:
+            self._run(n, body, *self._plan(n))
+        else:                                   # the same loop, on numba's threads (kernels.conv_rows)
+            step, workers = self._plan(n)
+            cols_all = self._buffer("cols_all", (workers, min(n, step) * p, k), x.dtype)
+            b = np.zeros(f, dtype=x.dtype) if bias is None else bias
+            bias_run = np.tile(b, _run_of(out) // f)
+            kernels.conv_rows_forward(found[int(x.dtype == np.float64)], found[2], xp3, c, kh, kw, sh, sw, ho, wo, w_mat,
+                                      bias_run, _act_code(self.act), cols_all, step, out)
+            if isinstance(self.act, Tanh):
+                np.tanh(out, out=out)
         self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 
@@ -274,7 +291,19 @@ class ConvAct(ScratchBuffers):
                     mm(ga, w_t, out=dcols[:m])
                     col2im(dcols[:m], c, kh, kw, sh, sw, ho, wo, dxp.reshape(xp3.shape)[a:b])
 
-        self._run(n, body, step, workers)
+        found = parallel.kernel_gemm() if xp.dtype in (np.float32, np.float64) else None
+        if found is None:
+            self._run(n, body, step, workers)
+        else:                                   # the same loop, on numba's threads (kernels.conv_rows)
+            rows = min(n, step) * p
+            dtype = xp.dtype
+            kernels.conv_rows_backward(
+                found[int(dtype == np.float64)], found[2], xp3, c, kh, kw, sh, sw, ho, wo, g, y, _act_code(self.act), w_t,
+                param_grads, input_grad, self._buffer("ga_all", (workers, rows, f), dtype),
+                self._buffer("cols_all", (workers, rows, k), dtype), step,
+                dw if param_grads else np.zeros((workers, k, f), dtype),
+                db if db is not None else np.zeros((workers, f), dtype),
+                dxp.reshape(xp3.shape) if input_grad else np.empty((0, 0, 0), dtype))
         if param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
             if db is not None:

@@ -22,6 +22,7 @@ One file per family:
 - ``winners_grad.py``  the gradients of the channels-last fused conv, from the pool's winners only
 - ``normalization.py`` batch normalisation, NCHW and channels last
 - ``rows.py``          a channels-last conv's bias and ReLU, and the activations' derivatives, in one pass
+- ``conv_rows.py``     the channels-last conv step's chunk loop (im2col, BLAS, bias, activation) on numba's threads
 - ``optimizer.py``     the Adam update
 
 Images are NCHW unless a kernel's name says ``nhwc`` (channels last). The
@@ -44,6 +45,7 @@ from . import _compile
 from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
+from .conv_rows import conv_rows_backward, conv_rows_forward
 from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_relu_to_nhwc, direct_conv_weight_grad_nchw
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
@@ -65,7 +67,7 @@ __all__ = [
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
-    "bias_relu_rows", "relu_grad", "tanh_grad",
+    "bias_relu_rows", "relu_grad", "tanh_grad", "conv_rows_forward", "conv_rows_backward",
     "adam_update",
 ]
 

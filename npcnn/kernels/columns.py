@@ -153,23 +153,46 @@ def pad_channels_last(x3, ph, pw, xp3):
     return xp3
 
 
+@njit(inline="always", error_model="numpy")
+def im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols):
+    """Image ``n``'s receptive fields as the ho*wo rows of ``cols`` (see :func:`im2col_nhwc`)."""
+    run = kw * n_ch
+    for oy in range(ho):
+        for ox in range(wo):
+            row = cols[oy * wo + ox]
+            x0 = ox * sw * n_ch
+            for i in range(kh):
+                src = xp3[n, oy * sh + i, x0:x0 + run]
+                dst = row[i * run:(i + 1) * run]
+                for k in range(run):
+                    dst[k] = src[k]
+
+
+@njit(inline="always", error_model="numpy")
+def col2im_image_nhwc(dcols, n_ch, kh, kw, sh, sw, ho, wo, dxp2):
+    """The ho*wo rows of ``dcols`` added back onto one image's padded plane ``dxp2`` (Hp, Wp*C), zeroed
+    first (see :func:`col2im_nhwc`)."""
+    run = kw * n_ch
+    dxp2[:] = 0.0
+    for oy in range(ho):
+        for ox in range(wo):
+            row = dcols[oy * wo + ox]
+            x0 = ox * sw * n_ch
+            for i in range(kh):
+                dst = dxp2[oy * sh + i, x0:x0 + run]
+                src = row[i * run:(i + 1) * run]
+                for k in range(run):
+                    dst[k] += src[k]
+
+
 @_kernel(size_arg=8)
 def im2col_nhwc(xp3, n_ch, kh, kw, sh, sw, ho, wo, cols):
     """Receptive fields of the padded channels-last input, given as ``xp3`` (N, Hp, Wp*C), as rows
     of ``cols`` (N*ho*wo, kh*kw*C), taps in (i, j, c) order: for each kernel row i, the kw*C values
     are one contiguous run of the input row, copied as one."""
-    n_img = xp3.shape[0]
-    run = kw * n_ch
-    for n in prange(n_img):
-        for oy in range(ho):
-            for ox in range(wo):
-                row = cols[(n * ho + oy) * wo + ox]
-                x0 = ox * sw * n_ch
-                for i in range(kh):
-                    src = xp3[n, oy * sh + i, x0:x0 + run]
-                    dst = row[i * run:(i + 1) * run]
-                    for k in range(run):
-                        dst[k] = src[k]
+    p = ho * wo
+    for n in prange(xp3.shape[0]):
+        im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[n * p:(n + 1) * p])
     return cols
 
 
@@ -178,17 +201,7 @@ def col2im_nhwc(dcols, n_ch, kh, kw, sh, sw, ho, wo, dxp3):
     """The adjoint of :func:`im2col_nhwc`: each row of ``dcols`` (N*ho*wo, kh*kw*C) added back onto
     the padded channels-last input it was gathered from, ``dxp3`` (N, Hp, Wp*C), which is zeroed
     first. Each image's rows go to its own plane, so the images run in parallel without atomics."""
-    n_img = dxp3.shape[0]
-    run = kw * n_ch
-    for n in prange(n_img):
-        dxp3[n] = 0.0
-        for oy in range(ho):
-            for ox in range(wo):
-                row = dcols[(n * ho + oy) * wo + ox]
-                x0 = ox * sw * n_ch
-                for i in range(kh):
-                    dst = dxp3[n, oy * sh + i, x0:x0 + run]
-                    src = row[i * run:(i + 1) * run]
-                    for k in range(run):
-                        dst[k] += src[k]
+    p = ho * wo
+    for n in prange(dxp3.shape[0]):
+        col2im_image_nhwc(dcols[n * p:(n + 1) * p], n_ch, kh, kw, sh, sw, ho, wo, dxp3[n])
     return dxp3

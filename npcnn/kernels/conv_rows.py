@@ -1,0 +1,100 @@
+"""The channels-last conv step's chunk loop (:class:`npcnn.fast.ConvAct`) as one threaded kernel.
+
+:class:`~npcnn.fast.ConvAct` walks the batch a few images at a time: im2col into a column buffer
+that stays in cache, one GEMM, the bias and the activation (forward); the activation's derivative,
+the weight-gradient GEMM, the input-gradient GEMM and col2im (backward). Handing those chunks to
+Python threads cost about 0.1 ms per hand-over on these machines, as much as a chunk's work; here
+numba's threads take them, each with its own buffers, and each GEMM is a call of numpy's own
+single-threaded BLAS (``npcnn.blas``; BLAS must be held to one thread, as
+:func:`npcnn.parallel.one_blas_thread` does). Thread ``t`` of ``workers`` takes images
+``[t*N/workers, (t+1)*N/workers)``, ``step`` at a time, exactly as the Python loop deals them.
+
+Activations are coded 0 (none), 1 (ReLU), 2 (tanh: the forward leaves it to NumPy's vectorised
+``tanh``; the backward's ``1 - y**2`` is here).
+"""
+import numpy as np
+from numba import njit, prange
+
+from ..blas import NO_TRANS, TRANS, _gemm
+from ._compile import _OPTS
+from .columns import col2im_image_nhwc, im2col_image_nhwc
+
+NONE, RELU, TANH = 0, 1, 2
+
+
+@njit(parallel=True, **_OPTS)
+def conv_rows_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, w_mat, bias_run, act, cols_all, step, out):
+    """``out`` (N*ho*wo, F) = act(im2col(xp3) @ w_mat + bias), ``act`` NONE or RELU (TANH is applied by
+    the caller). ``xp3`` (N, Hp, Wp*C) padded channels last, ``w_mat`` (kh*kw*C, F), ``bias_run`` the
+    bias (zeros for none) repeated over a few whole rows, ``cols_all`` (workers, step*ho*wo, K)
+    scratch, ``blas_fn`` the ?gemm address."""
+    n_img, workers, p = xp3.shape[0], cols_all.shape[0], ho * wo
+    k, f = w_mat.shape
+    double = out.itemsize == 8
+    for t in prange(workers):
+        first, last = t * n_img // workers, (t + 1) * n_img // workers
+        cols = cols_all[t]
+        for a in range(first, last, step):
+            b = min(last, a + step)
+            for n in range(a, b):
+                im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
+            rows = out[a * p:b * p]
+            _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
+                  w_mat.ctypes.data, f, rows.ctypes.data, f)
+            flat = rows.reshape(-1)
+            for base in range(0, flat.size, bias_run.size):   # runs of whole rows, the bias repeated
+                seg = flat[base:base + bias_run.size]
+                for i in range(seg.size):
+                    v = seg[i] + bias_run[i]
+                    seg[i] = 0 if act == RELU and v < 0 else v
+    return out
+
+
+@njit(parallel=True, **_OPTS)
+def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, act, w_t, param_grads, input_grad,
+                       ga_all, cols_all, step, dw_part, db_part, dxp3):
+    """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
+    per chunk ``Ga = g * act'(y)``, then ``dw_part[t] += cols^T @ Ga`` and ``db_part[t] += sum of Ga's
+    rows`` (if ``param_grads``), ``dcols = Ga @ w_t`` scattered by col2im onto ``dxp3`` (if
+    ``input_grad``; each image's plane zeroed first). ``w_t`` (F, K); ``ga_all`` and ``cols_all``
+    (workers, step*ho*wo, F / K) scratch; ``dw_part`` (workers, K, F) and ``db_part`` (workers, F)
+    zeroed by the caller, who sums them. ``cols`` holds the columns, then (after the weight gradient) dcols."""
+    n_img, workers, p = xp3.shape[0], cols_all.shape[0], ho * wo
+    f, k = w_t.shape
+    double = g.itemsize == 8
+    for t in prange(workers):
+        first, last = t * n_img // workers, (t + 1) * n_img // workers
+        cols, ga_buf, dw_t, db_t = cols_all[t], ga_all[t], dw_part[t], db_part[t]
+        tmp = np.empty_like(dw_t)
+        for a in range(first, last, step):
+            b = min(last, a + step)
+            m = (b - a) * p
+            ga = ga_buf[:m]
+            gf, yf, af = g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), ga.reshape(-1)
+            if act == RELU:
+                for i in range(af.size):
+                    af[i] = gf[i] if yf[i] > 0 else gf[i] * 0
+            elif act == TANH:
+                for i in range(af.size):
+                    af[i] = gf[i] * (1 - yf[i] * yf[i])
+            else:
+                for i in range(af.size):
+                    af[i] = gf[i]
+            if param_grads:
+                for n in range(a, b):
+                    im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
+                _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, k, f, m, cols.ctypes.data, k, ga.ctypes.data, f,
+                      tmp.ctypes.data, f)
+                for i in range(k):
+                    for j in range(f):
+                        dw_t[i, j] += tmp[i, j]
+                for r in range(m):
+                    for j in range(f):
+                        db_t[j] += ga[r, j]
+            if input_grad:
+                dcols = cols[:m]
+                _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, m, k, f, ga.ctypes.data, f, w_t.ctypes.data, k,
+                      dcols.ctypes.data, k)
+                for n in range(a, b):
+                    col2im_image_nhwc(dcols[(n - a) * p:(n - a + 1) * p], n_ch, kh, kw, sh, sw, ho, wo, dxp3[n])
+    return dxp3
