@@ -148,7 +148,7 @@ def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
         assert parallel.blas.kernel_gemm() is not None, "the kernels cannot call numpy's BLAS here"
         for name in ("conv_rows_forward", "conv_rows_backward"):
             kernel = getattr(kernels, name)
-            monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel: calls.append(a[-5 if "back" in kernel.__name__
+            monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel: calls.append(a[-6 if "back" in kernel.__name__
                                                                                           else -3].shape[0]) or kernel(*a))
     else:
         monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)
@@ -199,11 +199,11 @@ def test_plan_groups_every_zoo_net_into_fast_steps():
     assert kinds(fast.plan(build_model("wong-mnist")))[:2] == ["ConvAct", "ConvAct"]
     assert kinds(fast.plan(build_model("small-vgg")))[:4] == ["ConvAct", "ConvReLUPool", "ConvAct", "ConvReLUPool"]
     resnet = kinds(fast.plan(build_model("small-resnet")))
-    assert resnet[:3] == ["ConvAct", "BatchNorm2d", "ReLU"]
-    assert resnet[3] == ("residual", ["ConvAct", "BatchNorm2d", "ReLU", "ConvAct", "BatchNorm2d"], None)
-    assert resnet[4][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
-    assert len(resnet) == 6 + 4                                   # each block's ReLU folded into its step
-    assert all(step.relu is not None for step in fast.plan(build_model("small-resnet")).steps()[3:6])
+    assert resnet[:2] == ["ConvAct", "BatchNormReLU"]
+    assert resnet[2] == ("residual", ["ConvAct", "BatchNormReLU", "ConvAct", "BatchNorm2d"], None)
+    assert resnet[3][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
+    assert len(resnet) == 5 + 4                                   # each block's ReLU folded into its step
+    assert all(step.relu is not None for step in fast.plan(build_model("small-resnet")).steps()[2:5])
     assert not any(isinstance(s, (ConvAct, ConvReLUPool)) for s in fast.plan(build_model("lenet5"), fuse=False).steps())
 
 
@@ -364,3 +364,52 @@ def test_fast_avgpool_float32_errors_and_planning():
         fast.FastAvgPool(nn.AvgPool2d(3, 1, 1))
     padded = fast.plan(nn.Sequential(nn.Conv2d(1, 2, 3, rng=0), nn.AvgPool2d(3, 1, 1)))
     assert [type(s).__name__ for s in padded.steps()] == ["ConvAct", "AvgPool2d"]   # padding: the readable layer
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", ["nchw", "channels last", "gradient in another layout"])
+@pytest.mark.parametrize("dims", [2, 1])
+def test_batchnorm_relu_equals_the_readable_layers_in_float64(layout, training, dims):
+    """BatchNorm -> ReLU as one step: the output, dL/dx and dL/dgamma, dL/dbeta equal the two readable
+    layers', with the derivative by the kernel (gradient laid out as the output) or by NumPy (not)."""
+    rng = np.random.default_rng(11)
+    shape = (6, 5, 4, 3) if dims == 2 else (9, 5)
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal(shape)
+    if layout != "nchw" and dims == 2:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        if layout == "channels last":
+            g = np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    results = []
+    for fused_step in (False, True):
+        bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(5, dtype=np.float64)
+        bn.weight.data[:] = rng.uniform(0.5, 2, 5) if not results else results[0][3]
+        bn.train(training)
+        layers = [bn, nn.ReLU()]
+        step = fast.BatchNormReLU(*layers) if fused_step else None
+        y = step.forward(x) if step else layers[1].forward(bn.forward(x))
+        dx = step.backward(g) if step else bn.backward(layers[1].backward(g))
+        results.append((y, dx, [p.grad.copy() for p in bn.parameters()], bn.weight.data.copy()))
+    (y0, d0, p0, _), (y1, d1, p1, _) = results
+    np.testing.assert_allclose(y1, y0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(d1, d0, rtol=0, atol=1e-13)
+    for a, b in zip(p1, p0):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
+    assert (y1 == 0).any() and (y1 > 0).any()
+
+
+def test_relu_grad_takes_the_kernel_only_for_alike_layouts(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "relu_grad", lambda *a, k=kernels.relu_grad: calls.append(1) or k(*a))
+    rng = np.random.default_rng(3)
+    y = np.maximum(rng.standard_normal((2, 3, 4, 5)), 0)
+    g = rng.standard_normal(y.shape)
+    y_cl = np.ascontiguousarray(y.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    g_cl = np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    from npcnn.fast.norm_act import relu_grad
+    for gg, yy, kernel in ((g, y, True), (g_cl, y_cl, True), (g, y_cl, False), (g[:, :, ::2], y[:, :, ::2], False)):
+        calls.clear()
+        out = relu_grad(gg, yy)
+        np.testing.assert_array_equal(out, gg * (yy > 0))
+        assert bool(calls) == kernel
+        assert out.strides == gg.strides or not kernel

@@ -14,6 +14,8 @@ with the same Parameters, faster:
   body and shortcut planned the same way, the ReLU applied in place on the sum;
 * every AvgPool2d without padding becomes a :class:`~npcnn.fast.avgpool.FastAvgPool`: one kernel pass
   over a channels-last input (LeNet-5's pools, after its fast convs);
+* every BatchNorm followed by a ReLU becomes a :class:`~npcnn.fast.norm_act.BatchNormReLU`: the ReLU in
+  place on the batch norm's output, its derivative in one pass;
 * BLAS is held to one thread while the net runs and npcnn shares its larger GEMMs among its own
   threads (:mod:`npcnn.parallel`), from batches big enough for that to pay. Without this, BLAS's
   threads spin between GEMMs while numba's run the kernels, and two cores serve four threads.
@@ -36,9 +38,11 @@ from .. import parallel
 from .avgpool import FastAvgPool, avgpool_length
 from .conv_act import ConvAct, conv_act_length
 from .fused import ConvReLUPool, fusable
+from .norm_act import BatchNormReLU, norm_act_length
 from .residual import FastResidual, residual_length
 
-__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "FastAvgPool", "fusable"]
+__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "FastAvgPool", "BatchNormReLU",
+           "fusable"]
 
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -84,7 +88,7 @@ class FastSequential:
         """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
         ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual (with
         the ReLU after it) a FastResidual over its planned body and shortcut, each AvgPool2d without padding a
-        FastAvgPool; the other layers as they are."""
+        FastAvgPool, each BatchNorm with a ReLU after it a BatchNormReLU; the other layers as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
             if self.fuse and fusable(layers, i):
@@ -95,6 +99,8 @@ class FastSequential:
                 make = _residual_step
             elif self.fuse and (take := avgpool_length(layers, i)):
                 make = FastAvgPool
+            elif self.fuse and (take := norm_act_length(layers, i)):
+                make = BatchNormReLU
             else:
                 steps.append(layers[i])
                 i += 1

@@ -167,7 +167,10 @@ class ConvAct(ScratchBuffers):
         c, f = conv.in_channels, conv.out_channels
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         h, w = x.shape[2:]
-        xp = padded_channels_last(x, ph, pw, self._buffer("xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype))
+        if (ph, pw) == (0, 0) and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+            xp = x.transpose(0, 2, 3, 1)        # already channels last, nothing to pad: read in place (kept
+        else:                                   # for backward, so x must not change in between, as in autograd)
+            xp = padded_channels_last(x, ph, pw, self._buffer("xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype))
         xp3 = xp.reshape(n, h + 2 * ph, -1)
         self._p, self._k, self._itemsize = ho * wo, kh * kw * c, x.itemsize
         w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(self._k, f)
@@ -263,7 +266,9 @@ class ConvAct(ScratchBuffers):
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * p, f)
         xp3 = xp.reshape(n, xp.shape[1], -1)
         w_t = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k)   # W^T as (F, K)
-        dxp = self._buffer("dxp", xp.shape, xp.dtype) if input_grad else None
+        unpadded = (ph, pw) == (0, 0)           # dL/dxp is then dL/dx itself: a new array, returned as is
+        dxp = (np.empty(xp.shape, xp.dtype) if unpadded else self._buffer("dxp", xp.shape, xp.dtype)) if input_grad \
+            else None
         step, workers = self._plan(n)
         dw = np.zeros((workers, k, f), dtype=xp.dtype) if param_grads else None
         db = np.zeros((workers, f), dtype=xp.dtype) if param_grads and conv.bias is not None else None
@@ -301,7 +306,7 @@ class ConvAct(ScratchBuffers):
                 found[int(dtype == np.float64)], found[2], xp3, c, kh, kw, sh, sw, ho, wo, g, y, _act_code(self.act), w_t,
                 param_grads, input_grad, self._buffer("ga_all", (workers, rows, f), dtype),
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
-                dw if param_grads else np.zeros((workers, k, f), dtype),
+                dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,
                 db if db is not None else np.zeros((workers, f), dtype),
                 dxp.reshape(xp3.shape) if input_grad else np.empty((0, 0, 0), dtype))
         if param_grads:
@@ -310,5 +315,5 @@ class ConvAct(ScratchBuffers):
                 conv.bias.accumulate(db.sum(axis=0), owned=True)
         if not input_grad:
             return None
-        # channels last, returned as an NCHW view (a copy: dxp is reused by the next call)
-        return np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w]).transpose(0, 3, 1, 2)
+        # channels last, returned as an NCHW view (of a copy when padded: dxp is reused by the next call)
+        return (dxp if unpadded else np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w])).transpose(0, 3, 1, 2)

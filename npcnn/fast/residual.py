@@ -4,6 +4,7 @@ import numpy as np
 
 from ..nn.activation import ReLU
 from ..nn.residual import Residual
+from .norm_act import relu_grad
 
 
 def residual_length(layers, i):
@@ -44,7 +45,7 @@ class FastResidual:
 
     def backward(self, grad_out, param_grads=True):
         if self.relu is not None:
-            grad_out = grad_out * (self._y > 0)
+            grad_out = relu_grad(grad_out, self._y)
         dx = self.body.backward(grad_out, param_grads=param_grads)
         if self.shortcut is None:
             return dx + grad_out

@@ -52,10 +52,10 @@ def conv_rows_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, w_mat, 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, act, w_t, param_grads, input_grad,
-                       ga_all, cols_all, step, dw_part, db_part, dxp3):
+                       ga_all, cols_all, step, dw_part, has_bias, db_part, dxp3):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
-    per chunk ``Ga = g * act'(y)``, then ``dw_part[t] += cols^T @ Ga`` and ``db_part[t] += sum of Ga's
-    rows`` (if ``param_grads``), ``dcols = Ga @ w_t`` scattered by col2im onto ``dxp3`` (if
+    per chunk ``Ga = g * act'(y)``, then ``dw_part[t] += cols^T @ Ga`` and (``has_bias``) ``db_part[t] +=
+    sum of Ga's rows`` (if ``param_grads``), ``dcols = Ga @ w_t`` scattered by col2im onto ``dxp3`` (if
     ``input_grad``; each image's plane zeroed first). ``w_t`` (F, K); ``ga_all`` and ``cols_all``
     (workers, step*ho*wo, F / K) scratch; ``dw_part`` (workers, K, F) and ``db_part`` (workers, F)
     zeroed by the caller, who sums them. ``cols`` holds the columns, then (after the weight gradient) dcols."""
@@ -69,7 +69,7 @@ def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, 
         for a in range(first, last, step):
             b = min(last, a + step)
             m = (b - a) * p
-            ga = ga_buf[:m]
+            ga = g[a * p:b * p] if act == NONE else ga_buf[:m]
             gf, yf, af = g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), ga.reshape(-1)
             if act == RELU:
                 for i in range(af.size):
@@ -77,9 +77,6 @@ def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, 
             elif act == TANH:
                 for i in range(af.size):
                     af[i] = gf[i] * (1 - yf[i] * yf[i])
-            else:
-                for i in range(af.size):
-                    af[i] = gf[i]
             if param_grads:
                 for n in range(a, b):
                     im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
@@ -88,9 +85,10 @@ def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, 
                 for i in range(k):
                     for j in range(f):
                         dw_t[i, j] += tmp[i, j]
-                for r in range(m):
-                    for j in range(f):
-                        db_t[j] += ga[r, j]
+                if has_bias:
+                    for r in range(m):
+                        for j in range(f):
+                            db_t[j] += ga[r, j]
             if input_grad:
                 dcols = cols[:m]
                 _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, m, k, f, ga.ctypes.data, f, w_t.ctypes.data, k,
