@@ -72,13 +72,15 @@ def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monke
     n, c, f, h, w, k, s, p, bias = config
     if path == "direct":
         monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6)
+        monkeypatch.setattr(conv_act, "DIRECT_MAX_FILTERS", 10 ** 6)
         assert conv_act.direct(nn.Conv2d(c, f, k, s, p))
     else:
         monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
     calls = []
     if path == "gemm on numba's threads":
         monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
-        monkeypatch.setattr(kernels, "conv_rows_backward", lambda *a, k=kernels.conv_rows_backward: calls.append(a) or k(*a))
+        backward = kernels.conv_rows_backward
+        monkeypatch.setattr(kernels, "conv_rows_backward", lambda *a: calls.append(a) or backward(*a))
         shared = parallel.one_blas_thread
     else:
         shared = contextlib.nullcontext
@@ -118,12 +120,13 @@ def test_conv_act_skips_what_is_not_asked(param_grads, input_grad, stride, share
         _close(a, b if param_grads else None, 1e-12)
 
 
-@pytest.mark.parametrize("c", [16, 1])                 # the GEMM path and the direct path
-def test_conv_act_float32_stays_float32_and_close(c):
+@pytest.mark.parametrize("c,f", [(16, 16), (1, 6)])          # the GEMM path and the direct path
+def test_conv_act_float32_stays_float32_and_close(c, f):
     rng = np.random.default_rng(3)
-    layers = [nn.Conv2d(c, 16, 3, padding=1, rng=3), nn.Tanh()]
+    layers = [nn.Conv2d(c, f, 3, padding=1, rng=3), nn.Tanh()]
+    assert conv_act.direct(layers[0]) == (c == 1)
     x = rng.standard_normal((6, c, 12, 12)).astype(np.float32)
-    g = rng.standard_normal((6, 16, 12, 12)).astype(np.float32)
+    g = rng.standard_normal((6, f, 12, 12)).astype(np.float32)
     ref = _readable(layers, x, g)
     got = _fast(layers, x, g)
     assert got[0].dtype == got[1].dtype == got[2][0].dtype == np.float32
@@ -147,13 +150,13 @@ def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
     if shared == "numba kernel":
         assert parallel.blas.kernel_gemm() is not None, "the kernels cannot call numpy's BLAS here"
         for name in ("conv_rows_forward", "conv_rows_backward"):
-            kernel = getattr(kernels, name)
-            monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel: calls.append(a[-6 if "back" in kernel.__name__
-                                                                                          else -3].shape[0]) or kernel(*a))
+            kernel, workers_at = getattr(kernels, name), -6 if "backward" in name else -3   # cols_all's position
+            monkeypatch.setattr(kernels, name, lambda *a, k=kernel, i=workers_at: calls.append(a[i].shape[0]) or k(*a))
     else:
         monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)
     if shared == "python threads in turn":
-        monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or [fn(t) for t in range(w)] and None)
+        monkeypatch.setattr(parallel, "run_threads",
+                            lambda fn, w: calls.append(w) or [fn(t) for t in range(w)] and None)
     elif shared == "python threads":
         monkeypatch.setattr(parallel, "run_threads", lambda fn, w: calls.append(w) or real(fn, w))
     results = []
@@ -238,8 +241,10 @@ def test_phase_planes_round_trip_and_turn_a_strided_conv_into_a_stride_one_conv(
     np.testing.assert_array_equal(q[:, (1 * 2 + 1) * 3 + 2], a[:, 1, 1::2, 2::3])      # plane (c=1, u=1, v=2)
     np.testing.assert_array_equal(conv_act.from_phases(q, 2, 3), a)
     assert conv_act.to_phases(a, 1, 1) is a
-    assert conv_act.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))      # Wong et al.'s first conv: 4 x 2x2 taps
-    assert not conv_act.direct(nn.Conv2d(16, 32, 4, stride=2, padding=1))
+    assert conv_act.direct(nn.Conv2d(1, 8, 4, stride=2, padding=1))       # counted as 4 x 2x2 taps
+    assert not conv_act.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))  # Wong et al.'s first: too many filters
+    assert not conv_act.direct(nn.Conv2d(8, 8, 4, stride=2, padding=1))   # 32 x 2x2 taps
+    assert conv_act.direct(nn.Conv2d(1, 6, 5, padding=2))                 # LeNet-5's first
 
 
 def test_conv_act_rejects_what_it_cannot_run():
@@ -254,6 +259,7 @@ def test_conv_act_threaded_kernels_equal_the_readable_layers(direct, monkeypatch
     """The kernels' threaded copies (from any size on), the weight gradient summed over per-thread blocks."""
     monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 0)
     monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6 if direct else 0)
+    monkeypatch.setattr(conv_act, "DIRECT_MAX_FILTERS", 10 ** 6)
     rng = np.random.default_rng(9)
     layers = [nn.Conv2d(2, 5, (3, 2), 1, (1, 0), dtype=np.float64, rng=4), nn.ReLU()]
     x = rng.standard_normal((7, 2, 10, 9))

@@ -8,8 +8,8 @@ with the same Parameters, faster:
   step (the conv output is never stored, the ReLU is folded into the pool's winners);
 * every other Conv2d, with the ReLU or Tanh after it, becomes one :class:`~npcnn.fast.conv_act.ConvAct`
   step: channels last, im2col + GEMM a few images at a time so the columns stay in cache, or computed
-  directly when the conv has few weights per filter (a first layer); its output stays channels last
-  through BatchNorm, the pools and the activations, to the next conv;
+  directly when the conv has few filters and few weights per filter (LeNet-5's first); its output stays
+  channels last through BatchNorm, the pools and the activations, to the next conv;
 * every Residual, with the ReLU after it, becomes a :class:`~npcnn.fast.residual.FastResidual`: its
   body and shortcut planned the same way, the ReLU applied in place on the sum;
 * every AvgPool2d without padding becomes a :class:`~npcnn.fast.avgpool.FastAvgPool`: one kernel pass

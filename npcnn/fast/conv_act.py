@@ -20,12 +20,15 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
     whose interior is dL/dx.
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
-is computed directly instead, from the NCHW input into a channels-last output
-(``kernels.direct_conv_relu_to_nhwc`` and its two gradients,
-:mod:`npcnn.kernels.direct_conv_rows`): with so few taps im2col + GEMM is a pass over memory. A
+and at most :data:`DIRECT_MAX_FILTERS` filters (LeNet-5's first conv) is computed directly instead, from
+the NCHW input into a channels-last output (``kernels.direct_conv_relu_to_nhwc`` and its two gradients,
+:mod:`npcnn.kernels.direct_conv_rows`): a GEMM that is only a few columns wide runs far below BLAS's
+speed, and im2col of so few taps is a pass over memory. (With 16 filters or more the GEMM path won
+on this machine since its chunks run on numba's threads: a 3x32x3x3 conv at 32x32, batch 64, 6.5 ->
+3.2 ms forward; a 1x6x5x5 one stayed direct, 0.7 against 1.9 ms.) A
 strided conv goes there as a stride-1 conv over the input's phase planes (:func:`to_phases`: the
 sh*sw sub-images ``x[:, c, u::sh, v::sw]`` become channels, and the kernel is cut the same way), so
-the 1x4x4 stride-2 first conv of Wong et al.'s net is a 4x2x2 stride-1 conv.
+a 1x4x4 stride-2 conv is a 4x2x2 stride-1 conv.
 
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
 each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
@@ -44,6 +47,9 @@ from .fused import ScratchBuffers, padded_channels_last
 #: Convs with at most this many weights per filter (C*kh*kw, counted on the phase planes) are computed directly.
 DIRECT_MAX_TAPS = 27
 
+#: ... and at most this many filters.
+DIRECT_MAX_FILTERS = 8
+
 #: The activations folded into the step: their forward applied in place, their derivative from the output.
 ACTIVATIONS = (ReLU, Tanh)
 
@@ -57,10 +63,12 @@ def conv_act_length(layers, i):
 
 
 def direct(conv):
-    """True when ``conv`` takes the direct path: at most DIRECT_MAX_TAPS weights per filter, counted on
+    """True when ``conv`` takes the direct path: at most DIRECT_MAX_FILTERS filters and DIRECT_MAX_TAPS
+    weights per filter, counted on
     the phase planes a strided conv is run on (C*sh*sw channels of ceil(kh/sh) x ceil(kw/sw) taps)."""
     (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-    return conv.in_channels * sh * sw * -(-kh // sh) * -(-kw // sw) <= DIRECT_MAX_TAPS
+    return (conv.in_channels * sh * sw * -(-kh // sh) * -(-kw // sw) <= DIRECT_MAX_TAPS
+            and conv.out_channels <= DIRECT_MAX_FILTERS)
 
 
 def to_phases(a, sh, sw):
@@ -197,8 +205,9 @@ class ConvAct(ScratchBuffers):
             cols_all = self._buffer("cols_all", (workers, min(n, step) * p, k), x.dtype)
             b = np.zeros(f, dtype=x.dtype) if bias is None else bias
             bias_run = np.tile(b, _run_of(out) // f)
-            kernels.conv_rows_forward(found[int(x.dtype == np.float64)], found[2], xp3, c, kh, kw, sh, sw, ho, wo, w_mat,
-                                      bias_run, _act_code(self.act), cols_all, step, out)
+            blas_fn, ilp64 = found[int(x.dtype == np.float64)], found[2]
+            kernels.conv_rows_forward(blas_fn, ilp64, xp3, c, kh, kw, sh, sw, ho, wo, w_mat, bias_run,
+                                      _act_code(self.act), cols_all, step, out)
             if isinstance(self.act, Tanh):
                 np.tanh(out, out=out)
         self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
@@ -302,8 +311,9 @@ class ConvAct(ScratchBuffers):
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
             rows = min(n, step) * p
             dtype = xp.dtype
+            blas_fn, ilp64 = found[int(dtype == np.float64)], found[2]
             kernels.conv_rows_backward(
-                found[int(dtype == np.float64)], found[2], xp3, c, kh, kw, sh, sw, ho, wo, g, y, _act_code(self.act), w_t,
+                blas_fn, ilp64, xp3, c, kh, kw, sh, sw, ho, wo, g, y, _act_code(self.act), w_t,
                 param_grads, input_grad, self._buffer("ga_all", (workers, rows, f), dtype),
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,

@@ -51,7 +51,8 @@ from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_bac
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
 from .rows import bias_relu_rows, relu_grad, tanh_grad
-from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2, maxpool_backward, maxpool_forward,
+from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2,
+                      maxpool_backward, maxpool_forward,
                       maxpool_relu_backward, winners_to_dense_nhwc)
 from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
 
