@@ -169,17 +169,26 @@ def numba_threads(n):
 
 
 @NEEDS_TWO_THREADS
-def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
+@pytest.mark.parametrize("shared", ["python threads in turn", "numba kernel"])
+def test_channels_last_conv_shared_among_threads_equals_one_thread(shared, monkeypatch):
     """With several chunks, the channels-last conv shares them among threads while npcnn runs
-    BLAS on one thread: the outputs, winners and gradients equal those of one thread walking the chunks."""
-    from npcnn import parallel
+    BLAS on one thread: the outputs, winners and gradients equal those of one thread walking the chunks.
+    The chunks go to numba's threads (kernels.conv_rows) when the kernels can call BLAS, else to Python's."""
+    from npcnn import kernels, parallel
     rng = np.random.default_rng(5)
     x = rng.standard_normal((13, 6, 9, 10)).astype(np.float32)
     g = rng.standard_normal((13, 5, 4, 5)).astype(np.float32)
     monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)               # one image per chunk: 13 chunks
     calls = []
-    monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or
-                        [fn(t) for t in range(workers)] and None)   # record, run in turn
+    if shared == "numba kernel":
+        assert parallel.blas.kernel_gemm() is not None, "the kernels cannot call numpy's BLAS here"
+        kernel = kernels.conv_rows_relu_maxpool_forward
+        monkeypatch.setattr(kernels, "conv_rows_relu_maxpool_forward",
+                            lambda *a: calls.append(a[13].shape[0]) or kernel(*a))   # cols_all: (workers, ...)
+    else:
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)
+        monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or
+                            [fn(t) for t in range(workers)] and None)   # record, run in turn
     results = []
     for threads in (numba.get_num_threads(), 1):
         with numba_threads(threads), parallel.one_blas_thread():
@@ -189,7 +198,8 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(monkeypatch):
             y = step.forward(x)
             dx = step.backward(g, True)
             results.append((y, step.argmax.copy(), dx, layers[0].weight.grad))
-    assert calls == [numba.get_num_threads()] and calls[0] > 1         # the first run was shared out
+    assert calls[0] == numba.get_num_threads() > 1                     # the first run was shared out
+    assert calls[1:] == ([1] if shared == "numba kernel" else [])      # (the Python loop: one thread, no hand-over)
     for a, b in zip(*results):                  # sums over the batch split differently: rounding
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
@@ -202,6 +212,7 @@ def test_channels_last_conv_in_real_threads_equals_one_thread(monkeypatch):
     x = rng.standard_normal((11, 32, 14, 14)).astype(np.float32)
     calls = []
     real = parallel.run_threads
+    monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)     # the Python threads' loop (numba's: above)
     monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or real(fn, workers))
     results = []
     for threads in (numba.get_num_threads(), 1):

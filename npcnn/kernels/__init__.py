@@ -45,7 +45,7 @@ from . import _compile
 from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
-from .conv_rows import conv_rows_backward, conv_rows_forward
+from .conv_rows import conv_rows_backward, conv_rows_forward, conv_rows_relu_maxpool_forward
 from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_relu_to_nhwc, direct_conv_weight_grad_nchw
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
@@ -69,6 +69,7 @@ __all__ = [
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
     "bias_relu_rows", "relu_grad", "tanh_grad", "conv_rows_forward", "conv_rows_backward",
+    "conv_rows_relu_maxpool_forward",
     "adam_update",
 ]
 

@@ -18,6 +18,7 @@ from numba import njit, prange
 from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
+from .pooling import bias_relu_maxpool_image_2x2
 
 NONE, RELU, TANH = 0, 1, 2
 
@@ -96,3 +97,26 @@ def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, 
                 for n in range(a, b):
                     col2im_image_nhwc(dcols[(n - a) * p:(n - a + 1) * p], n_ch, kh, kw, sh, sw, ho, wo, dxp3[n])
     return dxp3
+
+
+@njit(parallel=True, **_OPTS)
+def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, hc, wc, w_mat, bias, zero, cols_all,
+                                   rows_all, step, out, argmax):
+    """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path: per chunk, im2col, ``rows =
+    cols @ w_mat`` into the thread's ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool
+    into ``out`` and ``argmax`` (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule)."""
+    n_img, workers, p = xp3.shape[0], cols_all.shape[0], hc * wc
+    k, f = w_mat.shape
+    double = out.itemsize == 8
+    for t in prange(workers):
+        first, last = t * n_img // workers, (t + 1) * n_img // workers
+        cols, rows = cols_all[t], rows_all[t]
+        for a in range(first, last, step):
+            b = min(last, a + step)
+            for n in range(a, b):
+                im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
+            _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
+                  w_mat.ctypes.data, f, rows.ctypes.data, f)
+            for n in range(a, b):
+                bias_relu_maxpool_image_2x2(rows[(n - a) * p:(n - a + 1) * p], bias, hc, wc, out[n], argmax[n], zero)
+    return out

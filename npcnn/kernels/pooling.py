@@ -180,23 +180,30 @@ def maxpool_relu_backward(grad_out, argmax, out, hc, wc, g_cols):
     return g_cols
 
 
+@njit(inline="always", error_model="numpy")
+def bias_relu_maxpool_image_2x2(rows, bias, hc, wc, out, argmax, zero):
+    """One image of :func:`bias_relu_maxpool_nhwc_2x2`: ``rows`` (hc*wc, F), ``out``/``argmax`` (Ho, Wo, F)."""
+    ho, wo, f_out = out.shape
+    for oy in range(ho):
+        for ox in range(wo):
+            r0 = 2 * oy * wc + 2 * ox
+            p0, p1, p2, p3 = _window_labels(oy, ox, wc)
+            v0, v1, v2, v3 = rows[r0], rows[r0 + 1], rows[r0 + wc], rows[r0 + wc + 1]
+            o, am = out[oy, ox], argmax[oy, ox]
+            for f in range(f_out):
+                b = bias[f]
+                best, pos = _max4_relu_at(v0[f] + b, v1[f] + b, v2[f] + b, v3[f] + b, p0, p1, p2, p3, zero)
+                o[f] = best
+                am[f] = pos
+
+
 @_kernel(size_arg=0)
 def bias_relu_maxpool_nhwc_2x2(rows, bias, hc, wc, out, argmax, zero):
     """:func:`bias_relu_maxpool` (2x2 windows, stride 2) from a channels-last conv output ``rows``
     (N*hc*wc, F) before the bias, into channels-last ``out`` and ``argmax`` (N, Ho, Wo, F)."""
-    n_img, ho, wo, f_out = out.shape
-    for n in prange(n_img):
-        for oy in range(ho):
-            for ox in range(wo):
-                r0 = (n * hc + 2 * oy) * wc + 2 * ox
-                p0, p1, p2, p3 = _window_labels(oy, ox, wc)
-                v0, v1, v2, v3 = rows[r0], rows[r0 + 1], rows[r0 + wc], rows[r0 + wc + 1]
-                o, am = out[n, oy, ox], argmax[n, oy, ox]
-                for f in range(f_out):
-                    b = bias[f]
-                    best, pos = _max4_relu_at(v0[f] + b, v1[f] + b, v2[f] + b, v3[f] + b, p0, p1, p2, p3, zero)
-                    o[f] = best
-                    am[f] = pos
+    p = hc * wc
+    for n in prange(out.shape[0]):
+        bias_relu_maxpool_image_2x2(rows[n * p:(n + 1) * p], bias, hc, wc, out[n], argmax[n], zero)
     return out
 
 
