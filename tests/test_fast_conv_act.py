@@ -171,20 +171,30 @@ def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", ["parallel", "serial"])
+@pytest.mark.parametrize("pad", [(0, 0), (1, 2), (3, 0)])
 @pytest.mark.parametrize("k,s", [((3, 3), (1, 1)), ((4, 4), (2, 2)), ((1, 1), (2, 2)), ((5, 2), (1, 3))])
-def test_col2im_nhwc_is_the_adjoint_of_im2col_nhwc(k, s, variant):
-    """<im2col(x), d> == <x, col2im(d)> for random x and d, and col2im zeroes what it writes into."""
+def test_col2im_nhwc_is_the_adjoint_of_im2col_nhwc(k, s, pad, variant):
+    """im2col with padding equals im2col of the zero-padded input (so its padding taps are zeros, even
+    where a window lies wholly on the padding); <im2col(x), d> == <x, col2im(d)> for random x and d; and
+    col2im zeroes what it writes into."""
     rng = np.random.default_rng(7)
-    n, c, hp, wp = 3, 4, 11, 9
+    n, c, h, w = 3, 4, 11, 9
+    (ph, pw), hp, wp = pad, h + 2 * pad[0], w + 2 * pad[1]
     ho, wo = (hp - k[0]) // s[0] + 1, (wp - k[1]) // s[1] + 1
-    xp3 = rng.standard_normal((n, hp, wp * c))
-    cols = np.empty((n * ho * wo, k[0] * k[1] * c))
-    getattr(kernels.im2col_nhwc, variant)(xp3, c, k[0], k[1], s[0], s[1], ho, wo, cols)
+    x = rng.standard_normal((n, h, w, c))
+    xp = np.zeros((n, hp, wp, c))
+    xp[:, ph:ph + h, pw:pw + w] = x
+    im2col, col2im = getattr(kernels.im2col_nhwc, variant), getattr(kernels.col2im_nhwc, variant)
+    cols = np.full((n * ho * wo, k[0] * k[1] * c), np.nan)
+    im2col(x.reshape(n, h, -1), c, k[0], k[1], s[0], s[1], ph, pw, ho, wo, cols)
+    cols_of_padded = np.empty_like(cols)
+    im2col(xp.reshape(n, hp, -1), c, k[0], k[1], s[0], s[1], 0, 0, ho, wo, cols_of_padded)
+    np.testing.assert_array_equal(cols, cols_of_padded)
     d = rng.standard_normal(cols.shape)
-    back = np.full(xp3.shape, np.nan)                  # garbage that must be overwritten
-    getattr(kernels.col2im_nhwc, variant)(d, c, k[0], k[1], s[0], s[1], ho, wo, back)
+    back = np.full((n, h, w * c), np.nan)              # garbage that must be overwritten
+    col2im(d, c, k[0], k[1], s[0], s[1], ph, pw, ho, wo, back)
     assert np.isfinite(back).all()
-    assert abs((cols * d).sum() - (xp3 * back).sum()) < 1e-10 * np.abs(cols * d).sum()
+    assert abs((cols * d).sum() - (x.reshape(n, h, -1) * back).sum()) < 1e-10 * np.abs(cols * d).sum()
 
 
 def test_plan_groups_every_zoo_net_into_fast_steps():

@@ -5,19 +5,20 @@ stage's first conv).
 Nothing here is new math; it is :class:`~npcnn.nn.Conv2d`'s im2col + GEMM and the activation's own
 rule, reordered so that the column matrix never leaves the CPU's cache:
 
-* forward: the input is zero-padded channels last (``xp``, (N, H+2p, W+2p, C)); then, a few images
-  at a time, im2col writes their receptive fields as rows (taps in (i, j, c) order) and one GEMM
-  ``rows = cols @ W`` (W as (kh*kw*C, F)) writes the conv straight into the output, (N*Ho*Wo, F),
-  where the bias and the activation are applied in place. The output is returned as an NCHW view of
-  that channels-last memory (``out.transpose(0, 3, 1, 2)``): BatchNorm2d, the activations, the
-  residual addition and the next fast conv all keep it channels last.
+* forward: the input is taken channels last (``xs``, (N, H, W, C): a fast step's output already is;
+  anything else is copied so); then, a few images at a time, im2col writes their receptive fields as
+  rows (taps in (i, j, c) order, zeros for the taps on the padding) and one GEMM ``rows = cols @ W``
+  (W as (kh*kw*C, F)) writes the conv straight into the output, (N*Ho*Wo, F), where the bias and the
+  activation are applied in place. The output is returned as an NCHW view of that channels-last
+  memory (``out.transpose(0, 3, 1, 2)``): BatchNorm2d, the activations, the residual addition and the
+  next fast conv all keep it channels last.
 * backward, with ``G = dL/dy`` as rows (N*Ho*Wo, F): ``Ga = G * act'(y)`` (ReLU: ``[y > 0]``, tanh:
-  ``1 - y**2``, none: ``G``), then, chunk by chunk, the columns rebuilt from ``xp``:
+  ``1 - y**2``, none: ``G``), then, chunk by chunk, the columns rebuilt from ``xs``:
 
   - ``dL/dW += cols^T @ Ga``   ((kh*kw*C, F), reordered to the weight's (F, C, kh, kw))
   - ``dL/db += sum of Ga's rows``
-  - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto the padded input gradient,
-    whose interior is dL/dx.
+  - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto dL/dx (channels last; the
+    taps on the padding dropped).
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
 and at most :data:`DIRECT_MAX_FILTERS` filters (LeNet-5's first conv) is computed directly instead, from
@@ -175,11 +176,11 @@ class ConvAct(ScratchBuffers):
         c, f = conv.in_channels, conv.out_channels
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         h, w = x.shape[2:]
-        if (ph, pw) == (0, 0) and x.transpose(0, 2, 3, 1).flags.c_contiguous:
-            xp = x.transpose(0, 2, 3, 1)        # already channels last, nothing to pad: read in place (kept
-        else:                                   # for backward, so x must not change in between, as in autograd)
-            xp = padded_channels_last(x, ph, pw, self._buffer("xp", (n, h + 2 * ph, w + 2 * pw, c), x.dtype))
-        xp3 = xp.reshape(n, h + 2 * ph, -1)
+        if x.transpose(0, 2, 3, 1).flags.c_contiguous:
+            xs = x.transpose(0, 2, 3, 1)        # already channels last: read in place (and kept for backward,
+        else:                                   # so x must not change in between, as autograd asks too)
+            xs = padded_channels_last(x, 0, 0, self._buffer("xs", (n, h, w, c), x.dtype))
+        x3 = xs.reshape(n, h, w * c)            # im2col writes the padding's zeros itself
         self._p, self._k, self._itemsize = ho * wo, kh * kw * c, x.itemsize
         w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(self._k, f)
         bias = conv.bias.data if conv.bias is not None else None
@@ -193,7 +194,7 @@ class ConvAct(ScratchBuffers):
             for a in range(first, last, step):
                 b = min(last, a + step)
                 chunk_cols, rows = cols[:(b - a) * p], out[a * p:b * p]
-                im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, chunk_cols)
+                im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, chunk_cols)
                 mm(chunk_cols, w_mat, out=rows)
                 _bias_act(self.act, rows, bias, serial)
 
@@ -206,11 +207,11 @@ class ConvAct(ScratchBuffers):
             b = np.zeros(f, dtype=x.dtype) if bias is None else bias
             bias_run = np.tile(b, _run_of(out) // f)
             blas_fn, ilp64 = found[int(x.dtype == np.float64)], found[2]
-            kernels.conv_rows_forward(blas_fn, ilp64, xp3, c, kh, kw, sh, sw, ho, wo, w_mat, bias_run,
+            kernels.conv_rows_forward(blas_fn, ilp64, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_run,
                                       _act_code(self.act), cols_all, step, out)
             if isinstance(self.act, Tanh):
                 np.tanh(out, out=out)
-        self._x_shape, self._xp, self._out, self._hw = x.shape, xp, out, (ho, wo)
+        self._x_shape, self._x3, self._out, self._hw = x.shape, x3, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 
     def _forward_direct(self, x):
@@ -232,11 +233,11 @@ class ConvAct(ScratchBuffers):
         if isinstance(self.act, Tanh):
             np.tanh(out_nhwc, out=out_nhwc)
         out = out_nhwc.transpose(0, 3, 1, 2)                   # channels last, as the GEMM path's
-        self._x_shape, self._xp, self._wq, self._out = x.shape, xq, wq, out
+        self._x_shape, self._xq, self._wq, self._out = x.shape, xq, wq, out
         return out
 
     def _backward_direct(self, grad_out, param_grads, input_grad):
-        conv, xq, wq = self.conv, self._xp, self._wq
+        conv, xq, wq = self.conv, self._xq, self._wq
         n, c, h, w = self._x_shape
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))          # as the output's memory: NHWC
@@ -267,27 +268,25 @@ class ConvAct(ScratchBuffers):
             return None
         if self._direct:
             return self._backward_direct(grad_out, param_grads, input_grad)
-        conv, xp, y = self.conv, self._xp, self._out
+        conv, x3, y = self.conv, self._x3, self._out
         n, c, h, w = self._x_shape
         f = conv.out_channels
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         (ho, wo), p, k = self._hw, self._p, self._k
+        dtype = x3.dtype
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * p, f)
-        xp3 = xp.reshape(n, xp.shape[1], -1)
         w_t = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k)   # W^T as (F, K)
-        unpadded = (ph, pw) == (0, 0)           # dL/dxp is then dL/dx itself: a new array, returned as is
-        dxp = (np.empty(xp.shape, xp.dtype) if unpadded else self._buffer("dxp", xp.shape, xp.dtype)) if input_grad \
-            else None
+        dx3 = np.empty((n, h, w * c), dtype=dtype) if input_grad else None     # col2im zeroes each image's plane
         step, workers = self._plan(n)
-        dw = np.zeros((workers, k, f), dtype=xp.dtype) if param_grads else None
-        db = np.zeros((workers, f), dtype=xp.dtype) if param_grads and conv.bias is not None else None
-        ones = np.ones(step * p, dtype=xp.dtype) if db is not None else None   # db = ones @ Ga, a GEMV
+        dw = np.zeros((workers, k, f), dtype=dtype) if param_grads else None
+        db = np.zeros((workers, f), dtype=dtype) if param_grads and conv.bias is not None else None
+        ones = np.ones(step * p, dtype=dtype) if db is not None else None   # db = ones @ Ga, a GEMV
 
         def body(first, last, t, serial, step):
             rows = min(last - first, step) * p
-            ga_buf = self._buffer(f"ga{t}", (rows, f), xp.dtype) if self.act is not None else None
-            cols = self._buffer(f"cols{t}", (rows, k), xp.dtype) if param_grads else None
-            dcols = self._buffer(f"dcols{t}", (rows, k), xp.dtype) if input_grad else None
+            ga_buf = self._buffer(f"ga{t}", (rows, f), dtype) if self.act is not None else None
+            cols = self._buffer(f"cols{t}", (rows, k), dtype) if param_grads else None
+            dcols = self._buffer(f"dcols{t}", (rows, k), dtype) if input_grad else None
             mm = np.matmul if serial else parallel.matmul
             im2col = kernels.im2col_nhwc.serial if serial else kernels.im2col_nhwc
             col2im = kernels.col2im_nhwc.serial if serial else kernels.col2im_nhwc
@@ -297,33 +296,31 @@ class ConvAct(ScratchBuffers):
                 ga = _activation_grad(self.act, g[a * p:b * p], y[a * p:b * p],
                                       None if ga_buf is None else ga_buf[:m], serial)
                 if param_grads:
-                    im2col(xp3[a:b], c, kh, kw, sh, sw, ho, wo, cols[:m])
+                    im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, cols[:m])
                     dw[t] += mm(cols[:m].T, ga)
                     if db is not None:
                         db[t] += ones[:m] @ ga
                 if input_grad:
                     mm(ga, w_t, out=dcols[:m])
-                    col2im(dcols[:m], c, kh, kw, sh, sw, ho, wo, dxp.reshape(xp3.shape)[a:b])
+                    col2im(dcols[:m], c, kh, kw, sh, sw, ph, pw, ho, wo, dx3[a:b])
 
-        found = parallel.kernel_gemm() if xp.dtype in (np.float32, np.float64) else None
+        found = parallel.kernel_gemm() if dtype in (np.float32, np.float64) else None
         if found is None:
             self._run(n, body, step, workers)
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
             rows = min(n, step) * p
-            dtype = xp.dtype
             blas_fn, ilp64 = found[int(dtype == np.float64)], found[2]
             kernels.conv_rows_backward(
-                blas_fn, ilp64, xp3, c, kh, kw, sh, sw, ho, wo, g, y, _act_code(self.act), w_t,
+                blas_fn, ilp64, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, g, y, _act_code(self.act), w_t,
                 param_grads, input_grad, self._buffer("ga_all", (workers, rows, f), dtype),
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,
                 db if db is not None else np.zeros((workers, f), dtype),
-                dxp.reshape(xp3.shape) if input_grad else np.empty((0, 0, 0), dtype))
+                dx3 if input_grad else np.empty((0, 0, 0), dtype))
         if param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
             if db is not None:
                 conv.bias.accumulate(db.sum(axis=0), owned=True)
         if not input_grad:
             return None
-        # channels last, returned as an NCHW view (of a copy when padded: dxp is reused by the next call)
-        return (dxp if unpadded else np.ascontiguousarray(dxp[:, ph:ph + h, pw:pw + w])).transpose(0, 3, 1, 2)
+        return dx3.reshape(n, h, w, c).transpose(0, 3, 1, 2)      # channels last, as an NCHW view

@@ -198,7 +198,7 @@ class ConvReLUPool(ScratchBuffers):
             for a in range(first, last, step):
                 b = min(last, a + step)
                 chunk_cols, chunk_rows = cols[:(b - a) * p], rows[:(b - a) * p]
-                im2col(xp3[a:b], c, kh, kw, sh, sw, hc, wc, chunk_cols)
+                im2col(xp3[a:b], c, kh, kw, sh, sw, 0, 0, hc, wc, chunk_cols)
                 np.matmul(chunk_cols, w_mat, out=chunk_rows)
                 pool(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
 

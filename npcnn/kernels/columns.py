@@ -154,54 +154,85 @@ def pad_channels_last(x3, ph, pw, xp3):
 
 
 @njit(inline="always", error_model="numpy")
-def im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols):
-    """Image ``n``'s receptive fields as the ho*wo rows of ``cols`` (see :func:`im2col_nhwc`)."""
+def _taps_inside(ox, sw, pw, kw, w):
+    """For the window of output column ``ox``: its first input column ``x0 = ox*sw - pw`` and the taps
+    ``j0 <= j < j1`` that fall inside the image (0 <= x0 + j < w); the others read the zero padding."""
+    x0 = ox * sw - pw
+    return x0, max(0, -x0), min(kw, w - x0)
+
+
+@njit(inline="always", error_model="numpy")
+def im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    """Image ``n``'s receptive fields as the ho*wo rows of ``cols`` (see :func:`im2col_nhwc`), the
+    padding written as zeros (``x3`` is not padded)."""
+    h, w = x3.shape[1], x3.shape[2] // n_ch
     run = kw * n_ch
     for oy in range(ho):
         for ox in range(wo):
             row = cols[oy * wo + ox]
-            x0 = ox * sw * n_ch
+            x0, j0, j1 = _taps_inside(ox, sw, pw, kw, w)
             for i in range(kh):
-                src = xp3[n, oy * sh + i, x0:x0 + run]
+                y = oy * sh - ph + i
                 dst = row[i * run:(i + 1) * run]
-                for k in range(run):
-                    dst[k] = src[k]
+                if y < 0 or y >= h or j1 <= j0:            # the whole kernel row on the padding
+                    for k in range(run):
+                        dst[k] = 0.0
+                elif j0 == 0 and j1 == kw:                 # inside the image: one run, copied as one
+                    src = x3[n, y, x0 * n_ch:x0 * n_ch + run]
+                    for k in range(run):
+                        dst[k] = src[k]
+                else:                                      # across the left or right edge
+                    for k in range(j0 * n_ch):
+                        dst[k] = 0.0
+                    for k in range(j1 * n_ch, run):
+                        dst[k] = 0.0
+                    src = x3[n, y, (x0 + j0) * n_ch:(x0 + j1) * n_ch]
+                    seg = dst[j0 * n_ch:j1 * n_ch]
+                    for k in range(seg.size):
+                        seg[k] = src[k]
 
 
 @njit(inline="always", error_model="numpy")
-def col2im_image_nhwc(dcols, n_ch, kh, kw, sh, sw, ho, wo, dxp2):
-    """The ho*wo rows of ``dcols`` added back onto one image's padded plane ``dxp2`` (Hp, Wp*C), zeroed
-    first (see :func:`col2im_nhwc`)."""
+def col2im_image_nhwc(dcols, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx2):
+    """The ho*wo rows of ``dcols`` added back onto one image's plane ``dx2`` (H, W*C), zeroed first; the
+    taps on the padding are dropped (see :func:`col2im_nhwc`)."""
+    h, w = dx2.shape[0], dx2.shape[1] // n_ch
     run = kw * n_ch
-    dxp2[:] = 0.0
+    dx2[:] = 0.0
     for oy in range(ho):
         for ox in range(wo):
             row = dcols[oy * wo + ox]
-            x0 = ox * sw * n_ch
+            x0, j0, j1 = _taps_inside(ox, sw, pw, kw, w)
+            if j1 <= j0:
+                continue
             for i in range(kh):
-                dst = dxp2[oy * sh + i, x0:x0 + run]
-                src = row[i * run:(i + 1) * run]
-                for k in range(run):
+                y = oy * sh - ph + i
+                if y < 0 or y >= h:
+                    continue
+                dst = dx2[y, (x0 + j0) * n_ch:(x0 + j1) * n_ch]
+                src = row[i * run + j0 * n_ch:i * run + j1 * n_ch]
+                for k in range(dst.size):
                     dst[k] += src[k]
 
 
-@_kernel(size_arg=8)
-def im2col_nhwc(xp3, n_ch, kh, kw, sh, sw, ho, wo, cols):
-    """Receptive fields of the padded channels-last input, given as ``xp3`` (N, Hp, Wp*C), as rows
-    of ``cols`` (N*ho*wo, kh*kw*C), taps in (i, j, c) order: for each kernel row i, the kw*C values
-    are one contiguous run of the input row, copied as one."""
+@_kernel(size_arg=10)
+def im2col_nhwc(x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    """Receptive fields of the channels-last input, given as ``x3`` (N, H, W*C), as rows of ``cols``
+    (N*ho*wo, kh*kw*C), taps in (i, j, c) order, zeros where a tap falls on the padding (ph, pw): for
+    each kernel row i, the taps inside the image are one contiguous run of the input row, copied as one."""
     p = ho * wo
-    for n in prange(xp3.shape[0]):
-        im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[n * p:(n + 1) * p])
+    for n in prange(x3.shape[0]):
+        im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[n * p:(n + 1) * p])
     return cols
 
 
 @_kernel(size_arg=0)
-def col2im_nhwc(dcols, n_ch, kh, kw, sh, sw, ho, wo, dxp3):
-    """The adjoint of :func:`im2col_nhwc`: each row of ``dcols`` (N*ho*wo, kh*kw*C) added back onto
-    the padded channels-last input it was gathered from, ``dxp3`` (N, Hp, Wp*C), which is zeroed
-    first. Each image's rows go to its own plane, so the images run in parallel without atomics."""
+def col2im_nhwc(dcols, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx3):
+    """The adjoint of :func:`im2col_nhwc`: each row of ``dcols`` (N*ho*wo, kh*kw*C) added back onto the
+    channels-last input it was gathered from, ``dx3`` (N, H, W*C), which is zeroed first (the taps on
+    the padding are dropped). Each image's rows go to its own plane, so the images run in parallel
+    without atomics."""
     p = ho * wo
-    for n in prange(dxp3.shape[0]):
-        col2im_image_nhwc(dcols[n * p:(n + 1) * p], n_ch, kh, kw, sh, sw, ho, wo, dxp3[n])
-    return dxp3
+    for n in prange(dx3.shape[0]):
+        col2im_image_nhwc(dcols[n * p:(n + 1) * p], n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx3[n])
+    return dx3

@@ -24,12 +24,13 @@ NONE, RELU, TANH = 0, 1, 2
 
 
 @njit(parallel=True, **_OPTS)
-def conv_rows_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, w_mat, bias_run, act, cols_all, step, out):
+def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_run, act, cols_all, step,
+                      out):
     """``out`` (N*ho*wo, F) = act(im2col(xp3) @ w_mat + bias), ``act`` NONE or RELU (TANH is applied by
-    the caller). ``xp3`` (N, Hp, Wp*C) padded channels last, ``w_mat`` (kh*kw*C, F), ``bias_run`` the
+    the caller). ``x3`` (N, H, W*C) channels last (padded by (ph, pw) as im2col reads it), ``w_mat`` (kh*kw*C, F), ``bias_run`` the
     bias (zeros for none) repeated over a few whole rows, ``cols_all`` (workers, step*ho*wo, K)
     scratch, ``blas_fn`` the ?gemm address."""
-    n_img, workers, p = xp3.shape[0], cols_all.shape[0], ho * wo
+    n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     k, f = w_mat.shape
     double = out.itemsize == 8
     for t in prange(workers):
@@ -38,7 +39,7 @@ def conv_rows_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, w_mat, 
         for a in range(first, last, step):
             b = min(last, a + step)
             for n in range(a, b):
-                im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
+                im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
             rows = out[a * p:b * p]
             _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
                   w_mat.ctypes.data, f, rows.ctypes.data, f)
@@ -52,15 +53,15 @@ def conv_rows_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, w_mat, 
 
 
 @njit(parallel=True, **_OPTS)
-def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, act, w_t, param_grads, input_grad,
-                       ga_all, cols_all, step, dw_part, has_bias, db_part, dxp3):
+def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, g, y, act, w_t, param_grads,
+                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
     per chunk ``Ga = g * act'(y)``, then ``dw_part[t] += cols^T @ Ga`` and (``has_bias``) ``db_part[t] +=
     sum of Ga's rows`` (if ``param_grads``), ``dcols = Ga @ w_t`` scattered by col2im onto ``dxp3`` (if
-    ``input_grad``; each image's plane zeroed first). ``w_t`` (F, K); ``ga_all`` and ``cols_all``
+    ``input_grad``; ``dx3`` (N, H, W*C), each image's plane zeroed first). ``w_t`` (F, K); ``ga_all`` and ``cols_all``
     (workers, step*ho*wo, F / K) scratch; ``dw_part`` (workers, K, F) and ``db_part`` (workers, F)
     zeroed by the caller, who sums them. ``cols`` holds the columns, then (after the weight gradient) dcols."""
-    n_img, workers, p = xp3.shape[0], cols_all.shape[0], ho * wo
+    n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     f, k = w_t.shape
     double = g.itemsize == 8
     for t in prange(workers):
@@ -80,7 +81,7 @@ def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, 
                     af[i] = gf[i] * (1 - yf[i] * yf[i])
             if param_grads:
                 for n in range(a, b):
-                    im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
+                    im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
                 _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, k, f, m, cols.ctypes.data, k, ga.ctypes.data, f,
                       tmp.ctypes.data, f)
                 for i in range(k):
@@ -95,14 +96,16 @@ def conv_rows_backward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ho, wo, g, y, 
                 _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, m, k, f, ga.ctypes.data, f, w_t.ctypes.data, k,
                       dcols.ctypes.data, k)
                 for n in range(a, b):
-                    col2im_image_nhwc(dcols[(n - a) * p:(n - a + 1) * p], n_ch, kh, kw, sh, sw, ho, wo, dxp3[n])
-    return dxp3
+                    col2im_image_nhwc(dcols[(n - a) * p:(n - a + 1) * p], n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
+                                      dx3[n])
+    return dx3
 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, hc, wc, w_mat, bias, zero, cols_all,
                                    rows_all, step, out, argmax):
-    """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path: per chunk, im2col, ``rows =
+    """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path (``xp3`` padded already: its
+    backward's kernels read it so): per chunk, im2col, ``rows =
     cols @ w_mat`` into the thread's ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool
     into ``out`` and ``argmax`` (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule)."""
     n_img, workers, p = xp3.shape[0], cols_all.shape[0], hc * wc
@@ -114,7 +117,7 @@ def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, hc
         for a in range(first, last, step):
             b = min(last, a + step)
             for n in range(a, b):
-                im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
+                im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, 0, 0, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
             _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
                   w_mat.ctypes.data, f, rows.ctypes.data, f)
             for n in range(a, b):
