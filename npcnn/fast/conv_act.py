@@ -33,8 +33,11 @@ a 1x4x4 stride-2 conv is a 4x2x2 stride-1 conv.
 
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
 each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
-own partial weight gradient (summed at the end). The sums run in a different order from the
-readable layers', so the two agree to rounding (``tests/test_fast_conv_act.py``).
+own partial weight gradient (summed at the end). The threads are numba's, running the loop as one
+kernel (:mod:`npcnn.kernels.conv_rows`), whenever the kernels can call BLAS themselves
+(:func:`npcnn.parallel.kernel_gemm`); else Python's, running the ``body`` below (without numba's JIT,
+for one). The sums run in a different order from the readable layers', so the two agree to rounding
+(``tests/test_fast_conv_act.py``).
 """
 import numpy as np
 

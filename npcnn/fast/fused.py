@@ -176,7 +176,9 @@ class ConvReLUPool(ScratchBuffers):
 
         With more than one chunk, while npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`),
         each thread takes its share of the images and walks them chunk by chunk: its own im2col,
-        single-threaded GEMM and pooling.
+        single-threaded GEMM and pooling. The threads are numba's, running the same loop as one kernel
+        (:func:`npcnn.kernels.conv_rows_relu_maxpool_forward`), whenever the kernels can call BLAS
+        themselves (:func:`npcnn.parallel.kernel_gemm`); else Python's, running ``run`` below.
         """
         conv = self.conv
         n, c = x.shape[:2]
