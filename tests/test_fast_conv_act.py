@@ -429,3 +429,21 @@ def test_relu_grad_takes_the_kernel_only_for_alike_layouts(monkeypatch):
         np.testing.assert_array_equal(out, gg * (yy > 0))
         assert bool(calls) == kernel
         assert out.strides == gg.strides or not kernel
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_conv_act_keeps_its_own_copy_of_a_callers_batch(c):
+    """A caller's NCHW batch (one channel is channels last too) changed in place between forward and
+    backward does not change the weight gradient: ConvAct read a copy of it."""
+    rng = np.random.default_rng(4)
+    conv = nn.Conv2d(c, 16, 3, padding=1, dtype=np.float64, rng=1)
+    assert not conv_act.direct(conv)
+    x = rng.standard_normal((2, c, 6, 6))
+    g = rng.standard_normal((2, 16, 6, 6))
+    _, _, want = _readable([conv], x.copy(), g)
+    conv.zero_grad()
+    step = ConvAct(conv)
+    step.forward(x)
+    x[...] = 0
+    step.backward(g)
+    np.testing.assert_allclose(conv.weight.grad, want[0], rtol=0, atol=1e-12)
