@@ -68,10 +68,13 @@ def gemm_functions():
     return None
 
 
-def kernel_gemm():
-    """``(sgemm_address, dgemm_address, ilp64)`` when npcnn's kernels may call BLAS themselves (found,
-    and numba's JIT on: the intrinsic cannot run as Python), else None."""
-    return None if numba.config.DISABLE_JIT else gemm_functions()
+def kernel_gemm(dtype):
+    """``(gemm_address, ilp64)`` of the ?gemm for ``dtype`` when npcnn's kernels may call BLAS themselves
+    (float32 or float64, BLAS found, numba's JIT on: the intrinsic cannot run as Python), else None."""
+    found = None if numba.config.DISABLE_JIT else gemm_functions()
+    if found is None or np.dtype(dtype) not in (np.float32, np.float64):
+        return None
+    return found[int(np.dtype(dtype) == np.float64)], found[2]
 
 
 def _openblas_ilp64(handle, prefix, suffix):

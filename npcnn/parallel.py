@@ -155,10 +155,11 @@ def matmul(a, b, out=None):
     return out
 
 
-def kernel_gemm():
-    """``(sgemm_address, dgemm_address, ilp64)`` when npcnn's threaded kernels may run their own BLAS
-    calls on this thread now (inside :func:`one_blas_thread`, BLAS found, JIT on, threads launchable), else None."""
-    return blas.kernel_gemm() if sharing() and _may_launch_threads() else None
+def kernel_gemm(dtype):
+    """``(gemm_address, ilp64)`` for ``dtype`` when npcnn's threaded kernels may run their own BLAS calls
+    on this thread now (inside :func:`one_blas_thread`, and :func:`npcnn.blas.kernel_gemm`, and threads
+    launchable), else None."""
+    return blas.kernel_gemm(dtype) if sharing() and _may_launch_threads() else None
 
 
 def _may_launch_threads():

@@ -148,12 +148,12 @@ def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
     monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
     calls, real = [], parallel.run_threads
     if shared == "numba kernel":
-        assert parallel.blas.kernel_gemm() is not None, "the kernels cannot call numpy's BLAS here"
+        assert parallel.blas.kernel_gemm(np.float32) is not None, "the kernels cannot call numpy's BLAS here"
         for name in ("conv_rows_forward", "conv_rows_backward"):
             kernel, workers_at = getattr(kernels, name), -6 if "backward" in name else -3   # cols_all's position
             monkeypatch.setattr(kernels, name, lambda *a, k=kernel, i=workers_at: calls.append(a[i].shape[0]) or k(*a))
     else:
-        monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
     if shared == "python threads in turn":
         monkeypatch.setattr(parallel, "run_threads",
                             lambda fn, w: calls.append(w) or [fn(t) for t in range(w)] and None)
@@ -311,24 +311,27 @@ def test_rows_kernels_equal_numpy(m, f, dtype, variant):
     pick = lambda k: getattr(k, variant)                                          # noqa: E731
     for relu in (False, True):
         got = rows.copy()
-        pick(kernels.bias_relu_rows)(got, bias, relu, conv_act._run_of(got))
+        pick(kernels.bias_relu_rows)(got, np.tile(bias, kernels.run_length(got) // f), relu)
         want = rows + bias
         np.testing.assert_array_equal(got, np.maximum(want, 0) if relu else want)
     y = np.maximum(rows, 0)
     out = np.empty_like(g)
-    pick(kernels.relu_grad)(g, y, out)
+    pick(kernels.act_grad)(g, y, kernels.rows.RELU, out)
     np.testing.assert_array_equal(out, g * (y > 0))
+    pick(kernels.act_grad)(g, y, kernels.rows.NONE, out)
+    np.testing.assert_array_equal(out, g)
     y = np.tanh(rows)
-    pick(kernels.tanh_grad)(g, y, out)
+    pick(kernels.act_grad)(g, y, kernels.rows.TANH, out)
     np.testing.assert_allclose(out, g * (1 - y * y), rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
 
 
 def test_rows_kernels_keep_nan_as_numpy_does():
     rows = np.array([[np.nan, -1.0, 2.0]], dtype=np.float32)
-    kernels.bias_relu_rows(rows, np.zeros(3, np.float32), True, 3)
+    kernels.bias_relu_rows(rows, np.zeros(3, np.float32), True)
     assert np.isnan(rows[0, 0]) and rows[0, 1] == 0 and rows[0, 2] == 2
     out = np.empty((1, 3), np.float32)
-    kernels.relu_grad(np.array([[np.inf, np.nan, 5.0]], np.float32), np.array([[0.0, 0.0, 1.0]], np.float32), out)
+    kernels.act_grad(np.array([[np.inf, np.nan, 5.0]], np.float32), np.array([[0.0, 0.0, 1.0]], np.float32),
+                     kernels.rows.RELU, out)
     assert np.isnan(out[0, 0]) and np.isnan(out[0, 1]) and out[0, 2] == 5
 
 
@@ -416,7 +419,7 @@ def test_batchnorm_relu_equals_the_readable_layers_in_float64(layout, training, 
 
 def test_relu_grad_takes_the_kernel_only_for_alike_layouts(monkeypatch):
     calls = []
-    monkeypatch.setattr(kernels, "relu_grad", lambda *a, k=kernels.relu_grad: calls.append(1) or k(*a))
+    monkeypatch.setattr(kernels, "act_grad", lambda *a, k=kernels.act_grad: calls.append(1) or k(*a))
     rng = np.random.default_rng(3)
     y = np.maximum(rng.standard_normal((2, 3, 4, 5)), 0)
     g = rng.standard_normal(y.shape)

@@ -181,12 +181,12 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(shared, monke
     monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)               # one image per chunk: 13 chunks
     calls = []
     if shared == "numba kernel":
-        assert parallel.blas.kernel_gemm() is not None, "the kernels cannot call numpy's BLAS here"
+        assert parallel.blas.kernel_gemm(np.float32) is not None, "the kernels cannot call numpy's BLAS here"
         kernel = kernels.conv_rows_relu_maxpool_forward
         monkeypatch.setattr(kernels, "conv_rows_relu_maxpool_forward",
                             lambda *a: calls.append(a[13].shape[0]) or kernel(*a))   # cols_all: (workers, ...)
     else:
-        monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
         monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or
                             [fn(t) for t in range(workers)] and None)   # record, run in turn
     results = []
@@ -212,7 +212,7 @@ def test_channels_last_conv_in_real_threads_equals_one_thread(monkeypatch):
     x = rng.standard_normal((11, 32, 14, 14)).astype(np.float32)
     calls = []
     real = parallel.run_threads
-    monkeypatch.setattr(parallel, "kernel_gemm", lambda: None)     # the Python threads' loop (numba's: above)
+    monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)     # the Python threads' loop (numba's: above)
     monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or real(fn, workers))
     results = []
     for threads in (numba.get_num_threads(), 1):

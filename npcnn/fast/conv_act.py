@@ -105,35 +105,17 @@ def _kernel_padded(weight, kh, kw):
     return out
 
 
-def _bias_act(act, rows, bias, serial):
-    """``act(rows + bias)`` in place on ``rows`` (M, F) (``bias`` may be None): bias and ReLU in one pass,
-    tanh by NumPy's vectorised function."""
-    relu = isinstance(act, ReLU)
-    if bias is not None or relu:
-        kernel = kernels.bias_relu_rows.serial if serial else kernels.bias_relu_rows
-        zero = np.zeros(rows.shape[1], dtype=rows.dtype) if bias is None else bias
-        kernel(rows, zero, relu, _run_of(rows))
-    if isinstance(act, Tanh):
-        np.tanh(rows, out=rows)
-
-
-def _run_of(rows):
-    """Whole rows of (M, F) making a run of >= 512 values (or all of them), for the rows kernels."""
-    return min(rows.shape[0], -(-512 // rows.shape[1])) * rows.shape[1]
-
-
 def _act_code(act):
-    """The activation as :mod:`npcnn.kernels.conv_rows` codes it."""
-    return kernels.conv_rows.RELU if isinstance(act, ReLU) else kernels.conv_rows.TANH if isinstance(act, Tanh) \
-        else kernels.conv_rows.NONE
+    """The activation as the kernels code it (:mod:`npcnn.kernels.rows`)."""
+    rows = kernels.rows
+    return rows.RELU if isinstance(act, ReLU) else rows.TANH if isinstance(act, Tanh) else rows.NONE
 
 
 def _activation_grad(act, g, y, out, serial=False):
     """``g * act'(pre-activation)``, from the output ``y``, into ``out`` (``g`` itself without an activation)."""
     if act is None:
         return g
-    kernel = kernels.relu_grad if isinstance(act, ReLU) else kernels.tanh_grad     # tanh: 1 - y**2
-    (kernel.serial if serial else kernel)(g, y, out)
+    (kernels.act_grad.serial if serial else kernels.act_grad)(g, y, _act_code(act), out)
     return out
 
 
@@ -190,9 +172,12 @@ class ConvAct(ScratchBuffers):
         x3 = xs.reshape(n, h, w * c)            # im2col writes the padding's zeros itself
         self._p, self._k, self._itemsize = ho * wo, kh * kw * c, x.itemsize
         w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(self._k, f)
-        bias = conv.bias.data if conv.bias is not None else None
         out = np.empty((n * ho * wo, f), dtype=x.dtype)       # new every call: later layers may keep it
         p, k = self._p, self._k
+        relu = isinstance(self.act, ReLU)
+        bias_relu = conv.bias is not None or relu         # else the GEMM's rows are the output as they are
+        bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
+        bias_run = np.tile(bias, kernels.run_length(out) // f)   # whole rows' worth, as the rows kernels read it
 
         def body(first, last, t, serial, step):
             cols = self._buffer(f"cols{t}", (min(last - first, step) * p, k), x.dtype)
@@ -203,21 +188,19 @@ class ConvAct(ScratchBuffers):
                 chunk_cols, rows = cols[:(b - a) * p], out[a * p:b * p]
                 im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, chunk_cols)
                 mm(chunk_cols, w_mat, out=rows)
-                _bias_act(self.act, rows, bias, serial)
+                if bias_relu:
+                    (kernels.bias_relu_rows.serial if serial else kernels.bias_relu_rows)(rows, bias_run, relu)
 
-        found = parallel.kernel_gemm() if x.dtype in (np.float32, np.float64) else None
-        if found is None:
+        gemm = parallel.kernel_gemm(x.dtype)
+        if gemm is None:
             self._run(n, body, *self._plan(n))
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
             step, workers = self._plan(n)
             cols_all = self._buffer("cols_all", (workers, min(n, step) * p, k), x.dtype)
-            b = np.zeros(f, dtype=x.dtype) if bias is None else bias
-            bias_run = np.tile(b, _run_of(out) // f)
-            blas_fn, ilp64 = found[int(x.dtype == np.float64)], found[2]
-            kernels.conv_rows_forward(blas_fn, ilp64, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_run,
+            kernels.conv_rows_forward(*gemm, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run,
                                       _act_code(self.act), cols_all, step, out)
-            if isinstance(self.act, Tanh):
-                np.tanh(out, out=out)
+        if isinstance(self.act, Tanh):                  # (NumPy's vectorised tanh, on both paths)
+            np.tanh(out, out=out)
         self._x_shape, self._x3, self._out, self._hw = x.shape, x3, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 
@@ -311,14 +294,13 @@ class ConvAct(ScratchBuffers):
                     mm(ga, w_t, out=dcols[:m])
                     col2im(dcols[:m], c, kh, kw, sh, sw, ph, pw, ho, wo, dx3[a:b])
 
-        found = parallel.kernel_gemm() if dtype in (np.float32, np.float64) else None
-        if found is None:
+        gemm = parallel.kernel_gemm(dtype)
+        if gemm is None:
             self._run(n, body, step, workers)
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
             rows = min(n, step) * p
-            blas_fn, ilp64 = found[int(dtype == np.float64)], found[2]
             kernels.conv_rows_backward(
-                blas_fn, ilp64, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, g, y, _act_code(self.act), w_t,
+                *gemm, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, g, y, _act_code(self.act), w_t,
                 param_grads, input_grad, self._buffer("ga_all", (workers, rows, f), dtype),
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,

@@ -204,12 +204,12 @@ class ConvReLUPool(ScratchBuffers):
                 np.matmul(chunk_cols, w_mat, out=chunk_rows)
                 pool(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
 
-        found = parallel.kernel_gemm() if x.dtype in (np.float32, np.float64) else None
-        if found is not None:                   # the same loop, on numba's threads (kernels.conv_rows)
+        gemm = parallel.kernel_gemm(x.dtype)
+        if gemm is not None:                    # the same loop, on numba's threads (kernels.conv_rows)
             workers = min(parallel.num_threads(), -(-n // step))
             rows = min(n, step) * p
             kernels.conv_rows_relu_maxpool_forward(
-                found[int(x.dtype == np.float64)], found[2], xp3, c, kh, kw, sh, sw, hc, wc, w_mat, bias, zero,
+                *gemm, xp3, c, kh, kw, sh, sw, hc, wc, w_mat, bias, zero,
                 self._buffer("cols_all", (workers, rows, k), x.dtype),
                 self._buffer("rows_all", (workers, rows, f), x.dtype), step, out, argmax)
         elif workers == 1:

@@ -5,7 +5,7 @@ The readable :class:`~npcnn.nn.ReLU` keeps a mask and writes a new array (forwar
 by the mask into another (backward); here ``y = max(bn(x), 0)`` overwrites the batch norm's own
 output (which nothing else holds: the batch norm keeps its input for its backward, not its output)
 and ``dL/dbn = dL/dy * [y > 0]`` (``y > 0`` exactly where ``bn(x) > 0``) is
-:func:`npcnn.kernels.relu_grad`, whenever the gradient is laid out in memory as ``y`` is.
+:func:`npcnn.kernels.act_grad`, whenever the gradient is laid out in memory as ``y`` is.
 """
 import numpy as np
 
@@ -29,7 +29,7 @@ def relu_grad(grad_out, y):
             out = np.empty_like(grad_out)                    # the same layout (empty_like keeps it)
             flat_out = out.ravel(order="K")
             if np.may_share_memory(flat_out, out):
-                kernels.relu_grad(flat_g, flat_y, flat_out)
+                kernels.act_grad(flat_g, flat_y, kernels.rows.RELU, flat_out)
                 return out
     return grad_out * (y > 0)
 

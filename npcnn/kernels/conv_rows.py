@@ -11,8 +11,9 @@ own single-threaded BLAS (``npcnn.blas``; BLAS must be held to one thread, as
 ``[t*N/workers, (t+1)*N/workers)``, ``step`` at a time, as the Python loop deals them, and each chunk
 is the same im2col and the same BLAS call, so the two loops give the same numbers.
 
-Activations are coded 0 (none), 1 (ReLU), 2 (tanh: the forward leaves it to NumPy's vectorised
-``tanh``; the backward's ``1 - y**2`` is here).
+Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH: the forward leaves tanh to
+NumPy's vectorised ``tanh``; the backward's ``1 - y**2`` is here), whose per-segment bodies these
+kernels inline.
 """
 import numpy as np
 from numba import njit, prange
@@ -21,16 +22,16 @@ from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
-
-NONE, RELU, TANH = 0, 1, 2
+from .rows import NONE, RELU, act_grad_segment, bias_relu_segment
 
 
 @njit(parallel=True, **_OPTS)
-def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_run, act, cols_all, step,
-                      out):
+def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run, act,
+                      cols_all, step, out):
     """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE or RELU (TANH is applied by
     the caller). ``x3`` (N, H, W*C) channels last, not padded (im2col writes the padding's zeros),
-    ``w_mat`` (kh*kw*C, F), ``bias_run`` the bias (zeros for none) repeated over a few whole rows,
+    ``w_mat`` (kh*kw*C, F), ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added,
+    with the ReLU, only if ``bias_relu``: a bias-free conv without ReLU skips the pass),
     ``cols_all`` (workers, step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     k, f = w_mat.shape
@@ -45,12 +46,10 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
             rows = out[a * p:b * p]
             _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
                   w_mat.ctypes.data, f, rows.ctypes.data, f)
-            flat = rows.reshape(-1)
-            for base in range(0, flat.size, bias_run.size):   # runs of whole rows, the bias repeated
-                seg = flat[base:base + bias_run.size]
-                for i in range(seg.size):
-                    v = seg[i] + bias_run[i]
-                    seg[i] = 0 if act == RELU and v < 0 else v
+            if bias_relu:
+                flat = rows.reshape(-1)
+                for base in range(0, flat.size, bias_run.size):   # runs of whole rows, the bias repeated
+                    bias_relu_segment(flat[base:base + bias_run.size], bias_run, act == RELU)
     return out
 
 
@@ -74,14 +73,11 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
         for a in range(first, last, step):
             b = min(last, a + step)
             m = (b - a) * p
-            ga = g[a * p:b * p] if act == NONE else ga_buf[:m]
-            gf, yf, af = g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), ga.reshape(-1)
-            if act == RELU:
-                for i in range(af.size):
-                    af[i] = gf[i] if yf[i] > 0 else gf[i] * 0
-            elif act == TANH:
-                for i in range(af.size):
-                    af[i] = gf[i] * (1 - yf[i] * yf[i])
+            if act == NONE:
+                ga = g[a * p:b * p]
+            else:
+                ga = ga_buf[:m]
+                act_grad_segment(g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), act, ga.reshape(-1))
             if param_grads:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])

@@ -67,12 +67,6 @@ class _BatchNorm(Module):
         nhwc = a.transpose(0, 2, 3, 1)
         return nhwc.reshape(-1, a.shape[1]) if nhwc.flags.c_contiguous else None
 
-    @staticmethod
-    def _run(rows):
-        """Length of the runs the channels-last kernels work in: whole rows of (M, C), >= 512 values
-        (or all of them)."""
-        return min(rows.shape[0], -(-512 // rows.shape[1])) * rows.shape[1]
-
     def forward(self, x):
         check_input(self, x, self._ndims, self.num_features)
         check_dtype(self, x, self._dtype)
@@ -88,7 +82,7 @@ class _BatchNorm(Module):
             mean = np.empty(self.num_features, dtype=np.float64)
             var = np.empty(self.num_features, dtype=np.float64)
             if self._channels_last:
-                kernels.batchnorm_stats_rows(x3, mean, var, self._run(x3))
+                kernels.batchnorm_stats_rows(x3, mean, var, kernels.run_length(x3))
             else:
                 kernels.batchnorm_stats(x3, mean, var)
             self._update_running(mean, var, m)
@@ -104,7 +98,7 @@ class _BatchNorm(Module):
             gamma, beta = np.ones(self.num_features, x.dtype), np.zeros(self.num_features, x.dtype)
         y = np.empty_like(x3)
         if self._channels_last:                       # an NCHW view of channels-last memory, like x
-            kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, gamma, beta, y, self._run(x3))
+            kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, gamma, beta, y, kernels.run_length(x3))
             n, c, h, w = x.shape
             return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         kernels.batchnorm_apply(x3, self._mean, self._invstd, gamma, beta, y)
@@ -127,7 +121,7 @@ class _BatchNorm(Module):
             g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
             dx = np.empty_like(g)
             kernels.batchnorm_backward_rows(g, self._x3, self._mean, self._invstd, scale, self._batch_stats, sum_g,
-                                            sum_gx, dx, self._run(g))
+                                            sum_gx, dx, kernels.run_length(g))
             dx = dx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         else:
             g = np.ascontiguousarray(self._channel_view(grad_out))
