@@ -335,6 +335,28 @@ def test_rows_kernels_keep_nan_as_numpy_does():
     assert np.isnan(out[0, 0]) and np.isnan(out[0, 1]) and out[0, 2] == 5
 
 
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+def test_tanh32_is_within_an_ulp_of_the_exact_tanh(variant):
+    """The float32 tanh of the conv steps against tanh in float64, rounded: on 3.1 million float32 values
+    (every 2**-18 from 0 to 12, both signs, and 100,000 tiny ones), within 0.53 ulp below the clamp and one
+    ulp anywhere; the specials as np.tanh gives them."""
+    x = np.concatenate([np.arange(0, 12, 2.0 ** -18), np.geomspace(1e-38, 1, 100_000)]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    got = x.copy()
+    getattr(kernels.rows.tanh32_inplace, variant)(got)
+    exact = np.tanh(x.astype(np.float64))
+    ulps = np.abs(got - exact) / np.spacing(exact.astype(np.float32))
+    assert ulps[np.abs(x) < kernels.rows.TANH_CLAMP].max() <= 0.53
+    assert ulps.max() <= 1.0
+    assert np.array_equal(np.sign(got), np.sign(x)) and np.abs(got).max() <= 1
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 100.0], np.float32)
+    got = kernels.tanh_inplace(specials.copy())
+    np.testing.assert_array_equal(got, np.tanh(specials))
+    assert np.signbit(got[4])
+    x64 = np.linspace(-3, 3, 101)                 # float64 keeps NumPy's tanh
+    np.testing.assert_array_equal(kernels.tanh_inplace(x64.copy()), np.tanh(x64))
+
+
 def _avgpool_configs(count, seed=3):
     rng = np.random.default_rng(seed)
     out = []

@@ -22,7 +22,7 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
 and at most :data:`DIRECT_MAX_FILTERS` filters (LeNet-5's first conv) is computed directly instead, from
-the NCHW input into a channels-last output (``kernels.direct_conv_relu_to_nhwc`` and its two gradients,
+the NCHW input into a channels-last output (``kernels.direct_conv_act_to_nhwc`` and its two gradients,
 :mod:`npcnn.kernels.direct_conv_rows`): a GEMM that is only a few columns wide runs far below BLAS's
 speed, and im2col of so few taps is a pass over memory. (With 16 filters or more the GEMM path won
 on this machine since its chunks run on numba's threads: a 3x32x3x3 conv at 32x32, batch 64, 6.5 ->
@@ -194,13 +194,13 @@ class ConvAct(ScratchBuffers):
         gemm = parallel.kernel_gemm(x.dtype)
         if gemm is None:
             self._run(n, body, *self._plan(n))
+            if isinstance(self.act, Tanh):
+                kernels.tanh_inplace(out)
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
             step, workers = self._plan(n)
             cols_all = self._buffer("cols_all", (workers, min(n, step) * p, k), x.dtype)
             kernels.conv_rows_forward(*gemm, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run,
                                       _act_code(self.act), cols_all, step, out)
-        if isinstance(self.act, Tanh):                  # (NumPy's vectorised tanh, on both paths)
-            np.tanh(out, out=out)
         self._x_shape, self._x3, self._out, self._hw = x.shape, x3, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 
@@ -218,10 +218,7 @@ class ConvAct(ScratchBuffers):
         xq, wq = to_phases(xpad, sh, sw), to_phases(_kernel_padded(conv.weight.data, kqh * sh, kqw * sw), sh, sw)
         bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
         out_nhwc = np.empty((n, ho, wo, f), dtype=x.dtype)
-        relu = isinstance(self.act, ReLU)
-        kernels.direct_conv_relu_to_nhwc(xq, wq, bias, relu, kqh, kqw, out_nhwc)
-        if isinstance(self.act, Tanh):
-            np.tanh(out_nhwc, out=out_nhwc)
+        kernels.direct_conv_act_to_nhwc(xq, wq, bias, _act_code(self.act), kqh, kqw, out_nhwc)
         out = out_nhwc.transpose(0, 3, 1, 2)                   # channels last, as the GEMM path's
         self._x_shape, self._xq, self._wq, self._out = x.shape, xq, wq, out
         return out

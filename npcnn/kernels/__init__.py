@@ -46,11 +46,11 @@ from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nch
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
 from .conv_rows import conv_rows_backward, conv_rows_forward, conv_rows_relu_maxpool_forward
-from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_relu_to_nhwc, direct_conv_weight_grad_nchw
+from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_act_to_nhwc, direct_conv_weight_grad_nchw
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
-from .rows import act_grad, bias_relu_rows, run_length
+from .rows import act_grad, bias_relu_rows, run_length, tanh_inplace
 from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2,
                       maxpool_backward, maxpool_forward,
                       maxpool_relu_backward, winners_to_dense_nhwc)
@@ -63,12 +63,12 @@ __all__ = [
     "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc", "avgpool_nhwc", "avgpool_backward_nhwc",
     "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",
     "direct_conv_input_grad_1x3x3",
-    "direct_conv_relu_to_nhwc", "direct_conv_weight_grad_nchw",
+    "direct_conv_act_to_nhwc", "direct_conv_weight_grad_nchw",
     "direct_conv_input_grad_nchw",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
-    "bias_relu_rows", "act_grad", "run_length", "conv_rows_forward", "conv_rows_backward",
+    "bias_relu_rows", "act_grad", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",
     "conv_rows_relu_maxpool_forward",
     "adam_update",
 ]

@@ -11,9 +11,8 @@ own single-threaded BLAS (``npcnn.blas``; BLAS must be held to one thread, as
 ``[t*N/workers, (t+1)*N/workers)``, ``step`` at a time, as the Python loop deals them, and each chunk
 is the same im2col and the same BLAS call, so the two loops give the same numbers.
 
-Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH: the forward leaves tanh to
-NumPy's vectorised ``tanh``; the backward's ``1 - y**2`` is here), whose per-segment bodies these
-kernels inline.
+Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH), whose per-segment bodies
+these kernels inline: the activation is applied to each chunk's rows while they are in cache.
 """
 import numpy as np
 from numba import njit, prange
@@ -22,14 +21,13 @@ from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
-from .rows import NONE, RELU, act_grad_segment, bias_relu_segment
+from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_segment
 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run, act,
                       cols_all, step, out):
-    """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE or RELU (TANH is applied by
-    the caller). ``x3`` (N, H, W*C) channels last, not padded (im2col writes the padding's zeros),
+    """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE, RELU or TANH. ``x3`` (N, H, W*C) channels last, not padded (im2col writes the padding's zeros),
     ``w_mat`` (kh*kw*C, F), ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added,
     with the ReLU, only if ``bias_relu``: a bias-free conv without ReLU skips the pass),
     ``cols_all`` (workers, step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address."""
@@ -50,6 +48,8 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
                 flat = rows.reshape(-1)
                 for base in range(0, flat.size, bias_run.size):   # runs of whole rows, the bias repeated
                     bias_relu_segment(flat[base:base + bias_run.size], bias_run, act == RELU)
+            if act == TANH:
+                tanh_segment(rows.reshape(-1))
     return out
 
 

@@ -22,23 +22,25 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import _kernel
+from .rows import RELU, TANH, bias_relu_segment, tanh_segment
 
 
 
 
 @_kernel(size_arg=6, fma=True)
-def direct_conv_relu_to_nhwc(xpad, w, bias, relu, kh, kw, out):
-    """``out[n, f] = conv(xpad[n], w[f]) + bias[f]`` for a stride-1 conv, then ``max(., 0)`` if ``relu``;
-    ``xpad`` (N, C, Hp, Wp) zero-padded, ``w`` (F, C, kh, kw), ``out`` (N, Ho, Wo, F): channels last,
-    as the fast path's next steps want it. Each value is summed tap by tap in the weight's order, then
-    the bias is added. (Other activations are left to
-    NumPy's vectorised functions: a scalar ``tanh`` per value here took four times the conv's time.)"""
+def direct_conv_act_to_nhwc(xpad, w, bias, act, kh, kw, out):
+    """``out[n, f] = act(conv(xpad[n], w[f]) + bias[f])`` for a stride-1 conv, ``act`` coded as in
+    :mod:`npcnn.kernels.rows` (NONE, RELU, TANH); ``xpad`` (N, C, Hp, Wp) zero-padded, ``w`` (F, C, kh,
+    kw), ``out`` (N, Ho, Wo, F): channels last, as the fast path's next steps want it. Each value is
+    summed tap by tap in the weight's order, then the bias is added and the activation applied, a row
+    of the output plane at a time, before the row is written out channels last."""
     n_img, ho, wo, f_out = out.shape
     n_ch, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     span = (ho - 1) * wp + wo                   # the wide output's length that is read back
     xflat = xpad.reshape(n_img, n_ch, hp * wp)
     for n in prange(n_img):
         wide = np.empty(span, dtype=out.dtype)
+        bias_run = np.empty(wo, dtype=out.dtype)
         for f in range(f_out):
             wide[:] = 0.0
             for c in range(n_ch):
@@ -48,15 +50,15 @@ def direct_conv_relu_to_nhwc(xpad, w, bias, relu, kh, kw, out):
                         src = xflat[n, c, i * wp + j:i * wp + j + span]
                         for t in range(span):
                             wide[t] += wv * src[t]
-            b = bias[f]
+            bias_run[:] = bias[f]
             for y in range(ho):
-                o = out[n, y]
                 row = wide[y * wp:y * wp + wo]
+                bias_relu_segment(row, bias_run, act == RELU)
+                if act == TANH:
+                    tanh_segment(row)
+                o = out[n, y]
                 for x in range(wo):
-                    v = row[x] + b
-                    if relu and v < 0:                  # (NaN stays NaN, as np.maximum keeps it)
-                        v = 0
-                    o[x, f] = v
+                    o[x, f] = row[x]
     return out
 
 
@@ -74,7 +76,7 @@ def _spread(g, n, f, wp, wide):
 
 @_kernel(size_arg=0, fma=True, reassoc=True)
 def direct_conv_weight_grad_nchw(g, xpad, kh, kw, dw_part, db_part):
-    """dL/dW and dL/db of :func:`direct_conv_relu_to_nhwc` from ``g`` (N, F, Ho, Wo), the gradient at the
+    """dL/dW and dL/db of :func:`direct_conv_act_to_nhwc` from ``g`` (N, F, Ho, Wo), the gradient at the
     conv output. The images are dealt to ``len(dw_part)`` blocks (one per thread) in contiguous
     ranges, each summing into its own ``dw_part[b]`` (F, C, kh, kw) and ``db_part[b]`` (F); the
     caller sums the blocks."""
@@ -110,7 +112,7 @@ def direct_conv_weight_grad_nchw(g, xpad, kh, kw, dw_part, db_part):
 
 @_kernel(size_arg=0, fma=True)
 def direct_conv_input_grad_nchw(g, w, kh, kw, dxpad):
-    """dL/dxpad of :func:`direct_conv_relu_to_nhwc` from ``g`` (N, F, Ho, Wo); ``dxpad`` (N, C, Hp, Wp)
+    """dL/dxpad of :func:`direct_conv_act_to_nhwc` from ``g`` (N, F, Ho, Wo); ``dxpad`` (N, C, Hp, Wp)
     is zeroed first. Each image writes its own plane: the images run in parallel without atomics."""
     n_img, f_out, ho, wo = g.shape
     n_ch, hp, wp = dxpad.shape[1], dxpad.shape[2], dxpad.shape[3]
