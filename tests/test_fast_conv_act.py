@@ -209,13 +209,15 @@ def test_plan_groups_every_zoo_net_into_fast_steps():
                 out.append(type(step).__name__)
         return out
     assert kinds(fast.plan(build_model("lenet5")))[:4] == ["ConvAct", "FastAvgPool", "ConvAct", "FastAvgPool"]
-    assert kinds(fast.plan(build_model("wong-mnist")))[:2] == ["ConvAct", "ConvAct"]
+    assert kinds(fast.plan(build_model("wong-mnist"))) == ["ConvAct", "ConvAct", "FlatLinear", "ReLU", "Linear",
+                                                          "LogSoftmax"]
     assert kinds(fast.plan(build_model("small-vgg")))[:4] == ["ConvAct", "ConvReLUPool", "ConvAct", "ConvReLUPool"]
     resnet = kinds(fast.plan(build_model("small-resnet")))
     assert resnet[:2] == ["ConvAct", "BatchNormReLU"]
     assert resnet[2] == ("residual", ["ConvAct", "BatchNormReLU", "ConvAct", "BatchNorm2d"], None)
     assert resnet[3][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
-    assert len(resnet) == 5 + 4                                   # each block's ReLU folded into its step
+    assert len(resnet) == 5 + 3                                   # each block's ReLU folded into its step
+    assert resnet[5:] == ["AdaptiveAvgPool2d", "FlatLinear", "LogSoftmax"]
     assert all(step.relu is not None for step in fast.plan(build_model("small-resnet")).steps()[2:5])
     assert not any(isinstance(s, (ConvAct, ConvReLUPool)) for s in fast.plan(build_model("lenet5"), fuse=False).steps())
 
@@ -252,7 +254,8 @@ def test_phase_planes_round_trip_and_turn_a_strided_conv_into_a_stride_one_conv(
     np.testing.assert_array_equal(conv_act.from_phases(q, 2, 3), a)
     assert conv_act.to_phases(a, 1, 1) is a
     assert conv_act.direct(nn.Conv2d(1, 8, 4, stride=2, padding=1))       # counted as 4 x 2x2 taps
-    assert not conv_act.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))  # Wong et al.'s first: too many filters
+    assert conv_act.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))      # Wong et al.'s first
+    assert not conv_act.direct(nn.Conv2d(1, 32, 3, padding=1))            # too many filters
     assert not conv_act.direct(nn.Conv2d(8, 8, 4, stride=2, padding=1))   # 32 x 2x2 taps
     assert conv_act.direct(nn.Conv2d(1, 6, 5, padding=2))                 # LeNet-5's first
 
@@ -461,10 +464,10 @@ def test_conv_act_keeps_its_own_copy_of_a_callers_batch(c):
     """A caller's NCHW batch (one channel is channels last too) changed in place between forward and
     backward does not change the weight gradient: ConvAct read a copy of it."""
     rng = np.random.default_rng(4)
-    conv = nn.Conv2d(c, 16, 3, padding=1, dtype=np.float64, rng=1)
+    conv = nn.Conv2d(c, 32, 3, padding=1, dtype=np.float64, rng=1)
     assert not conv_act.direct(conv)
     x = rng.standard_normal((2, c, 6, 6))
-    g = rng.standard_normal((2, 16, 6, 6))
+    g = rng.standard_normal((2, 32, 6, 6))
     _, _, want = _readable([conv], x.copy(), g)
     conv.zero_grad()
     step = ConvAct(conv)

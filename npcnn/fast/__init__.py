@@ -16,6 +16,8 @@ with the same Parameters, faster:
   over a channels-last input (LeNet-5's pools, after its fast convs);
 * every BatchNorm followed by a ReLU becomes a :class:`~npcnn.fast.norm_act.BatchNormReLU`: the ReLU in
   place on the batch norm's output, its derivative in one pass;
+* every Flatten followed by a Linear becomes a :class:`~npcnn.fast.flat_linear.FlatLinear`: on a
+  channels-last batch the weight's columns are reordered instead of the batch;
 * BLAS is held to one thread while the net runs and npcnn shares its larger GEMMs among its own
   threads (:mod:`npcnn.parallel`), from batches big enough for that to pay. Without this, BLAS's
   threads spin between GEMMs while numba's run the kernels, and two cores serve four threads.
@@ -37,12 +39,13 @@ import os
 from .. import parallel
 from .avgpool import FastAvgPool, avgpool_length
 from .conv_act import ConvAct, conv_act_length
+from .flat_linear import FlatLinear, flat_linear_length
 from .fused import ConvReLUPool, fusable
 from .norm_act import BatchNormReLU, norm_act_length
 from .residual import FastResidual, residual_length
 
 __all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "FastAvgPool", "BatchNormReLU",
-           "fusable"]
+           "FlatLinear", "fusable"]
 
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -88,7 +91,8 @@ class FastSequential:
         """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
         ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual (with
         the ReLU after it) a FastResidual over its planned body and shortcut, each AvgPool2d without padding a
-        FastAvgPool, each BatchNorm with a ReLU after it a BatchNormReLU; the other layers as they are."""
+        FastAvgPool, each BatchNorm with a ReLU after it a BatchNormReLU, each Flatten with a Linear after it a
+        FlatLinear; the other layers as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
             if self.fuse and fusable(layers, i):
@@ -101,6 +105,8 @@ class FastSequential:
                 make = FastAvgPool
             elif self.fuse and (take := norm_act_length(layers, i)):
                 make = BatchNormReLU
+            elif self.fuse and (take := flat_linear_length(layers, i)):
+                make = FlatLinear
             else:
                 steps.append(layers[i])
                 i += 1
