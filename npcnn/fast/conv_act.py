@@ -21,12 +21,15 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
     taps on the padding dropped).
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
-and at most :data:`DIRECT_MAX_FILTERS` filters (LeNet-5's first conv) is computed directly instead, from
+and at most :data:`DIRECT_MAX_FILTERS` filters (the first convs of LeNet-5, Wong et al.'s net and the
+small ResNet) is computed directly instead, from
 the NCHW input into a channels-last output (``kernels.direct_conv_act_to_nhwc`` and its two gradients,
 :mod:`npcnn.kernels.direct_conv_rows`): a GEMM that is only a few columns wide runs far below BLAS's
-speed, and im2col of so few taps is a pass over memory. (With 16 filters or more the GEMM path won
-on this machine since its chunks run on numba's threads: a 3x32x3x3 conv at 32x32, batch 64, 6.5 ->
-3.2 ms forward; a 1x6x5x5 one stayed direct, 0.7 against 1.9 ms.) A
+speed, and im2col of so few taps is a pass over memory. (With 32 filters the GEMM path, its chunks on
+numba's threads, was as fast or faster: a 3x32x3x3 conv at 32x32, batch 64, 6.3 ms forward and 14.1
+backward against the direct 6.1 and 16.8 on a 2-core AMD EPYC; with 16 filters the direct path won,
+Wong et al.'s 1x16x4x4 stride-2 conv 0.52 + 1.13 ms against 1.69 + 1.96, the ResNet's 1x16x3x3 stem
+0.91 + 2.72 against 1.62 + 3.25.) A
 strided conv goes there as a stride-1 conv over the input's phase planes (:func:`to_phases`: the
 sh*sw sub-images ``x[:, c, u::sh, v::sw]`` become channels, and the kernel is cut the same way), so
 a 1x4x4 stride-2 conv is a 4x2x2 stride-1 conv.
@@ -52,7 +55,7 @@ from .fused import ScratchBuffers, padded_channels_last
 DIRECT_MAX_TAPS = 27
 
 #: ... and at most this many filters.
-DIRECT_MAX_FILTERS = 8
+DIRECT_MAX_FILTERS = 16
 
 #: The activations folded into the step: their forward applied in place, their derivative from the output.
 ACTIVATIONS = (ReLU, Tanh)
@@ -230,7 +233,7 @@ class ConvAct(ScratchBuffers):
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))          # as the output's memory: NHWC
         y = self._out.transpose(0, 2, 3, 1)
         ga = _activation_grad(self.act, g, y, None if self.act is None else np.empty_like(g))
-        ga = np.ascontiguousarray(ga.transpose(0, 3, 1, 2))                # NCHW, as the kernels read it
+        ga = ga.transpose(0, 3, 1, 2)          # an NCHW view: the kernels spread one (n, f) plane at a time
         if param_grads:
             blocks = min(n, parallel.num_threads())
             dw_part = np.empty((blocks, *wq.shape), dtype=g.dtype)

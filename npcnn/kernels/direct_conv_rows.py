@@ -16,7 +16,9 @@ gradients are the same loops read backwards, with the gradient spread to the sam
 * ``dL/dxpad[n, c, y + i, x + j] += w[f, c, i, j] * G[n, f, y, x]`` (a scaled row added per tap),
   whose interior is dL/dx.
 
-``G`` is the gradient at the conv's output, after the activation's derivative (the caller applies it).
+``G`` is the gradient at the conv's output, after the activation's derivative (the caller applies it),
+indexed (N, F, Ho, Wo) in any memory order (the fast path passes an NCHW view of channels-last memory:
+each (n, f) plane is read once, into the wide rows).
 """
 import numpy as np
 from numba import njit, prange
