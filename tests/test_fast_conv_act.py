@@ -213,12 +213,12 @@ def test_plan_groups_every_zoo_net_into_fast_steps():
                                                           "LogSoftmax"]
     assert kinds(fast.plan(build_model("small-vgg")))[:4] == ["ConvAct", "ConvReLUPool", "ConvAct", "ConvReLUPool"]
     resnet = kinds(fast.plan(build_model("small-resnet")))
-    assert resnet[:2] == ["ConvAct", "BatchNormReLU"]
-    assert resnet[2] == ("residual", ["ConvAct", "BatchNormReLU", "ConvAct", "BatchNorm2d"], None)
-    assert resnet[3][2] == ["ConvAct", "BatchNorm2d"]             # the 1x1 stride-2 shortcut
-    assert len(resnet) == 5 + 3                                   # each block's ReLU folded into its step
-    assert resnet[5:] == ["AdaptiveAvgPool2d", "FlatLinear", "LogSoftmax"]
-    assert all(step.relu is not None for step in fast.plan(build_model("small-resnet")).steps()[2:5])
+    assert resnet[:1] == ["ConvBatchNorm"]                        # conv -> BN -> ReLU, one step
+    assert resnet[1] == ("residual", ["ConvBatchNorm", "ConvBatchNorm"], None)
+    assert resnet[2][2] == ["ConvBatchNorm"]                      # the 1x1 stride-2 shortcut
+    assert len(resnet) == 4 + 3                                   # each block's ReLU folded into its step
+    assert resnet[4:] == ["AdaptiveAvgPool2d", "FlatLinear", "LogSoftmax"]
+    assert all(step.relu is not None for step in fast.plan(build_model("small-resnet")).steps()[1:4])
     assert not any(isinstance(s, (ConvAct, ConvReLUPool)) for s in fast.plan(build_model("lenet5"), fuse=False).steps())
 
 

@@ -10,6 +10,9 @@ with the same Parameters, faster:
   step: channels last, im2col + GEMM a few images at a time so the columns stay in cache, or computed
   directly when the conv has few filters and few weights per filter (LeNet-5's first); its output stays
   channels last through BatchNorm, the pools and the activations, to the next conv;
+* every Conv2d -> BatchNorm2d (-> ReLU) becomes a :class:`~npcnn.fast.conv_norm.ConvBatchNorm`: the
+  conv step and the batch norm in training, one conv with the batch norm folded into its weights in
+  eval mode;
 * every Residual, with the ReLU after it, becomes a :class:`~npcnn.fast.residual.FastResidual`: its
   body and shortcut planned the same way, the ReLU applied in place on the sum;
 * every AvgPool2d without padding becomes a :class:`~npcnn.fast.avgpool.FastAvgPool`: one kernel pass
@@ -39,13 +42,14 @@ import os
 from .. import parallel
 from .avgpool import FastAvgPool, avgpool_length
 from .conv_act import ConvAct, conv_act_length
+from .conv_norm import ConvBatchNorm, conv_norm_length
 from .flat_linear import FlatLinear, flat_linear_length
 from .fused import ConvReLUPool, fusable
 from .norm_act import BatchNormReLU, norm_act_length
 from .residual import FastResidual, residual_length
 
-__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "FastResidual", "FastAvgPool", "BatchNormReLU",
-           "FlatLinear", "fusable"]
+__all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "ConvBatchNorm", "FastResidual", "FastAvgPool",
+           "BatchNormReLU", "FlatLinear", "fusable"]
 
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -89,7 +93,8 @@ class FastSequential:
 
     def steps(self):
         """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
-        ConvReLUPool, any other Conv2d (with the ReLU or Tanh after it) one ConvAct, each Residual (with
+        ConvReLUPool, each Conv2d -> BatchNorm2d (-> ReLU) one ConvBatchNorm, any other Conv2d (with the ReLU
+        or Tanh after it) one ConvAct, each Residual (with
         the ReLU after it) a FastResidual over its planned body and shortcut, each AvgPool2d without padding a
         FastAvgPool, each BatchNorm with a ReLU after it a BatchNormReLU, each Flatten with a Linear after it a
         FlatLinear; the other layers as they are."""
@@ -97,6 +102,8 @@ class FastSequential:
         while i < len(layers):
             if self.fuse and fusable(layers, i):
                 take, make = 3, ConvReLUPool
+            elif self.fuse and (take := conv_norm_length(layers, i)):
+                make = ConvBatchNorm
             elif self.fuse and (take := conv_act_length(layers, i)):
                 make = ConvAct
             elif self.fuse and (take := residual_length(layers, i)):
@@ -140,7 +147,7 @@ class FastSequential:
         with parallel.one_blas_thread(self._own_threads):
             steps = self._steps
             for step in reversed(steps):
-                if isinstance(step, (ConvReLUPool, ConvAct)):
+                if isinstance(step, (ConvReLUPool, ConvAct, ConvBatchNorm)):
                     grad_out = step.backward(grad_out, param_grads, input_grad or step is not steps[0])
                 else:
                     grad_out = step.backward(grad_out, param_grads=param_grads)
