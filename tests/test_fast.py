@@ -18,7 +18,8 @@ def test_plan_is_a_sequential_for_everything_but_speed():
     assert net.parameters() == m.parameters() and list(net.state_dict()) == list(m.state_dict())
     assert len(net) == len(m) and net[0] is m[0]
     steps = net.steps()
-    assert [type(s).__name__ for s in steps[:2]] == ["ConvReLUPool", "ConvReLUPool"] and steps[2] is m[6]
+    assert [type(s).__name__ for s in steps[:3]] == ["ConvReLUPool", "ConvReLUPool", "FlatLinear"]
+    assert (steps[2].flatten, steps[2].linear) == (m[6], m[7]) and steps[3] is m[8]
     assert all(not isinstance(s, fast.ConvReLUPool) for s in fast.plan(m, fuse=False).steps())
 
 
@@ -41,7 +42,7 @@ def test_a_plan_follows_its_model_and_frees_what_it_left():
     assert net.steps()[0] is first                        # kept, with its buffers, while the layers stay
     m.layers[0] = type(m[0])(1, 32, 3, padding=1, rng=1)  # a new conv: a new fused step, the old one goes
     net.forward(x)
-    assert net.steps()[0] is not first and len(net._fused) == 2
+    assert net.steps()[0] is not first and len(net._fused) == 3       # the two triples, Flatten -> Linear
 
 
 def test_a_dropped_classifier_is_freed_with_its_plan():
