@@ -93,11 +93,11 @@ class FastSequential:
 
     def steps(self):
         """The model's layers as fast steps when fusing: each Conv2d -> ReLU -> MaxPool2d triple one
-        ConvReLUPool, each Conv2d -> BatchNorm2d (-> ReLU) one ConvBatchNorm, any other Conv2d (with the ReLU
-        or Tanh after it) one ConvAct, each Residual (with
-        the ReLU after it) a FastResidual over its planned body and shortcut, each AvgPool2d without padding a
-        FastAvgPool, each BatchNorm with a ReLU after it a BatchNormReLU, each Flatten with a Linear after it a
-        FlatLinear; the other layers as they are."""
+        ConvReLUPool, each Conv2d -> BatchNorm2d (-> ReLU) one ConvBatchNorm, any other Conv2d (with the
+        ReLU or Tanh after it) one ConvAct, each Residual (with the ReLU after it) a FastResidual over its
+        planned body and shortcut, each AvgPool2d without padding a FastAvgPool, each BatchNorm with a
+        ReLU after it a BatchNormReLU, each Flatten with a Linear after it a FlatLinear; the other layers
+        as they are."""
         layers, steps, fused, i = self.model.layers, [], {}, 0
         while i < len(layers):
             if self.fuse and fusable(layers, i):

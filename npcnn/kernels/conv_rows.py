@@ -27,8 +27,8 @@ from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_se
 @njit(parallel=True, **_OPTS)
 def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run, act,
                       cols_all, step, out):
-    """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE, RELU or TANH. ``x3`` (N, H, W*C) channels last, not padded (im2col writes the padding's zeros),
-    ``w_mat`` (kh*kw*C, F), ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added,
+    """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE, RELU or TANH. ``x3``
+    (N, H, W*C) channels last, not padded (im2col writes the padding's zeros), ``w_mat`` (kh*kw*C, F), ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added,
     with the ReLU, only if ``bias_relu``: a bias-free conv without ReLU skips the pass),
     ``cols_all`` (workers, step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo

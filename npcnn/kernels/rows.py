@@ -55,11 +55,12 @@ def act_grad_segment(gf, yf, act, af):
             af[i] = gf[i]
 
 
-#: tanh(x) = x P(u) / Q(u), u = (x / TANH_CLAMP)**2, on |x| <= TANH_CLAMP (beyond it tanh(x) rounds to
-#: +-1 in float32, within an ulp). Fitted for this library (iterated weighted least squares toward the least maximum
-#: relative error, degrees 5 and 4 in u): relative error 1.3e-9 in float64 arithmetic, so at most
-#: 0.52 ulp off the exact tanh once rounded to float32 (np.tanh's float32 loop: 1.37 ulp), checked on
-#: 3.1 million float32 values in ``tests/test_fast_conv_act.py``.
+#: tanh(x) = x P(u) / Q(u), u = (x / TANH_CLAMP)**2, on |x| < TANH_CLAMP; +-1 beyond (where tanh(x)
+#: rounds to +-1 in float32, or, below 9.01, to the float32 one ulp under it). Fitted for this library
+#: (iterated weighted least squares toward the least maximum relative error, degrees 5 and 4 in u):
+#: relative error 1.3e-9 in float64 arithmetic, so at most 0.52 ulp off the exact tanh once rounded to
+#: float32 (np.tanh's float32 loop: 1.37 ulp), checked on 3.1 million float32 values in
+#: ``tests/test_fast_conv_act.py``.
 TANH_CLAMP = 9.0
 TANH_P = (0.9999999987235133, 11.081487698058618, 25.38778014966477, 14.8968834888134, 1.3190389932807383,
           -0.042698677388361604)
@@ -70,8 +71,8 @@ TANH_Q = (1.0, 38.081486691055574, 178.78805321113148, 209.42477119375522, 55.48
 def tanh32_segment(seg):
     """``seg = tanh(seg)`` in place, for float32 values: the rational function of :data:`TANH_P` and
     :data:`TANH_Q`, evaluated in float64 (Horner's rule) on ``x`` clamped to +-TANH_CLAMP (a NaN stays
-    NaN), +-1 from the clamp on (1 ulp off below 9.01). Only arithmetic and comparisons, so the loop
-    vectorises, unlike a call to ``tanhf`` per value."""
+    NaN), +-1 from the clamp on. Only arithmetic and comparisons, so the loop vectorises, unlike a call
+    to ``tanhf`` per value."""
     p0, p1, p2, p3, p4, p5 = TANH_P
     q0, q1, q2, q3, q4 = TANH_Q
     for i in range(seg.size):
