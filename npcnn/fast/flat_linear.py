@@ -22,6 +22,7 @@ input (NCHW, one channel, or a Flatten of other dims) goes through the two reada
 import numpy as np
 
 from .. import parallel
+from ..nn.avgpool import _is_channels_last
 from ..nn.linear import Flatten, Linear
 from ..nn.module import check_dtype, check_input
 
@@ -38,10 +39,6 @@ def flat_linear_length(layers, i):
     return 2 if flatten.start_dim == 1 and flatten.end_dim == -1 else 0
 
 
-def _channels_last_4d(x):
-    return x.ndim == 4 and not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
-
-
 class FlatLinear:
     """``linear(flatten(x))`` with a layer's forward / backward contract; the weight's columns reordered
     to the batch's channels-last memory when that pays (see the module's docstring)."""
@@ -56,7 +53,7 @@ class FlatLinear:
 
     def forward(self, x):
         linear = self.linear
-        self._cl = (isinstance(x, np.ndarray) and _channels_last_4d(x)
+        self._cl = (isinstance(x, np.ndarray) and x.ndim == 4 and _is_channels_last(x)
                     and len(x) >= MIN_IMAGES_PER_OUTPUT * linear.out_features)
         if not self._cl:
             return linear.forward(self.flatten.forward(x))
