@@ -197,6 +197,28 @@ def test_col2im_nhwc_is_the_adjoint_of_im2col_nhwc(k, s, pad, variant):
     assert abs((cols * d).sum() - (x.reshape(n, h, -1) * back).sum()) < 1e-10 * np.abs(cols * d).sum()
 
 
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+def test_im2col_nhwc_equals_numpys_sliding_windows(variant):
+    """Every row of im2col_nhwc is the window of the zero-padded input, taps in (i, j, c) order, on 60
+    random shapes: strides 1-3, kernels up to wider than the image (windows with no column inside it),
+    padding up to the kernel's size, 1-17 channels."""
+    rng = np.random.default_rng(11)
+    im2col = getattr(kernels.im2col_nhwc, variant)
+    for _ in range(60):
+        (kh, kw), (sh, sw) = rng.integers(1, 6, 2).tolist(), rng.integers(1, 4, 2).tolist()
+        ph, pw = int(rng.integers(0, kh + 1)), int(rng.integers(0, kw + 1))
+        n, c = int(rng.integers(1, 4)), int(rng.choice([1, 3, 6, 16, 17]))
+        h, w = int(rng.integers(max(1, kh - 2 * ph), 12)), int(rng.integers(max(1, kw - 2 * pw), 12))
+        xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), np.float32)
+        xp[:, ph:ph + h, pw:pw + w] = x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+        ho, wo = windows.shape[1:3]
+        expected = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, kh * kw * c)   # (n, oy, ox) x (i, j, c)
+        cols = np.full(expected.shape, np.nan, np.float32)
+        im2col(x.reshape(n, h, w * c), c, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+        np.testing.assert_array_equal(cols, expected, err_msg=f"{(n, c, h, w, kh, kw, sh, sw, ph, pw)}")
+
+
 def test_plan_groups_every_zoo_net_into_fast_steps():
     """Which steps the fast path makes of each net: the triples, the other convs with their activation,
     the residual blocks with planned bodies."""

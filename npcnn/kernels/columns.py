@@ -162,34 +162,68 @@ def _taps_inside(ox, sw, pw, kw, w):
 
 
 @njit(inline="always", error_model="numpy")
-def im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols):
-    """Image ``n``'s receptive fields as the ho*wo rows of ``cols`` (see :func:`im2col_nhwc`), the
-    padding written as zeros (``x3`` is not padded)."""
+def _interior_columns(sw, pw, kw, w, wo):
+    """The output columns ``lo <= ox < hi`` whose whole window lies inside the image's width."""
+    lo = _valid_range(0, sw, pw, wo, w)[0]
+    return lo, max(lo, _valid_range(kw - 1, sw, pw, wo, w)[1])
+
+
+@njit(inline="always", error_model="numpy")
+def _window_at_edge(x3, n, n_ch, kh, kw, sh, sw, ph, pw, oy, ox, row):
+    """One window reaching over the padding, as ``row`` (kh*kw*C): per kernel row, the taps inside the
+    image copied as one run, the others zeroed."""
     h, w = x3.shape[1], x3.shape[2] // n_ch
     run = kw * n_ch
+    x0, j0, j1 = _taps_inside(ox, sw, pw, kw, w)
+    for i in range(kh):
+        y = oy * sh - ph + i
+        dst = row[i * run:(i + 1) * run]
+        if y < 0 or y >= h or j1 <= j0:            # the whole kernel row on the padding
+            for k in range(run):
+                dst[k] = 0.0
+            continue
+        for k in range(j0 * n_ch):
+            dst[k] = 0.0
+        for k in range(j1 * n_ch, run):
+            dst[k] = 0.0
+        src = x3[n, y, (x0 + j0) * n_ch:(x0 + j1) * n_ch]
+        seg = dst[j0 * n_ch:j1 * n_ch]
+        for k in range(seg.size):
+            seg[k] = src[k]
+
+
+@njit(inline="always", error_model="numpy")
+def im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    """Image ``n``'s receptive fields as the ho*wo rows of ``cols`` (see :func:`im2col_nhwc`), the
+    padding written as zeros (``x3`` is not padded).
+
+    The windows whose columns all lie inside the image (all but a few at the left and right edges)
+    go output row by kernel row: each is one run of kw*C values of the input row, copied with no
+    test per window; the few at the edges go window by window (:func:`_window_at_edge`). Twice as
+    fast as window by window for all (LeNet-5 to the small ResNet's shapes)."""
+    h, w = x3.shape[1], x3.shape[2] // n_ch
+    run = kw * n_ch
+    width = kh * run                               # the length of a row of cols
+    lo, hi = _interior_columns(sw, pw, kw, w, wo)
+    flat = cols.reshape(-1)
     for oy in range(ho):
-        for ox in range(wo):
-            row = cols[oy * wo + ox]
-            x0, j0, j1 = _taps_inside(ox, sw, pw, kw, w)
-            for i in range(kh):
-                y = oy * sh - ph + i
-                dst = row[i * run:(i + 1) * run]
-                if y < 0 or y >= h or j1 <= j0:            # the whole kernel row on the padding
+        for i in range(kh):
+            y = oy * sh - ph + i
+            for ox in range(lo, hi):
+                # open-ended slices indexed from 0: numba then knows the index is not negative and
+                # vectorises the copy (``flat[start + k]`` would test every index for wrap-around)
+                dst = flat[(oy * wo + ox) * width + i * run:]
+                if y < 0 or y >= h:
                     for k in range(run):
                         dst[k] = 0.0
-                elif j0 == 0 and j1 == kw:                 # inside the image: one run, copied as one
-                    src = x3[n, y, x0 * n_ch:x0 * n_ch + run]
+                else:
+                    src = x3[n, y, (ox * sw - pw) * n_ch:]
                     for k in range(run):
                         dst[k] = src[k]
-                else:                                      # across the left or right edge
-                    for k in range(j0 * n_ch):
-                        dst[k] = 0.0
-                    for k in range(j1 * n_ch, run):
-                        dst[k] = 0.0
-                    src = x3[n, y, (x0 + j0) * n_ch:(x0 + j1) * n_ch]
-                    seg = dst[j0 * n_ch:j1 * n_ch]
-                    for k in range(seg.size):
-                        seg[k] = src[k]
+        for ox in range(lo):
+            _window_at_edge(x3, n, n_ch, kh, kw, sh, sw, ph, pw, oy, ox, cols[oy * wo + ox])
+        for ox in range(hi, wo):
+            _window_at_edge(x3, n, n_ch, kh, kw, sh, sw, ph, pw, oy, ox, cols[oy * wo + ox])
 
 
 @njit(inline="always", error_model="numpy")
