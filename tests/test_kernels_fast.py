@@ -525,3 +525,28 @@ def test_without_a_callable_blas_the_fast_path_leaves_blas_its_threads(monkeypat
         results.append((y, net.backward(np.ones_like(y))))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+def test_kernel_caches_are_dropped_when_any_kernel_source_changes(tmp_path):
+    """numba checks only a kernel's own file; a helper inlined from another file must drop the cache too."""
+    from npcnn.kernels._compile import _drop_stale_kernel_caches
+    (tmp_path / "kernels").mkdir()
+    sources = [tmp_path / "kernels" / "a.py", tmp_path / "kernels" / "b.py", tmp_path / "blas.py"]
+    for path in sources:
+        path.write_text(f"# {path.name}\n")
+    caches = [tmp_path / "kernels" / "__pycache__" / "a.f-1.py311.nbi", tmp_path / "__pycache__" / "blas.g-2.py311.1.nbc"]
+
+    def cache_again():
+        for path in caches:
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"compiled")
+    cache_again()
+    assert _drop_stale_kernel_caches(sources)                 # no stamp yet: dropped
+    assert not any(path.exists() for path in caches)
+    cache_again()
+    assert not _drop_stale_kernel_caches(sources)             # nothing changed: kept
+    assert all(path.exists() for path in caches)
+    sources[1].write_text("# b.py, a helper a.py inlines, changed\n")
+    assert _drop_stale_kernel_caches(sources)                 # one source changed: all dropped
+    assert not any(path.exists() for path in caches)
+    assert sources[0].exists() and not list(tmp_path.rglob("*.tmp"))

@@ -5,7 +5,9 @@ Every other module of :mod:`npcnn.kernels` imports its decorators from here, so 
 layer is chosen once, before any kernel can start numba's threads.
 """
 import functools
+import hashlib
 import os
+import pathlib
 import types
 
 import numba
@@ -31,6 +33,40 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
         warnings.warn(f"numba's threads were started with the {_started!r} layer before npcnn was "
                       "imported; npcnn's kernels may run several times slower. Import npcnn first, "
                       "or set NUMBA_THREADING_LAYER=tbb (or workqueue).", RuntimeWarning, stacklevel=2)
+
+# numba's on-disk cache (``cache=True``) checks only the source file of the function it compiled: a
+# kernel that inlines a helper from another module (conv_rows inlines columns' im2col) would keep
+# running the helper's old code after that module changed. So the cache of all of npcnn's kernels is
+# dropped whenever any of their sources changes (a stamp of the sources sits beside the cache files).
+_SOURCES = sorted(pathlib.Path(__file__).parent.glob("*.py")) + [pathlib.Path(__file__).parent.parent / "blas.py"]
+
+
+def _drop_stale_kernel_caches(sources=_SOURCES):
+    """Delete numba's cache files beside ``sources`` unless the stamp of their contents is unchanged;
+    True if it deleted. Quietly does nothing where the folders cannot be written (numba then caches
+    elsewhere, or not at all)."""
+    stamp = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
+    folders = sorted({path.parent / "__pycache__" for path in sources})
+    stamp_file = folders[0] / "npcnn-kernel-sources.sha256"
+    try:
+        if stamp_file.read_text() == stamp:
+            return False
+    except OSError:
+        pass
+    try:
+        for folder in folders:
+            for cached in [*folder.glob("*.nbi"), *folder.glob("*.nbc")]:
+                cached.unlink(missing_ok=True)
+        stamp_file.parent.mkdir(exist_ok=True)
+        tmp = stamp_file.with_name(f"{stamp_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(stamp)
+        os.replace(tmp, stamp_file)                # atomic: a parallel import reads the old or the new stamp
+    except OSError:
+        return False
+    return True
+
+
+_drop_stale_kernel_caches()
 
 # ``error_model="numpy"``: a division by zero gives inf/nan (or 0 for integers) as in NumPy instead
 # of raising. numba's default ("python") tests every division for zero, and that test keeps LLVM
