@@ -199,11 +199,11 @@ def test_col2im_nhwc_is_the_adjoint_of_im2col_nhwc(k, s, pad, variant):
 
 @pytest.mark.parametrize("variant", ["parallel", "serial"])
 def test_im2col_nhwc_equals_numpys_sliding_windows(variant):
-    """Every row of im2col_nhwc is the window of the zero-padded input, taps in (i, j, c) order, on 60
-    random shapes: strides 1-3, kernels up to wider than the image (windows with no column inside it),
+    """Every row of im2col_nhwc is the window of the zero-padded input, taps in (i, j, c) order, and
+    col2im_nhwc is its adjoint, on 60 random shapes: strides 1-3, kernels up to wider than the image (windows with no column inside it),
     padding up to the kernel's size, 1-17 channels."""
     rng = np.random.default_rng(11)
-    im2col = getattr(kernels.im2col_nhwc, variant)
+    im2col, col2im = getattr(kernels.im2col_nhwc, variant), getattr(kernels.col2im_nhwc, variant)
     for _ in range(60):
         (kh, kw), (sh, sw) = rng.integers(1, 6, 2).tolist(), rng.integers(1, 4, 2).tolist()
         ph, pw = int(rng.integers(0, kh + 1)), int(rng.integers(0, kw + 1))
@@ -217,6 +217,10 @@ def test_im2col_nhwc_equals_numpys_sliding_windows(variant):
         cols = np.full(expected.shape, np.nan, np.float32)
         im2col(x.reshape(n, h, w * c), c, kh, kw, sh, sw, ph, pw, ho, wo, cols)
         np.testing.assert_array_equal(cols, expected, err_msg=f"{(n, c, h, w, kh, kw, sh, sw, ph, pw)}")
+        d = rng.standard_normal(cols.shape)                # and col2im is its adjoint on the same shapes
+        back = np.full((n, h, w * c), np.nan)
+        col2im(d, c, kh, kw, sh, sw, ph, pw, ho, wo, back)
+        assert abs((cols * d).sum() - (x.reshape(n, h, -1) * back).sum()) <= 1e-9 * max(1.0, np.abs(cols * d).sum())
 
 
 def test_plan_groups_every_zoo_net_into_fast_steps():
