@@ -271,6 +271,68 @@ def test_fast_residual_equals_the_readable_block_in_float64(relu):
             np.testing.assert_allclose(p.grad, ref, rtol=0, atol=1e-12)
 
 
+def test_fast_residual_adds_into_no_gradient_it_does_not_own():
+    """The block's backward sums into the body's dL/dx in place, unless that is the caller's gradient
+    itself (an eval-mode Dropout body hands it back unchanged, the identity shortcut adds it again)."""
+    rng = np.random.default_rng(3)
+    block = nn.Residual(nn.Sequential(nn.Dropout(0.5, rng=0)))
+    block.eval()
+    step = FastResidual(block, lambda part: fast.plan(part, fuse=True), nn.ReLU())
+    x = rng.standard_normal((2, 3, 4, 4))
+    y = step.forward(x)
+    np.testing.assert_array_equal(y, np.maximum(2 * x, 0))
+    g = rng.standard_normal(y.shape)
+    kept = g.copy()
+    np.testing.assert_array_equal(step.backward(g), 2 * kept * (y > 0))
+    np.testing.assert_array_equal(g, kept)                     # the caller's gradient is left alone
+    no_relu = FastResidual(block, lambda part: fast.plan(part, fuse=True))
+    no_relu.forward(x)
+    np.testing.assert_array_equal(no_relu.backward(g), 2 * kept)
+    np.testing.assert_array_equal(g, kept)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+def test_add_relu_and_relu_in_place_equal_numpy(dtype, variant):
+    """The residual sum's kernels against NumPy, NaN and infinities included, in NCHW, in an NCHW view
+    of channels-last memory, into one of their inputs, and through NumPy for layouts that differ."""
+    from npcnn.fast.norm_act import add_relu, relu_inplace
+    rng = np.random.default_rng(5)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-30], dtype)
+    for shape in [(3, 5, 7, 2), (40, 16, 28, 28)]:                # the second over several kernel blocks
+        a = rng.standard_normal(shape).astype(dtype)
+        b = rng.standard_normal(shape).astype(dtype)
+        a.flat[:6], b.flat[:6] = special, special[::-1]
+        for relu in (False, True):
+            expected = np.maximum(a + b, 0) if relu else a + b
+            for x, z in ((a, b), (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+                                  np.ascontiguousarray(b.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)),
+                         (a, np.ascontiguousarray(b.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))):
+                kernel = getattr(kernels.add_relu, variant)
+                with _kernel_variant(kernels, "add_relu", kernel):
+                    out = add_relu(x, z, relu)
+                    assert out.strides == x.strides
+                    np.testing.assert_array_equal(out, expected)
+                    inplace = x.copy(order="K")
+                    assert add_relu(inplace, z, relu, out=inplace) is inplace
+                    np.testing.assert_array_equal(inplace, expected)
+        with _kernel_variant(kernels, "relu_inplace", getattr(kernels.relu_inplace, variant)):
+            c = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+            assert relu_inplace(c) is c
+            np.testing.assert_array_equal(c, np.maximum(a, 0))    # (-0 may stay -0: equal to 0, as in bias_relu)
+
+
+@contextlib.contextmanager
+def _kernel_variant(module, name, fn):
+    """``module.name`` replaced by ``fn`` (one of a kernel's two compilations) inside the block."""
+    saved = getattr(module, name)
+    setattr(module, name, fn)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
 def test_phase_planes_round_trip_and_turn_a_strided_conv_into_a_stride_one_conv():
     rng = np.random.default_rng(11)
     a = rng.standard_normal((2, 3, 8, 9))

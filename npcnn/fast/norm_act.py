@@ -20,18 +20,51 @@ def norm_act_length(layers, i):
                  and type(layers[i + 1]) is ReLU) else 0
 
 
+def flat_views(*arrays):
+    """1-d views of ``arrays`` that walk them all in one memory order (so that element i of each is
+    the same (n, c, h, w)): arrays of one dtype laid out alike and densely (NCHW, or an NCHW view of
+    channels-last memory); None when they are not."""
+    first = arrays[0]
+    if any(a.strides != first.strides or a.shape != first.shape or a.dtype != first.dtype for a in arrays):
+        return None
+    flats = [a.ravel(order="K") for a in arrays]
+    if not all(np.may_share_memory(f, a) for f, a in zip(flats, arrays)):   # ravel copied: not dense
+        return None
+    return flats
+
+
 def relu_grad(grad_out, y):
-    """``grad_out * [y > 0]``, in one kernel pass when both are laid out alike and densely (NCHW, or an NCHW
-    view of channels-last memory), else by NumPy."""
-    if grad_out.strides == y.strides and grad_out.dtype == y.dtype:
-        flat_g, flat_y = grad_out.ravel(order="K"), y.ravel(order="K")
-        if np.may_share_memory(flat_g, grad_out) and np.may_share_memory(flat_y, y):   # views, not copies
-            out = np.empty_like(grad_out)                    # the same layout (empty_like keeps it)
-            flat_out = out.ravel(order="K")
-            if np.may_share_memory(flat_out, out):
-                kernels.act_grad(flat_g, flat_y, kernels.rows.RELU, flat_out)
-                return out
-    return grad_out * (y > 0)
+    """``grad_out * [y > 0]``, in one kernel pass when both are laid out alike and densely, else by NumPy."""
+    out = np.empty_like(grad_out)                         # the same layout (empty_like keeps it)
+    flats = flat_views(grad_out, y, out)
+    if flats is None:
+        return np.multiply(grad_out, y > 0, out=out)
+    kernels.act_grad(flats[0], flats[1], kernels.rows.RELU, flats[2])
+    return out
+
+
+def relu_inplace(y):
+    """``y = max(y, 0)`` in place (one kernel pass over dense memory, else ``np.maximum``); returns ``y``."""
+    flats = flat_views(y)
+    if flats is None:
+        np.maximum(y, 0, out=y)
+    else:
+        kernels.relu_inplace(flats[0])
+    return y
+
+
+def add_relu(a, b, relu, out=None):
+    """``a + b``, then ``max(., 0)`` if ``relu``, into ``out`` (a new array laid out as ``a`` if None; it may
+    be ``a`` itself): one kernel pass when ``a``, ``b`` and ``out`` are laid out alike and densely."""
+    out = np.empty_like(a) if out is None else out
+    flats = flat_views(a, b, out)
+    if flats is None:
+        np.add(a, b, out=out)
+        if relu:
+            np.maximum(out, 0, out=out)
+    else:
+        kernels.add_relu(flats[0], flats[1], relu, flats[2])
+    return out
 
 
 class BatchNormReLU:
@@ -46,8 +79,7 @@ class BatchNormReLU:
         return f"BatchNormReLU({self.bn!r})"
 
     def forward(self, x):
-        y = self.bn.forward(x)
-        np.maximum(y, 0, out=y)
+        y = relu_inplace(self.bn.forward(x))
         self._y = y
         return y
 

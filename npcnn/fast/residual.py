@@ -4,7 +4,7 @@ import numpy as np
 
 from ..nn.activation import ReLU
 from ..nn.residual import Residual
-from .norm_act import relu_grad
+from .norm_act import add_relu, relu_grad
 
 
 def residual_length(layers, i):
@@ -19,7 +19,7 @@ class FastResidual:
     """:class:`~npcnn.nn.Residual` (and the ReLU after it, if given) with its body and shortcut each run
     as a fast sequence (``plan``), same math:
 
-    * forward: ``s = body(x) + shortcut(x)``, then ``y = max(s, 0)`` in place when the ReLU is folded in;
+    * forward: ``s = body(x) + shortcut(x)``, then ``y = max(s, 0)`` when the ReLU is folded in (one pass);
     * backward: ``G = dL/dy * [y > 0]`` (the ReLU's rule, ``y > 0`` exactly where ``s > 0``), then
       ``dL/dx = body.backward(G) + shortcut.backward(G)`` (``+ G`` for the identity shortcut).
     """
@@ -37,16 +37,16 @@ class FastResidual:
         skip = x if self.shortcut is None else self.shortcut.forward(x)
         if y.shape != skip.shape:
             return self.residual.forward(x)        # which raises the readable block's one-line error
-        y = y + skip                               # a new array (the body's last layer may keep its output)
-        if self.relu is not None:
-            np.maximum(y, 0, out=y)
-        self._y = y
-        return y
+        # a new array: the body's last step may keep its output (a ConvAct with a ReLU does)
+        self._y = add_relu(y, skip, self.relu is not None)
+        return self._y
 
     def backward(self, grad_out, param_grads=True):
         if self.relu is not None:
             grad_out = relu_grad(grad_out, self._y)
         dx = self.body.backward(grad_out, param_grads=param_grads)
-        if self.shortcut is None:
-            return dx + grad_out
-        return dx + self.shortcut.backward(grad_out, param_grads=param_grads)
+        other = grad_out if self.shortcut is None else self.shortcut.backward(grad_out, param_grads=param_grads)
+        # the sum goes into the body's dL/dx, which no step reads again, unless it is (a view of) the
+        # other gradient or cannot be written (a readable Flatten hands back a view of its gradient)
+        in_place = dx.flags.writeable and not np.may_share_memory(dx, other)
+        return add_relu(dx, other, False, out=dx if in_place else None)

@@ -121,6 +121,33 @@ def bias_relu_rows(rows, bias_run, relu):
         bias_relu_segment(flat[t * run:(t + 1) * run], bias_run, relu)
 
 
+@njit(inline="always", error_model="numpy")
+def add_relu_segment(a, b, relu, out):
+    """``out = a + b``, then ``max(., 0)`` if ``relu`` (NaN stays NaN); flat, one length; ``out`` may be ``a``."""
+    for i in range(out.size):
+        v = a[i] + b[i]
+        out[i] = 0 if relu and v < 0 else v
+
+
+@_kernel(size_arg=0)
+def add_relu(a, b, relu, out):
+    """``out = a + b`` (then ``max(., 0)`` if ``relu``) for flat arrays of one length: a residual block's
+    sum and the ReLU after it in one pass, or its two gradients' sum. ``out`` may be ``a`` or ``b``."""
+    for t in prange((a.size + _BLOCK - 1) // _BLOCK):
+        lo, hi = t * _BLOCK, min(a.size, (t + 1) * _BLOCK)
+        add_relu_segment(a[lo:hi], b[lo:hi], relu, out[lo:hi])
+
+
+@_kernel(size_arg=0)
+def relu_inplace(a):
+    """``a = max(a, 0)`` in place for a flat array (NaN stays NaN, as in ``np.maximum``)."""
+    for t in prange((a.size + _BLOCK - 1) // _BLOCK):
+        seg = a[t * _BLOCK:min(a.size, (t + 1) * _BLOCK)]
+        for i in range(seg.size):
+            if seg[i] < 0:
+                seg[i] = 0
+
+
 @_kernel(size_arg=0)
 def act_grad(g, y, act, out):
     """``out = g * act'(x)``, taken from the activation's output ``y`` (:func:`act_grad_segment`);
