@@ -293,10 +293,10 @@ def test_fast_residual_adds_into_no_gradient_it_does_not_own():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("variant", ["parallel", "serial"])
-def test_add_relu_and_relu_in_place_equal_numpy(dtype, variant):
-    """The residual sum's kernels against NumPy, NaN and infinities included, in NCHW, in an NCHW view
+def test_add_relu_equals_numpy(dtype, variant):
+    """The residual sum's kernel against NumPy, NaN and infinities included, in NCHW, in an NCHW view
     of channels-last memory, into one of their inputs, and through NumPy for layouts that differ."""
-    from npcnn.fast.norm_act import add_relu, relu_inplace
+    from npcnn.fast.norm_act import add_relu
     rng = np.random.default_rng(5)
     special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-30], dtype)
     for shape in [(3, 5, 7, 2), (40, 16, 28, 28)]:                # the second over several kernel blocks
@@ -316,10 +316,6 @@ def test_add_relu_and_relu_in_place_equal_numpy(dtype, variant):
                     inplace = x.copy(order="K")
                     assert add_relu(inplace, z, relu, out=inplace) is inplace
                     np.testing.assert_array_equal(inplace, expected)
-        with _kernel_variant(kernels, "relu_inplace", getattr(kernels.relu_inplace, variant)):
-            c = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-            assert relu_inplace(c) is c
-            np.testing.assert_array_equal(c, np.maximum(a, 0))    # (-0 may stay -0: equal to 0, as in bias_relu)
 
 
 @contextlib.contextmanager
@@ -498,14 +494,22 @@ def test_fast_avgpool_float32_errors_and_planning():
     assert [type(s).__name__ for s in padded.steps()] == ["ConvAct", "AvgPool2d"]   # padding: the readable layer
 
 
+@pytest.mark.parametrize("threads", [False, True])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("layout", ["nchw", "channels last", "gradient in another layout"])
 @pytest.mark.parametrize("dims", [2, 1])
-def test_batchnorm_relu_equals_the_readable_layers_in_float64(layout, training, dims):
-    """BatchNorm -> ReLU as one step: the output, dL/dx and dL/dgamma, dL/dbeta equal the two readable
-    layers', with the derivative by the kernel (gradient laid out as the output) or by NumPy (not)."""
+def test_batchnorm_relu_equals_the_readable_layers_in_float64(layout, training, dims, threads, monkeypatch):
+    """BatchNorm -> ReLU as one step (the ReLU inside the batch norm's passes): the output, dL/dx and
+    dL/dgamma, dL/dbeta equal the two readable layers', whatever the gradient's layout, on one thread
+    and on the kernels' threaded builds (over several of their parts)."""
+    if threads:
+        for k in (kernels.batchnorm_stats_rows, kernels.batchnorm_apply_rows, kernels.batchnorm_backward_rows,
+                  kernels.batchnorm_apply, kernels.batchnorm_backward):
+            monkeypatch.setattr(k, "min_size", 0)
     rng = np.random.default_rng(11)
     shape = (6, 5, 4, 3) if dims == 2 else (9, 5)
+    if threads:
+        shape = (9, 5, 13, 17) if dims == 2 else (301, 5)         # 20 runs of rows, the last one short
     x = rng.standard_normal(shape)
     g = rng.standard_normal(shape)
     if layout != "nchw" and dims == 2:

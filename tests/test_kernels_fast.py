@@ -550,3 +550,33 @@ def test_kernel_caches_are_dropped_when_any_kernel_source_changes(tmp_path):
     assert _drop_stale_kernel_caches(sources)                 # one source changed: all dropped
     assert not any(path.exists() for path in caches)
     assert sources[0].exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_batchnorm_sums_do_not_depend_on_the_threads(dtype, relu):
+    """The row kernels take their sums in fixed parts, folded in a fixed order: the threaded and the
+    serial builds give the same bits (statistics, both backward sums, dL/dx), and the statistics equal
+    NumPy's float64 ones to rounding, on shapes from fewer runs than parts to many, with a short last run."""
+    rng = np.random.default_rng(21)
+    for m, c in [(7, 3), (100, 16), (4099, 16), (12544, 32), (3136, 64)]:
+        x = (rng.standard_normal((m, c)) * 3 + 1).astype(dtype)
+        g = rng.standard_normal((m, c)).astype(dtype)
+        run = kernels.run_length(x)
+        stats = {}
+        for variant in ("parallel", "serial"):
+            mean, var = np.empty(c), np.empty(c)
+            getattr(kernels.batchnorm_stats_rows, variant)(x, mean, var, run)
+            invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+            y = np.maximum(x, 0) if relu else x
+            sums, dx = (np.empty(c), np.empty(c)), np.empty_like(x)
+            getattr(kernels.batchnorm_backward_rows, variant)(g, x, y, relu, mean.astype(dtype), invstd, invstd, True,
+                                                              *sums, dx, run)
+            stats[variant] = (mean, var, *sums, dx)
+        for a, b in zip(stats["parallel"], stats["serial"]):
+            np.testing.assert_array_equal(a, b)
+        mean, var = stats["serial"][:2]
+        np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-12)
+        masked = g * (y > 0) if relu else g
+        np.testing.assert_allclose(stats["serial"][2], masked.astype(np.float64).sum(axis=0), rtol=1e-9, atol=1e-9)

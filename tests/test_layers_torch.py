@@ -341,7 +341,7 @@ def test_batchnorm2d_on_channels_last_memory_matches_torch(mode, dtype, threads,
     upstream gradient gives the same result as the NCHW one."""
     from npcnn import kernels
     if threads:                                         # the row kernels' threaded builds
-        for k in (kernels.batchnorm_apply_rows, kernels.batchnorm_backward_rows):   # (the statistics: one thread)
+        for k in (kernels.batchnorm_stats_rows, kernels.batchnorm_apply_rows, kernels.batchnorm_backward_rows):
             monkeypatch.setattr(k, "min_size", 0)
     rng = np.random.default_rng(33)
     fails, done = [], 0

@@ -1,11 +1,12 @@
-"""BatchNorm followed by ReLU (a ResNet's pattern) on the fast path: the ReLU applied in place on the
-batch norm's output, and its derivative taken from that output in one pass.
+"""BatchNorm followed by ReLU (a ResNet's pattern) on the fast path: the ReLU applied in the batch
+norm's own pass over its output, and its derivative in the batch norm's backward passes; and the
+element-wise helpers the residual step shares (``g * [y > 0]``, ``a + b`` then ReLU).
 
 The readable :class:`~npcnn.nn.ReLU` keeps a mask and writes a new array (forward), then multiplies
-by the mask into another (backward); here ``y = max(bn(x), 0)`` overwrites the batch norm's own
-output (which nothing else holds: the batch norm keeps its input for its backward, not its output)
-and ``dL/dbn = dL/dy * [y > 0]`` (``y > 0`` exactly where ``bn(x) > 0``) is
-:func:`npcnn.kernels.act_grad`, whenever the gradient is laid out in memory as ``y`` is.
+by the mask into another (backward): two more passes over memory. Here the batch norm's kernels
+write ``y = max(bn(x), 0)`` directly, and its backward reads ``dL/dbn = dL/dy * [y > 0]`` (``y > 0``
+exactly where ``bn(x) > 0``) on the fly, in the same passes that take its sums and dL/dx
+(``BatchNorm._forward`` / ``_backward`` with ``relu=True``, :mod:`npcnn.kernels.normalization`).
 """
 import numpy as np
 
@@ -43,16 +44,6 @@ def relu_grad(grad_out, y):
     return out
 
 
-def relu_inplace(y):
-    """``y = max(y, 0)`` in place (one kernel pass over dense memory, else ``np.maximum``); returns ``y``."""
-    flats = flat_views(y)
-    if flats is None:
-        np.maximum(y, 0, out=y)
-    else:
-        kernels.relu_inplace(flats[0])
-    return y
-
-
 def add_relu(a, b, relu, out=None):
     """``a + b``, then ``max(., 0)`` if ``relu``, into ``out`` (a new array laid out as ``a`` if None; it may
     be ``a`` itself): one kernel pass when ``a``, ``b`` and ``out`` are laid out alike and densely."""
@@ -79,9 +70,7 @@ class BatchNormReLU:
         return f"BatchNormReLU({self.bn!r})"
 
     def forward(self, x):
-        y = relu_inplace(self.bn.forward(x))
-        self._y = y
-        return y
+        return self.bn._forward(x, relu=True)
 
     def backward(self, grad_out, param_grads=True):
-        return self.bn.backward(relu_grad(grad_out, self._y), param_grads=param_grads)
+        return self.bn._backward(grad_out, param_grads, relu=True)

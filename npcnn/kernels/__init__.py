@@ -50,7 +50,7 @@ from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_act_to_nh
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
-from .rows import act_grad, add_relu, bias_relu_rows, relu_inplace, run_length, tanh_inplace
+from .rows import act_grad, add_relu, bias_relu_rows, run_length, tanh_inplace
 from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2,
                       maxpool_backward, maxpool_forward,
                       maxpool_relu_backward, winners_to_dense_nhwc)
@@ -68,7 +68,7 @@ __all__ = [
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
-    "bias_relu_rows", "act_grad", "add_relu", "relu_inplace", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",
+    "bias_relu_rows", "act_grad", "add_relu", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",
     "conv_rows_relu_maxpool_forward",
     "adam_update",
 ]

@@ -31,33 +31,50 @@ def batchnorm_stats(x3, mean, var):
         var[c] = s2 / m
 
 
+@njit(inline="always", error_model="numpy")
+def _relu_if(v, relu, zero):
+    """``max(v, 0)`` if ``relu`` (NaN stays NaN, as ``np.maximum`` keeps it), else ``v``. ``zero`` is a zero
+    of the data's dtype: a literal 0 would turn the loop's arithmetic into float64."""
+    return zero if relu and v < 0 else v
+
+
+@njit(inline="always", error_model="numpy")
+def _masked(g, y, relu, zero):
+    """The ReLU's rule on the batch norm's output ``y = max(bn, 0)``: ``g * [y > 0]`` if ``relu``, else ``g``."""
+    return g if not relu or y > 0 else zero
+
+
 @_kernel(size_arg=0)
-def batchnorm_apply(x3, mean, invstd, gamma, beta, y):
-    """``y = gamma * (x - mean) * invstd + beta``, per channel, in one pass."""
+def batchnorm_apply(x3, mean, invstd, gamma, beta, relu, y):
+    """``y = gamma * (x - mean) * invstd + beta``, per channel, in one pass; then ``max(y, 0)`` if ``relu``."""
     n_img, n_ch, length = x3.shape
+    zero = np.zeros(1, dtype=y.dtype)[0]
     for c in prange(n_ch):
         mu, s, gm, bt = mean[c], invstd[c], gamma[c], beta[c]
         for i in range(n_img):
             for j in range(length):
-                y[i, c, j] = (x3[i, c, j] - mu) * s * gm + bt
+                y[i, c, j] = _relu_if((x3[i, c, j] - mu) * s * gm + bt, relu, zero)
 
 
 @_kernel(size_arg=0, fma=True, reassoc=True)
-def batchnorm_backward(g3, x3, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx):
+def batchnorm_backward(g3, x3, y3, relu, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx):
     """``sum(g)`` and ``sum(g * xhat)`` per channel, then ``dx``: with batch statistics
     ``scale * (g - sum(g)/m - xhat * sum(g*xhat)/m)``, else ``scale * g``. ``xhat = (x - mean) *
     invstd`` is recomputed from the forward's input (as the forward computed it, to rounding)
-    rather than stored: one array less to write in forward and to keep."""
+    rather than stored: one array less to write in forward and to keep. With ``relu`` the forward
+    applied a ReLU, ``y3`` is its output and ``g`` is the gradient after it: ``g * [y > 0]`` is used."""
     n_img, n_ch, length = g3.shape
     m = n_img * length
+    zero = np.zeros(1, dtype=g3.dtype)[0]
     for c in prange(n_ch):
         mu, s = mean[c], invstd[c]
         s1 = 0.0
         s2 = 0.0
         for i in range(n_img):
             for j in range(length):
-                s1 += g3[i, c, j]
-                s2 += g3[i, c, j] * ((x3[i, c, j] - mu) * s)
+                gv = _masked(g3[i, c, j], y3[i, c, j], relu, zero)
+                s1 += gv
+                s2 += gv * ((x3[i, c, j] - mu) * s)
         sum_g[c] = s1
         sum_gx[c] = s2
         k = scale[c]
@@ -65,7 +82,7 @@ def batchnorm_backward(g3, x3, mean, invstd, scale, batch_stats, sum_g, sum_gx, 
         b = s2 / m if batch_stats else 0.0
         for i in range(n_img):
             for j in range(length):
-                dx[i, c, j] = (g3[i, c, j] - a - ((x3[i, c, j] - mu) * s) * b) * k
+                dx[i, c, j] = (_masked(g3[i, c, j], y3[i, c, j], relu, zero) - a - ((x3[i, c, j] - mu) * s) * b) * k
 
 
 # --------------------------------------------------------------------------- channels last, as (M, C) rows
@@ -75,22 +92,36 @@ def batchnorm_backward(g3, x3, mean, invstd, scale, batch_stats, sum_g, sum_gx, 
 # So the rows are taken a tile at a time as one flat run of ``run`` values (whole rows,
 # ``run = tile*C``), and every per-channel quantity is expanded to a run of the same length (the
 # channel's value repeated for each row of the tile): the loops over a run are long and
-# contiguous, and vectorise. Sums go into run-long float64 accumulators, folded per channel at the
-# end; M need not be a multiple of the tile. Every inner loop indexes slices from 0
-# (``src = flat[base:base + run]; src[i]``): indexed as ``flat[base + i]``, numba must allow for a
-# negative index, and that test alone kept the loop scalar. These kernels are memory-bound:
-# threads pay little below a few MB (a ResNet's first BatchNorm, 64x16x28x28 float32 = 3.2 MB: forward
-# 0.85 -> 0.70 ms, backward 1.10 -> 0.95 ms with two threads; at 0.8 MB they gain nothing).
+# contiguous, and vectorise. Sums go into run-long float64 accumulators, one per part of the data
+# (:data:`_BN_PARTS` parts of whole runs, which the threads share out), folded per channel and over the
+# parts in a fixed order at the end: the sums do not depend on the number of threads. M need not be a
+# multiple of the tile. Every inner loop indexes slices from 0 (``src = flat[base:base + run]; src[i]``):
+# indexed as ``flat[base + i]``, numba must allow for a negative index, and that test alone kept the
+# loop scalar. These kernels are memory-bound: threads pay little below a few MB (a ResNet's first
+# BatchNorm, 64x16x28x28 float32 = 3.2 MB, on a 2-core AMD EPYC: statistics 0.21 -> 0.12 ms, backward
+# 0.45 -> 0.26 ms with two threads; at 0.8 MB they gain little).
 _BN_MIN_SIZE = 1 << 19
+
+#: The parts the channels-last sums are taken in (each with its own accumulators).
+_BN_PARTS = 8
+
+
+@njit(inline="always", error_model="numpy")
+def _part_bounds(size, run, part, parts):
+    """The values ``[lo, hi)`` of part ``part`` of ``parts``: whole runs of ``run`` values (the last run may be short)."""
+    n_runs = (size + run - 1) // run
+    return (part * n_runs // parts) * run, min(size, ((part + 1) * n_runs // parts) * run)
 
 
 @njit(inline="always", error_model="numpy")
 def _fold_channels(acc, n_ch, scale, out):
-    """``out[c] = scale * sum_j acc[j*n_ch + c]``: a run of per-row sums folded per channel."""
+    """``out[c] = scale * sum_p sum_j acc[p, j*n_ch + c]``: the parts' runs of per-row sums folded per channel."""
     for c in range(n_ch):
         s = 0.0
-        for j in range(c, acc.size, n_ch):
-            s += acc[j]
+        for p in range(acc.shape[0]):
+            row = acc[p]
+            for j in range(c, row.size, n_ch):
+                s += row[j]
         out[c] = s * scale
 
 
@@ -103,52 +134,70 @@ def _as_run(values, run, dtype):
     return out
 
 
-@njit(**_OPTS, fastmath={"contract", "reassoc"})   # no prange: one pass per statistic, on one thread
+@_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
 def batchnorm_stats_rows(x2, mean, var, run):
-    """Per column of ``x2`` (M, C): the mean and the biased variance (two passes, float64 sums)."""
+    """Per column of ``x2`` (M, C): the mean and the biased variance (two passes, float64 sums). Parallel over parts."""
     m, n_ch = x2.shape
     flat = x2.reshape(-1)
-    acc = np.zeros(run)
-    for base in range(0, flat.size, run):
-        src = flat[base:base + run]
-        for i in range(src.size):
-            acc[i] += src[i]
+    acc = np.zeros((_BN_PARTS, run))
+    for part in prange(_BN_PARTS):
+        lo, hi = _part_bounds(flat.size, run, part, _BN_PARTS)
+        a = acc[part]
+        for base in range(lo, hi, run):
+            src = flat[base:base + run]
+            for i in range(src.size):
+                a[i] += src[i]
     _fold_channels(acc, n_ch, 1.0 / m, mean)
     mean_run = _as_run(mean, run, mean.dtype)
     acc[:] = 0.0
-    for base in range(0, flat.size, run):
-        src = flat[base:base + run]
-        for i in range(src.size):
-            d = src[i] - mean_run[i]
-            acc[i] += d * d
+    for part in prange(_BN_PARTS):
+        lo, hi = _part_bounds(flat.size, run, part, _BN_PARTS)
+        a = acc[part]
+        for base in range(lo, hi, run):
+            src = flat[base:base + run]
+            for i in range(src.size):
+                d = src[i] - mean_run[i]
+                a[i] += d * d
     _fold_channels(acc, n_ch, 1.0 / m, var)
 
 
 @_kernel(size_arg=0, min_size=_BN_MIN_SIZE)
-def batchnorm_apply_rows(x2, mean, invstd, gamma, beta, y, run):
+def batchnorm_apply_rows(x2, mean, invstd, gamma, beta, relu, y, run):
     """:func:`batchnorm_apply` on channels-last rows ``x2`` and ``y`` (M, C). Parallel over tiles."""
     flat, out = x2.reshape(-1), y.reshape(-1)
     mu, s, gm, bt = (_as_run(mean, run, y.dtype), _as_run(invstd, run, y.dtype), _as_run(gamma, run, y.dtype),
                      _as_run(beta, run, y.dtype))
+    zero = np.zeros(1, dtype=y.dtype)[0]
     for t in prange((flat.size + run - 1) // run):
         src, dst = flat[t * run:(t + 1) * run], out[t * run:(t + 1) * run]
         for i in range(src.size):
-            dst[i] = (src[i] - mu[i]) * s[i] * gm[i] + bt[i]
+            dst[i] = _relu_if((src[i] - mu[i]) * s[i] * gm[i] + bt[i], relu, zero)
 
 
 @_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
-def batchnorm_backward_rows(g2, x2, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx, run):
-    """:func:`batchnorm_backward` on channels-last rows ``g2``, ``x2`` and ``dx`` (M, C)."""
+def batchnorm_backward_rows(g2, x2, y2, relu, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx, run):
+    """:func:`batchnorm_backward` on channels-last rows ``g2``, ``x2``, ``y2`` and ``dx`` (M, C). Parallel
+    over parts (the sums), then over tiles (``dx``)."""
     m, n_ch = g2.shape
-    g, xf, d = g2.reshape(-1), x2.reshape(-1), dx.reshape(-1)
+    g, xf, yf, d = g2.reshape(-1), x2.reshape(-1), y2.reshape(-1), dx.reshape(-1)
     mu, s, k = _as_run(mean, run, g2.dtype), _as_run(invstd, run, g2.dtype), _as_run(scale, run, g2.dtype)
-    acc_g = np.zeros(run)
-    acc_gx = np.zeros(run)
-    for base in range(0, g.size, run):
-        g_t, x_t = g[base:base + run], xf[base:base + run]
-        for i in range(g_t.size):
-            acc_g[i] += g_t[i]
-            acc_gx[i] += g_t[i] * ((x_t[i] - mu[i]) * s[i])
+    acc_g = np.zeros((_BN_PARTS, run))
+    acc_gx = np.zeros((_BN_PARTS, run))
+    zero = np.zeros(1, dtype=g2.dtype)[0]            # a zero of the data's dtype (0.0 would make the loops float64)
+    for part in prange(_BN_PARTS):
+        lo, hi = _part_bounds(g.size, run, part, _BN_PARTS)
+        ag, agx = acc_g[part], acc_gx[part]
+        for base in range(lo, hi, run):
+            g_t, x_t, y_t = g[base:base + run], xf[base:base + run], yf[base:base + run]
+            if relu:                                  # (two loops: a test of relu inside one slowed both)
+                for i in range(g_t.size):
+                    gv = g_t[i] if y_t[i] > 0 else zero
+                    ag[i] += gv
+                    agx[i] += gv * ((x_t[i] - mu[i]) * s[i])
+            else:
+                for i in range(g_t.size):
+                    ag[i] += g_t[i]
+                    agx[i] += g_t[i] * ((x_t[i] - mu[i]) * s[i])
     _fold_channels(acc_g, n_ch, 1.0, sum_g)
     _fold_channels(acc_gx, n_ch, 1.0, sum_gx)
     a = _as_run(sum_g, run, g2.dtype)                 # in the data's dtype, so the loop below vectorises
@@ -161,6 +210,10 @@ def batchnorm_backward_rows(g2, x2, mean, invstd, scale, batch_stats, sum_g, sum
         b[:] = 0.0
     for t in prange((g.size + run - 1) // run):
         lo, hi = t * run, min(g.size, (t + 1) * run)
-        g_t, x_t, d_t = g[lo:hi], xf[lo:hi], d[lo:hi]
-        for i in range(g_t.size):
-            d_t[i] = (g_t[i] - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]
+        g_t, x_t, y_t, d_t = g[lo:hi], xf[lo:hi], yf[lo:hi], d[lo:hi]
+        if relu:
+            for i in range(g_t.size):
+                d_t[i] = ((g_t[i] if y_t[i] > 0 else zero) - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]
+        else:
+            for i in range(g_t.size):
+                d_t[i] = (g_t[i] - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]

@@ -139,16 +139,6 @@ def add_relu(a, b, relu, out):
 
 
 @_kernel(size_arg=0)
-def relu_inplace(a):
-    """``a = max(a, 0)`` in place for a flat array (NaN stays NaN, as in ``np.maximum``)."""
-    for t in prange((a.size + _BLOCK - 1) // _BLOCK):
-        seg = a[t * _BLOCK:min(a.size, (t + 1) * _BLOCK)]
-        for i in range(seg.size):
-            if seg[i] < 0:
-                seg[i] = 0
-
-
-@_kernel(size_arg=0)
 def act_grad(g, y, act, out):
     """``out = g * act'(x)``, taken from the activation's output ``y`` (:func:`act_grad_segment`);
     C-contiguous arrays of one shape."""

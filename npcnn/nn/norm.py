@@ -68,6 +68,11 @@ class _BatchNorm(Module):
         return nhwc.reshape(-1, a.shape[1]) if nhwc.flags.c_contiguous else None
 
     def forward(self, x):
+        return self._forward(x, relu=False)
+
+    def _forward(self, x, relu):
+        """:meth:`forward`, followed by ``max(., 0)`` in the same pass when ``relu`` (the fast path's
+        :class:`~npcnn.fast.BatchNormReLU`, whose backward is :meth:`_backward` with ``relu``)."""
         check_input(self, x, self._ndims, self.num_features)
         check_dtype(self, x, self._dtype)
         rows = self._rows_view(x)                     # channels-last input: kept channels last
@@ -97,11 +102,12 @@ class _BatchNorm(Module):
         else:
             gamma, beta = np.ones(self.num_features, x.dtype), np.zeros(self.num_features, x.dtype)
         y = np.empty_like(x3)
+        self._y3 = y if relu else None                # the ReLU's output: its derivative is [y > 0]
         if self._channels_last:                       # an NCHW view of channels-last memory, like x
-            kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, gamma, beta, y, kernels.run_length(x3))
+            kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, gamma, beta, relu, y, kernels.run_length(x3))
             n, c, h, w = x.shape
             return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-        kernels.batchnorm_apply(x3, self._mean, self._invstd, gamma, beta, y)
+        kernels.batchnorm_apply(x3, self._mean, self._invstd, gamma, beta, relu, y)
         return y.reshape(x.shape)
 
     def _update_running(self, mean, var, m):
@@ -113,6 +119,13 @@ class _BatchNorm(Module):
         self.running_var += momentum * var * (m / (m - 1))
 
     def backward(self, grad_out, param_grads=True):
+        return self._backward(grad_out, param_grads, relu=False)
+
+    def _backward(self, grad_out, param_grads, relu):
+        """:meth:`backward`; with ``relu`` (after ``_forward(x, relu=True)``) ``grad_out`` is the gradient
+        after the ReLU, and ``grad_out * [y > 0]`` is taken in the same pass."""
+        if relu and self._y3 is None:
+            raise RuntimeError(f"{self!r}: a backward through the ReLU needs a forward with it")
         scale = (self._invstd * (self.weight.data if self.affine else 1)).astype(grad_out.dtype)
         sum_g = np.empty(self.num_features, dtype=np.float64)
         sum_gx = np.empty(self.num_features, dtype=np.float64)
@@ -120,14 +133,14 @@ class _BatchNorm(Module):
             n, c, h, w = grad_out.shape
             g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
             dx = np.empty_like(g)
-            kernels.batchnorm_backward_rows(g, self._x3, self._mean, self._invstd, scale, self._batch_stats, sum_g,
-                                            sum_gx, dx, kernels.run_length(g))
+            kernels.batchnorm_backward_rows(g, self._x3, self._y3 if relu else g, relu, self._mean, self._invstd, scale,
+                                            self._batch_stats, sum_g, sum_gx, dx, kernels.run_length(g))
             dx = dx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         else:
             g = np.ascontiguousarray(self._channel_view(grad_out))
             dx = np.empty_like(g)
-            kernels.batchnorm_backward(g, self._x3, self._mean, self._invstd, scale, self._batch_stats, sum_g, sum_gx,
-                                       dx)
+            kernels.batchnorm_backward(g, self._x3, self._y3 if relu else g, relu, self._mean, self._invstd, scale,
+                                       self._batch_stats, sum_g, sum_gx, dx)
             dx = dx.reshape(grad_out.shape)
         if self.affine and param_grads:
             self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
