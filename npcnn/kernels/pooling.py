@@ -258,10 +258,15 @@ def winners_to_dense_nhwc(grad, argmax, out, hc, wc, g_rows):
 def avgpool_nhwc(x3, n_ch, kh, kw, sh, sw, out3):
     """``out[n, oy, ox, c] = mean of x[n, oy*sh + i, ox*sw + j, c]`` over the kh*kw window offsets, no
     padding; channels last as flat rows: ``x3`` (N, H, W*C), ``out3`` (N, Ho, Wo*C). Each window is
-    summed in (i, j) order, then divided by kh*kw, as :class:`~npcnn.nn.AvgPool2d` does."""
+    summed in (i, j) order, then divided by kh*kw, as :class:`~npcnn.nn.AvgPool2d` does.
+
+    For one offset (i, j), output value ``k = ox*C + c`` of a row reads input value ``ox*sw*C + c``
+    (+ ``j*C``) of row ``oy*sh + i``: :func:`_window_starts` lists those once, and each offset is one
+    loop over the whole output row (a gather). Looping over the C channels of each window instead
+    runs loops of 6 values for LeNet-5's first pool, and was 2.6x slower."""
     n_img, ho = out3.shape[0], out3.shape[1]
-    wo = out3.shape[2] // n_ch
     d = kh * kw
+    starts = _window_starts(out3.shape[2] // n_ch, n_ch, sw)
     for n in prange(n_img):
         for oy in range(ho):
             o = out3[n, oy]
@@ -269,13 +274,23 @@ def avgpool_nhwc(x3, n_ch, kh, kw, sh, sw, out3):
             for i in range(kh):
                 r = x3[n, oy * sh + i]
                 for j in range(kw):
-                    for ox in range(wo):
-                        src, dst = (ox * sw + j) * n_ch, ox * n_ch
-                        for c in range(n_ch):
-                            o[dst + c] += r[src + c]
+                    rj = r[j * n_ch:]
+                    for k in range(o.size):
+                        o[k] += rj[starts[k]]
             for t in range(o.size):
                 o[t] /= d
     return out3
+
+
+@njit(inline="always", error_model="numpy")
+def _window_starts(wo, n_ch, sw):
+    """For each value ``k = ox*C + c`` of a channels-last output row, the input row's value ``ox*sw*C + c``
+    (the window's first column, channel c)."""
+    starts = np.empty(wo * n_ch, dtype=np.int64)
+    for ox in range(wo):
+        for c in range(n_ch):
+            starts[ox * n_ch + c] = ox * sw * n_ch + c
+    return starts
 
 
 @_kernel(size_arg=0)
@@ -284,8 +299,8 @@ def avgpool_backward_nhwc(g3, n_ch, kh, kw, sh, sw, dx3):
     input of its window (overlapping windows add up); ``g3`` (N, Ho, Wo*C), ``dx3`` (N, H, W*C), which is
     zeroed first. Parallel over the images: each writes its own plane."""
     n_img, ho = g3.shape[0], g3.shape[1]
-    wo = g3.shape[2] // n_ch
     d = kh * kw
+    starts = _window_starts(g3.shape[2] // n_ch, n_ch, sw)
     for n in prange(n_img):
         dx3[n] = 0.0
         share = np.empty(g3.shape[2], dtype=g3.dtype)
@@ -296,8 +311,7 @@ def avgpool_backward_nhwc(g3, n_ch, kh, kw, sh, sw, dx3):
             for i in range(kh):
                 r = dx3[n, oy * sh + i]
                 for j in range(kw):
-                    for ox in range(wo):
-                        dst, src = (ox * sw + j) * n_ch, ox * n_ch
-                        for c in range(n_ch):
-                            r[dst + c] += share[src + c]
+                    rj = r[j * n_ch:]                # a scatter, one offset at a time (as the forward's gather)
+                    for k in range(share.size):
+                        rj[starts[k]] += share[k]
     return dx3
