@@ -44,6 +44,27 @@ def test_profile_layers_prints_the_per_layer_table():
     assert "fused Conv2d+ReLU+MaxPool2d" in result.stdout and "training step (fused)" in result.stdout
 
 
+def test_bench_gemm_floor_times_the_gemms_the_fast_path_runs(tmp_path):
+    """bench_gemm_floor on LeNet-5 and the small ResNet: the convs it times are those the fast path runs as
+    chunked GEMMs, at their GEMM shapes (the direct first convs left out), and every time is measured."""
+    out = tmp_path / "floor.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_gemm_floor.py", "--models", "lenet5,small-resnet",
+                             "--batch", "40", "--repeats", "1", "--json", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "whole forward: GEMM floor" in result.stdout
+    models = json.loads(out.read_text())["models"]
+    paths = {m: [(r["layer"], r["path"], r.get("gemm", [])[1:]) for r in models[m]["convs"]] for m in models}
+    assert paths["lenet5"] == [("0", "direct", []), ("3", "gemm", [150, 16])]
+    assert [p for p in paths["small-resnet"] if p[1] == "direct"] == [("0", "direct", [])]
+    assert ("3.body.0", "gemm", [144, 16]) in paths["small-resnet"]
+    assert ("5.shortcut.0", "gemm", [16, 32]) in paths["small-resnet"]
+    assert len(paths["small-resnet"]) == 9
+    for res in models.values():
+        assert res["floor_ms"] > 0 and res["npcnn_ms"] > 0 and res["torch_ms"] > 0
+        assert all(r["floor_ms"] > 0 and r["chunks"] >= 1 for r in res["convs"] if r["path"] == "gemm")
+
+
 def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path):
     """bench_zoo on two zoo nets (one with residual blocks) against PyTorch in both layouts: the peers
     compute the same thing from the same weights, and every cell of both tables is measured."""
