@@ -126,7 +126,8 @@ def torch_in_subprocess(model, batch, repeats, threads):
     which doubled PyTorch's times on a 2-core machine."""
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-forward", model, "--batch", str(batch),
            "--repeats", str(repeats), "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    env = dict(os.environ, NPCNN_TUNE_MALLOC="0")     # PyTorch as it comes, without npcnn's malloc tuning
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=env)
     ms, layout = json.loads(done.stdout.strip().splitlines()[-1])
     return ms, layout
 

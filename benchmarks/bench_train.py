@@ -28,7 +28,9 @@ installed), and the plain-NumPy baseline in ``benchmarks/numpy_baseline.py``.
 Every measurement runs in its own subprocess; peers are interleaved round by
 round, under the default environment and under a tuned glibc malloc
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
-which PyTorch benefits from). The report gives medians over rounds and the
+which PyTorch benefits from). In the default environment each library runs as it comes: npcnn
+raises the same thresholds itself at import (``npcnn.allocator``), the other peers' workers turn
+that off (``NPCNN_TUNE_MALLOC=0``, :func:`peer_env`). The report gives medians over rounds and the
 median of the same-round ratios npcnn / peer. ``--quick`` runs a few steps in
 one round (for CI; asserts nothing about speed). ``--json PATH`` writes every
 number.
@@ -464,10 +466,18 @@ def compile_times():
 
 
 # =========================================================================== the orchestrator
+def peer_env(peer, env_name):
+    """The environment a peer's worker runs in: the malloc-tuned variables for "malloc"; and for every peer
+    but npcnn, NPCNN_TUNE_MALLOC=0, so that the workers that import npcnn (to build the same net) do not
+    get the malloc tuning npcnn does at import (npcnn.allocator): each library runs as it comes."""
+    env = dict(os.environ, **(MALLOC_ENV if env_name == "malloc" else {}))
+    if peer != "npcnn":
+        env["NPCNN_TUNE_MALLOC"] = "0"
+    return env
+
+
 def run_worker(peer, task, env_name, quick):
-    env = dict(os.environ)
-    if env_name == "malloc":
-        env.update(MALLOC_ENV)
+    env = peer_env(peer, env_name)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", peer, task] + (["--quick"] if quick else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:

@@ -14,8 +14,9 @@ NHWC; its train step uses BatchNorm's batch statistics but does not update the r
 Each peer is first checked against npcnn on every model (eval log-probabilities of 16 images and the
 train-mode loss of one step, same weights, relative error < 2e-4; else MISMATCH, still measured); one
 that cannot be imported or exported is reported missing and skipped. Every measurement runs in its own
-subprocess, peers interleaved round by round, under the default environment and bench_train's tuned
-glibc malloc. Per environment and task a table has a row per model: median images/s over rounds, with
+subprocess, peers interleaved round by round, under the default environment (each library as it comes:
+npcnn with the malloc tuning it does at import, ``npcnn.allocator``; the other peers' workers with it
+turned off, ``NPCNN_TUNE_MALLOC=0``) and bench_train's tuned glibc malloc. Per environment and task a table has a row per model: median images/s over rounds, with
 "(npcnn xR)", R the median same-round ratio npcnn / peer (> 1: npcnn is faster), and the median over
 rounds of npcnn / max(torch, torch_cl) (for infer also npcnn / JAX and / ONNX Runtime). ``--quick``:
 one round of a few steps, default environment only, asserting nothing about speed. ``--json PATH``
@@ -41,7 +42,7 @@ for _p in (os.path.join(ROOT, "tests"), ROOT, HERE):        # torch_oracle, npcn
     sys.path.insert(0, _p)
 
 import bench_train  # noqa: E402
-from bench_train import MALLOC_ENV, peak_rss_mb  # noqa: E402
+from bench_train import MALLOC_ENV, peak_rss_mb, peer_env  # noqa: E402
 
 PEERS = ["npcnn", "torch", "torch_cl", "jax", "onnxrt"]
 TASKS = ["train", "infer"]
@@ -273,7 +274,7 @@ def check_peers(models, peers, tol=2e-4):
 
 # =========================================================================== the orchestrator
 def run_worker(model, peer, task, env_name, quick):
-    env = dict(os.environ, **(MALLOC_ENV if env_name == "malloc" else {}))
+    env = peer_env(peer, env_name)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, peer, task] + (["--quick"] if quick else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:

@@ -4,6 +4,7 @@ Every layer has a hand-written forward and backward pass; the gradient with
 respect to the input is a first-class result, so the same code trains a net,
 explains it and attacks it.
 """
+from . import allocator  # noqa: F401  (first: glibc's malloc tuned before any array is made)
 from .classifier import Classifier, load_classifier
 from .gradcheck import gradcheck, gradcheck_loss
 from .models import MODELS, build_model, count_neurons, count_parameters, seed_cnn, summary
