@@ -97,10 +97,11 @@ def batchnorm_backward(g3, x3, y3, relu, mean, invstd, scale, batch_stats, sum_g
 # parts in a fixed order at the end: the sums do not depend on the number of threads. M need not be a
 # multiple of the tile. Every inner loop indexes slices from 0 (``src = flat[base:base + run]; src[i]``):
 # indexed as ``flat[base + i]``, numba must allow for a negative index, and that test alone kept the
-# loop scalar. These kernels are memory-bound: threads pay little below a few MB (a ResNet's first
-# BatchNorm, 64x16x28x28 float32 = 3.2 MB, on a 2-core AMD EPYC: statistics 0.21 -> 0.12 ms, backward
-# 0.45 -> 0.26 ms with two threads; at 0.8 MB they gain little).
-_BN_MIN_SIZE = 1 << 19
+# loop scalar. These kernels are memory-bound: threads pay from about 1 MB (on a 2-core AMD EPYC, two
+# threads against one: a ResNet's first BatchNorm, 64x16x28x28 float32 = 3.2 MB, statistics 0.21 -> 0.15 ms,
+# backward 0.44 -> 0.26-0.30 ms; 64x32x14x14 = 1.6 MB, 0.106 -> 0.083-0.099 and 0.23 -> 0.15-0.19 ms; at
+# 0.8 MB they gain little).
+_BN_MIN_SIZE = 1 << 18
 
 #: The parts the channels-last sums are taken in (each with its own accumulators).
 _BN_PARTS = 8
