@@ -48,7 +48,7 @@ from .. import kernels, parallel
 from ..nn.activation import ReLU
 from ..nn.smooth import Tanh
 from ..nn.conv import Conv2d
-from . import fused
+from . import fused, winograd
 from .fused import ScratchBuffers, padded_channels_last
 
 #: Convs with at most this many weights per filter (C*kh*kw, counted on the phase planes) are computed directly.
@@ -182,28 +182,33 @@ class ConvAct(ScratchBuffers):
         bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
         bias_run = np.tile(bias, kernels.run_length(out) // f)   # whole rows' worth, as the rows kernels read it
 
+        step, workers = self._plan(n)
+        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), ho, wo)   # empty: im2col
+
         def body(first, last, t, serial, step):
-            cols = self._buffer(f"cols{t}", (min(last - first, step) * p, k), x.dtype)
             mm = np.matmul if serial else parallel.matmul
             im2col = kernels.im2col_nhwc.serial if serial else kernels.im2col_nhwc
             for a in range(first, last, step):
                 b = min(last, a + step)
-                chunk_cols, rows = cols[:(b - a) * p], out[a * p:b * p]
-                im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, chunk_cols)
-                mm(chunk_cols, w_mat, out=rows)
+                rows = out[a * p:b * p]
+                if wino[0].size:
+                    winograd.conv_rows(wino[0], wino[1][t], wino[2][t], x3, a, b, c, ph, pw, ho, wo, rows)
+                else:
+                    chunk_cols = self._buffer(f"cols{t}", (min(last - first, step) * p, k), x.dtype)[:(b - a) * p]
+                    im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, chunk_cols)
+                    mm(chunk_cols, w_mat, out=rows)
                 if bias_relu:
                     (kernels.bias_relu_rows.serial if serial else kernels.bias_relu_rows)(rows, bias_run, relu)
 
         gemm = parallel.kernel_gemm(x.dtype)
         if gemm is None:
-            self._run(n, body, *self._plan(n))
+            self._run(n, body, step, workers)
             if isinstance(self.act, Tanh):
                 kernels.tanh_inplace(out)
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
-            step, workers = self._plan(n)
-            cols_all = self._buffer("cols_all", (workers, min(n, step) * p, k), x.dtype)
+            cols_all = self._buffer("cols_all", (workers, 0 if wino[0].size else min(n, step) * p, k), x.dtype)
             kernels.conv_rows_forward(*gemm, x3, c, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run,
-                                      _act_code(self.act), cols_all, step, out)
+                                      _act_code(self.act), cols_all, step, out, *wino)
         self._x_shape, self._x3, self._out, self._hw = x.shape, x3, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
 

@@ -47,6 +47,7 @@ one to rounding, not to the bit (``tests/test_kernels_fast.py``).
 import numpy as np
 
 from .. import kernels, parallel
+from . import winograd
 from ..nn.activation import ReLU
 from ..nn.conv import Conv2d
 from ..nn.pool import MaxPool2d
@@ -193,25 +194,31 @@ class ConvReLUPool(ScratchBuffers):
         im2col, pool = ((kernels.im2col_nhwc.serial, kernels.bias_relu_maxpool_nhwc_2x2.serial) if workers > 1
                         else (kernels.im2col_nhwc, kernels.bias_relu_maxpool_nhwc_2x2))
 
+        gemm = parallel.kernel_gemm(x.dtype)
+        if gemm is not None:
+            workers = min(parallel.num_threads(), -(-n // step))
+        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), hc, wc)   # empty: im2col
+
         def run(t):
             first, last = t * n // workers, (t + 1) * n // workers
-            cols = self._buffer(f"cols_nhwc{t}", (min(last - first, step) * p, k), x.dtype)
             rows = self._buffer(f"rows{t}", (min(last - first, step) * p, f), x.dtype)
             for a in range(first, last, step):
                 b = min(last, a + step)
-                chunk_cols, chunk_rows = cols[:(b - a) * p], rows[:(b - a) * p]
-                im2col(xp3[a:b], c, kh, kw, sh, sw, 0, 0, hc, wc, chunk_cols)
-                np.matmul(chunk_cols, w_mat, out=chunk_rows)
+                chunk_rows = rows[:(b - a) * p]
+                if wino[0].size:
+                    winograd.conv_rows(wino[0], wino[1][t], wino[2][t], xp3, a, b, c, 0, 0, hc, wc, chunk_rows)
+                else:
+                    chunk_cols = self._buffer(f"cols_nhwc{t}", (min(last - first, step) * p, k), x.dtype)[:(b - a) * p]
+                    im2col(xp3[a:b], c, kh, kw, sh, sw, 0, 0, hc, wc, chunk_cols)
+                    np.matmul(chunk_cols, w_mat, out=chunk_rows)
                 pool(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
 
-        gemm = parallel.kernel_gemm(x.dtype)
         if gemm is not None:                    # the same loop, on numba's threads (kernels.conv_rows)
-            workers = min(parallel.num_threads(), -(-n // step))
             rows = min(n, step) * p
             kernels.conv_rows_relu_maxpool_forward(
                 *gemm, xp3, c, kh, kw, sh, sw, hc, wc, w_mat, bias, zero,
-                self._buffer("cols_all", (workers, rows, k), x.dtype),
-                self._buffer("rows_all", (workers, rows, f), x.dtype), step, out, argmax)
+                self._buffer("cols_all", (workers, 0 if wino[0].size else rows, k), x.dtype),
+                self._buffer("rows_all", (workers, rows, f), x.dtype), step, out, argmax, *wino)
         elif workers == 1:
             run(0)
         else:

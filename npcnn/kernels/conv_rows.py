@@ -22,15 +22,19 @@ from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
 from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_segment
+from .winograd import winograd_conv_rows
 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run, act,
-                      cols_all, step, out):
+                      cols_all, step, out, u, v_all, m_all):
     """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE, RELU or TANH. ``x3``
-    (N, H, W*C) channels last, not padded (im2col writes the padding's zeros), ``w_mat`` (kh*kw*C, F), ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added,
-    with the ReLU, only if ``bias_relu``: a bias-free conv without ReLU skips the pass),
-    ``cols_all`` (workers, step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address."""
+    (N, H, W*C) channels last, not padded (im2col writes the padding's zeros), ``w_mat`` (kh*kw*C, F),
+    ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added, with the ReLU, only
+    if ``bias_relu``: a bias-free conv without ReLU skips the pass), ``cols_all`` (workers,
+    step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address. With ``u`` a 3x3 kernel's Winograd
+    weights (16, C, F) (else empty), each chunk's conv is :func:`npcnn.kernels.winograd.winograd_conv_rows`
+    instead, in the scratch ``v_all`` / ``m_all`` (workers, 16, rows, C / F)."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     k, f = w_mat.shape
     double = out.itemsize == 8
@@ -39,11 +43,14 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
         cols = cols_all[t]
         for a in range(first, last, step):
             b = min(last, a + step)
-            for n in range(a, b):
-                im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
             rows = out[a * p:b * p]
-            _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
-                  w_mat.ctypes.data, f, rows.ctypes.data, f)
+            if u.shape[0] == 16:
+                winograd_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, ho, wo, u, v_all[t], m_all[t], rows)
+            else:
+                for n in range(a, b):
+                    im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
+                _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
+                      w_mat.ctypes.data, f, rows.ctypes.data, f)
             if bias_relu:
                 flat = rows.reshape(-1)
                 for base in range(0, flat.size, bias_run.size):   # runs of whole rows, the bias repeated
@@ -102,11 +109,12 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, hc, wc, w_mat, bias, zero, cols_all,
-                                   rows_all, step, out, argmax):
+                                   rows_all, step, out, argmax, u, v_all, m_all):
     """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path (``xp3`` padded already: its
     backward's kernels read it so): per chunk, im2col, ``rows = cols @ w_mat`` into the thread's
     ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``
-    (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule)."""
+    (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule). ``u``, ``v_all``,
+    ``m_all``: the Winograd alternative, as in :func:`conv_rows_forward`."""
     n_img, workers, p = xp3.shape[0], cols_all.shape[0], hc * wc
     k, f = w_mat.shape
     double = out.itemsize == 8
@@ -115,10 +123,14 @@ def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, hc
         cols, rows = cols_all[t], rows_all[t]
         for a in range(first, last, step):
             b = min(last, a + step)
-            for n in range(a, b):
-                im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, 0, 0, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
-            _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
-                  w_mat.ctypes.data, f, rows.ctypes.data, f)
+            if u.shape[0] == 16:
+                winograd_conv_rows(blas_fn, ilp64, xp3, a, b, n_ch, 0, 0, hc, wc, u, v_all[t], m_all[t],
+                                   rows[:(b - a) * p])
+            else:
+                for n in range(a, b):
+                    im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, 0, 0, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
+                _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
+                      w_mat.ctypes.data, f, rows.ctypes.data, f)
             for n in range(a, b):
                 bias_relu_maxpool_image_2x2(rows[(n - a) * p:(n - a + 1) * p], bias, hc, wc, out[n], argmax[n], zero)
     return out

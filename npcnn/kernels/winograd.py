@@ -1,0 +1,166 @@
+"""A 3x3 stride-1 conv by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms
+for Convolutional Neural Networks", 2016): the channels-last conv steps' alternative to im2col + GEMM.
+
+The output is cut into 2x2 tiles; tile ``(i, j)`` reads the 4x4 input patch ``d`` whose corner is
+input pixel ``(2i - ph, 2j - pw)`` (zeros off the image) and, for every input channel ``c`` and
+filter ``f`` with its 3x3 kernel ``g``, contributes
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A            (* elementwise, 4x4; Y is the tile's 2x2)
+
+    B^T = [[1, 0, -1,  0],     G = [[  1,    0,   0],     A^T = [[1, 1,  1,  0],
+           [0, 1,  1,  0],          [1/2,  1/2, 1/2],            [0, 1, -1, -1]]
+           [0, -1, 1,  0],          [1/2, -1/2, 1/2],
+           [0, 1,  0, -1]]          [  0,    0,   1]]
+
+which is exactly the 2x2 cross-correlation of ``d`` with ``g`` (PyTorch's conv), with 16 products
+instead of 36. Summed over the channels, the 16 elementwise products become 16 GEMMs: with
+``V[k]`` (tiles, C) = the k-th entry of ``B^T d B`` for every tile and channel and ``U[k]`` (C, F)
+the k-th entry of ``G g G^T`` (:func:`winograd_weights`), ``M[k] = V[k] @ U[k]``, and the output
+transform ``A^T M A`` gives every tile's 2x2 outputs. So a 3x3 conv costs 16*C*F multiply-adds per
+four outputs instead of 36*C*F, in GEMMs only C wide (BLAS runs those slower, about 70 %), plus two
+transforms that are additions only. The weights' transform multiplies by 1/2, which is exact; the
+transforms' additions round differently from the direct sum, so the result equals the conv to
+rounding (a few units of float32's last place times the kernel's size).
+
+The backward passes stay im2col + GEMM (:mod:`npcnn.kernels.conv_rows`): they rebuild their own
+columns, so the forward's method does not matter to them.
+"""
+import numpy as np
+from numba import njit
+
+from ..blas import NO_TRANS, _gemm
+from ._compile import _OPTS
+
+#: The transforms as matrices (documentation and tests; the kernels below write them out).
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+def winograd_weights(weight):
+    """``U`` (16, C, F), ``U[4r + s, c, f] = (G g G^T)[r, s]`` for ``g = weight[f, c]`` (F, C, 3, 3),
+    computed in float64 and returned in the weight's dtype."""
+    u = np.einsum("ri,fcij,sj->rscf", G, weight.astype(np.float64), G)
+    f, c = weight.shape[:2]
+    return np.ascontiguousarray(u.reshape(16, c, f), dtype=weight.dtype)
+
+
+def tiles(ho, wo):
+    """The 2x2 tiles covering an ``ho`` x ``wo`` output: (rows of tiles, columns of tiles)."""
+    return (ho + 1) // 2, (wo + 1) // 2
+
+
+@njit(**_OPTS)
+def _row_transform(x3, n, y, n_ch, pw, tw, line, hrow):
+    """``hrow`` (4, tw*C): ``d B`` of input row ``y`` of image ``n`` for every tile column ``j`` and
+    channel (``hrow[s, j*C + c]``, entry s), zeros for a row off the image. ``line`` ((2*tw + 2)*C)
+    scratch, the row zero-padded to the tiles' width."""
+    h, w = x3.shape[1], x3.shape[2] // n_ch
+    zero = line.dtype.type(0)
+    if y < 0 or y >= h:
+        hrow[:] = zero
+        return
+    width = line.size // n_ch
+    lo, hi = min(pw, width), min(width, w + pw)          # the padded columns that lie on the image
+    line[:lo * n_ch] = zero
+    line[hi * n_ch:] = zero
+    line[lo * n_ch:hi * n_ch] = x3[n, y, (lo - pw) * n_ch:(hi - pw) * n_ch]
+    h0, h1, h2, h3 = hrow[0], hrow[1], hrow[2], hrow[3]
+    for j in range(tw):
+        a, b, e, f = (line[2 * j * n_ch:(2 * j + 1) * n_ch], line[(2 * j + 1) * n_ch:(2 * j + 2) * n_ch],
+                      line[(2 * j + 2) * n_ch:(2 * j + 3) * n_ch], line[(2 * j + 3) * n_ch:(2 * j + 4) * n_ch])
+        o = j * n_ch
+        for c in range(n_ch):
+            h0[o + c] = a[c] - e[c]
+            h1[o + c] = b[c] + e[c]
+            h2[o + c] = e[c] - b[c]
+            h3[o + c] = b[c] - f[c]
+
+
+@njit(**_OPTS)
+def _input_transform_image(x3, n, n_ch, ph, pw, th, tw, line, hrows, v, base):
+    """``v[k, base + i*tw + j, :]`` = entry k of ``B^T d B`` for tile (i, j) of image ``n`` of ``x3``
+    (N, H, W*C) channels last. Each input row's ``d B`` (:func:`_row_transform`) is computed once,
+    into ``hrows`` (4, 4, tw*C) (row y in ``hrows[y % 4]``: a row of tiles reads four rows, and shares
+    two with the next); ``B^T`` then combines four rows in long runs of tw*C."""
+    run = tw * n_ch
+    for q in range(2):                                   # the first row of tiles' first two rows
+        _row_transform(x3, n, q - ph, n_ch, pw, tw, line, hrows[q])
+    for i in range(th):
+        y0 = 2 * i - ph
+        for q in range(2, 4):
+            _row_transform(x3, n, y0 + q, n_ch, pw, tw, line, hrows[(2 * i + q) % 4])
+        d0, d1, d2, d3 = hrows[(2 * i) % 4], hrows[(2 * i + 1) % 4], hrows[(2 * i + 2) % 4], hrows[(2 * i + 3) % 4]
+        t0 = base + i * tw
+        for s in range(4):
+            a, b, e, f = d0[s], d1[s], d2[s], d3[s]
+            v0 = v[s].reshape(-1)[t0 * n_ch:t0 * n_ch + run]
+            v1 = v[4 + s].reshape(-1)[t0 * n_ch:t0 * n_ch + run]
+            v2 = v[8 + s].reshape(-1)[t0 * n_ch:t0 * n_ch + run]
+            v3 = v[12 + s].reshape(-1)[t0 * n_ch:t0 * n_ch + run]
+            for q in range(run):
+                v0[q] = a[q] - e[q]
+                v1[q] = b[q] + e[q]
+                v2[q] = e[q] - b[q]
+                v3[q] = b[q] - f[q]
+
+
+@njit(**_OPTS)
+def _output_transform_image(m, base, th, tw, ho, wo, srows, rows):
+    """``rows`` (ho*wo, F) of one image = ``A^T M A`` of its tiles ``m[:, base + i*tw + j]`` (16, F):
+    ``A^T M`` of a row of tiles in long runs of tw*F into ``srows`` (2, 4, tw*F), then ``A`` per tile."""
+    n_f = m.shape[2]
+    run = tw * n_f
+    s0, s1 = srows[0], srows[1]
+    for i in range(th):
+        t0 = base + i * tw
+        for s in range(4):
+            m0 = m[s].reshape(-1)[t0 * n_f:t0 * n_f + run]
+            m1 = m[4 + s].reshape(-1)[t0 * n_f:t0 * n_f + run]
+            m2 = m[8 + s].reshape(-1)[t0 * n_f:t0 * n_f + run]
+            m3 = m[12 + s].reshape(-1)[t0 * n_f:t0 * n_f + run]
+            a, b = s0[s], s1[s]
+            for q in range(run):
+                a[q] = m0[q] + m1[q] + m2[q]
+                b[q] = m1[q] - m2[q] - m3[q]
+        for r in range(2):
+            y = 2 * i + r
+            if y >= ho:
+                break
+            sr = srows[r]
+            e0, e1, e2, e3 = sr[0], sr[1], sr[2], sr[3]
+            out = rows[y * wo:(y + 1) * wo].reshape(-1)
+            for j in range(tw):
+                o = 2 * j * n_f
+                g = j * n_f
+                for f in range(n_f):
+                    out[o + f] = e0[g + f] + e1[g + f] + e2[g + f]
+                if 2 * j + 1 < wo:
+                    o += n_f
+                    for f in range(n_f):
+                        out[o + f] = e1[g + f] - e2[g + f] - e3[g + f]
+
+
+@njit(**_OPTS)
+def winograd_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u, v, m, rows):
+    """The 3x3 stride-1 conv (no bias) of images ``[first, last)`` of ``x3`` (N, H, W*C) channels
+    last, padded by ``ph``, ``pw``, into ``rows`` ((last - first)*ho*wo, F): input transform into ``v``
+    (16, >= tiles, C), 16 GEMMs ``m[k] = v[k] @ u[k]`` (``u`` from :func:`winograd_weights`; ``m``
+    (16, >= tiles, F)), output transform. (Give ``v`` and ``m`` a row more than the tiles: planes a
+    power of two apart would all fall on the same few cache sets.) ``blas_fn`` the ?gemm address (:func:`npcnn.blas.kernel_gemm`)."""
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    per_image, p = th * tw, ho * wo
+    n_f = u.shape[2]
+    n_tiles = (last - first) * per_image
+    line = np.empty((2 * tw + 2) * n_ch, dtype=x3.dtype)
+    hrows = np.empty((4, 4, tw * n_ch), dtype=x3.dtype)
+    for n in range(first, last):
+        _input_transform_image(x3, n, n_ch, ph, pw, th, tw, line, hrows, v, (n - first) * per_image)
+    double = x3.itemsize == 8
+    for k in range(16):
+        _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, n_tiles, n_f, n_ch, v[k].ctypes.data, n_ch,
+              u[k].ctypes.data, n_f, m[k].ctypes.data, n_f)
+    srows = np.empty((2, 4, tw * n_f), dtype=x3.dtype)
+    for n in range(first, last):
+        _output_transform_image(m, (n - first) * per_image, th, tw, ho, wo, srows, rows[(n - first) * p:(n - first + 1) * p])
+    return rows

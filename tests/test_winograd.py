@@ -1,0 +1,139 @@
+"""Winograd's F(2x2, 3x3) conv (npcnn.kernels.winograd) and the conv steps that take it
+(npcnn.fast.winograd): the transforms are the paper's, the kernel equals PyTorch's conv on random
+shapes, and ConvAct / ConvReLUPool computed by it equal the readable layers, on one thread and shared."""
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+import npcnn.nn as nn
+from npcnn import blas, parallel
+from npcnn.fast import ConvAct, ConvReLUPool, conv_act, fused, winograd
+from npcnn.kernels.winograd import A_T, B_T, G, tiles, winograd_conv_rows, winograd_weights
+from torch_oracle import TOL, rel_err
+
+
+def test_the_transforms_compute_a_2x2_correlation():
+    """Y = A^T [(G g G^T) * (B^T d B)] A is the 2x2 cross-correlation of a 4x4 patch d with a 3x3
+    kernel g: the module's matrices are Lavin & Gray's, and winograd_weights applies G g G^T."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+        y = A_T @ ((G @ g @ G.T) * (B_T @ d @ B_T.T)) @ A_T.T
+        direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)])
+        np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
+    w = rng.standard_normal((5, 4, 3, 3))
+    u = winograd_weights(w)
+    assert u.shape == (16, 4, 5) and u.dtype == w.dtype
+    np.testing.assert_allclose(u[:, 2, 3].reshape(4, 4), G @ w[3, 2] @ G.T, rtol=1e-12)
+
+
+def _kernel_configs(count, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        p = int(rng.integers(0, 3))
+        h, w = int(rng.integers(1, 14)), int(rng.integers(1, 14))
+        if h + 2 * p < 3 or w + 2 * p < 3:
+            continue
+        out.append((int(rng.integers(1, 4)), int(rng.integers(1, 40)), int(rng.integers(1, 40)), h, w, p,
+                    int(rng.integers(0, 3))))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("config", _kernel_configs(100))
+def test_winograd_kernel_equals_torch_conv(config, dtype):
+    """The kernel's rows equal torch.nn.functional.conv2d (3x3, stride 1) on 100 random shapes: odd and
+    one-pixel sizes (tiles over the edges), paddings 0 to 2, 1 to 39 channels, and images
+    [first, last) of a larger batch."""
+    if blas.kernel_gemm(dtype) is None:
+        pytest.fail("npcnn's kernels cannot call numpy's BLAS here, so the Winograd path cannot run")
+    n, c, f, h, w, p, first = config
+    rng = np.random.default_rng(sum(config))
+    x = rng.standard_normal((first + n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x[first:]), torch.from_numpy(weight), padding=p).numpy()
+    ho, wo = ref.shape[2:]
+    th, tw = tiles(ho, wo)
+    x3 = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(first + n, h, w * c)
+    v, m = np.empty((16, n * th * tw + 3, c), dtype), np.empty((16, n * th * tw + 3, f), dtype)
+    rows = np.full((n * ho * wo, f), np.nan, dtype)
+    winograd_conv_rows(*blas.kernel_gemm(dtype), x3, first, first + n, c, p, p, ho, wo, winograd_weights(weight),
+                       v, m, rows)
+    got = rows.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
+    assert rel_err(got, ref) < TOL[np.dtype(dtype)] / 10
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 32, 3), nn.Conv2d(32, 64, 3, padding=2)])
+def test_which_convs_take_winograd(conv):
+    assert winograd.fits(conv, np.float32) and winograd.fits(conv, np.float64)
+    for other in (nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2), nn.Conv2d(32, 32, 5),
+                  nn.Conv2d(32, 16, 3), nn.Conv2d(32, 32, (3, 1))):
+        assert not winograd.fits(other, np.float32)
+    assert not winograd.fits(conv, np.float16)
+
+
+def _readable(layers, x, g):
+    for layer in layers:
+        layer.zero_grad()
+    y = x
+    for layer in layers:
+        y = layer.forward(y)
+    d = g
+    for layer in reversed(layers):
+        d = layer.backward(d)
+    return [y, d] + [p.grad.copy() for p in layers[0].parameters()]
+
+
+def _step_configs(count, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(int(rng.integers(1, 6)), int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(3, 12)),
+             int(rng.integers(3, 12)), int(rng.integers(0, 3)), bool(rng.integers(0, 2))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
+@pytest.mark.parametrize("step_kind", ["conv", "conv-relu", "conv-tanh", "conv-relu-pool"])
+@pytest.mark.parametrize("config", _step_configs(12))
+def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loop, monkeypatch):
+    """ConvAct (no activation, ReLU, tanh) and ConvReLUPool with Winograd's conv (every conv taken:
+    WINOGRAD_MIN_CHANNELS = 1) equal the readable layers in float64: output, dL/dx, dL/dW, dL/db,
+    with the chunk loop in Python and in kernels.conv_rows (one image per chunk, shared among
+    threads). The kernels are spied on to prove the Winograd path ran."""
+    n, c, f, h, w, p, bias = config
+    if step_kind.endswith("pool"):
+        h, w = max(h, 4), max(w, 4)                  # at least one pooling window
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)          # no direct kernels for the few-channel convs
+    used = []
+    real_args = winograd.kernel_args
+    monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(a[1]) or real_args(*a))
+    if loop == "python":
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
+        shared = contextlib.nullcontext
+    else:
+        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
+        shared = parallel.one_blas_thread
+    rng = np.random.default_rng(sum(config))
+    layers = [nn.Conv2d(c, f, 3, padding=p, bias=bias, dtype=np.float64, rng=2)]
+    layers += {"conv": [], "conv-relu": [nn.ReLU()], "conv-tanh": [nn.Tanh()],
+               "conv-relu-pool": [nn.ReLU(), nn.MaxPool2d(2)]}[step_kind]
+    x = rng.standard_normal((n, c, h, w))
+    if step_kind.endswith("pool"):
+        monkeypatch.setattr(fused, "_path", lambda conv, pool: "nhwc")
+        step = ConvReLUPool(*layers)
+    else:
+        step = ConvAct(*layers)
+    ref_y = layers[0].forward(x)
+    for layer in layers[1:]:
+        ref_y = layer.forward(ref_y)
+    g = rng.standard_normal(ref_y.shape)
+    ref = _readable(layers, x, g)
+    for layer in layers:
+        layer.zero_grad()
+    with shared():
+        got = [step.forward(x), step.backward(g)] + [p.grad.copy() for p in layers[0].parameters()]
+    assert used and used[0] is layers[0], "the Winograd path did not run"
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-12
