@@ -20,6 +20,11 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
   - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto dL/dx (channels last; the
     taps on the padding dropped).
 
+A 3x3 stride-1 conv with at least :data:`npcnn.fast.winograd.WINOGRAD_MIN_CHANNELS` channels in and
+out (a VGG's or a ResNet's inner convs) computes each chunk's forward by Winograd's F(2x2, 3x3)
+instead of im2col + GEMM (:mod:`npcnn.kernels.winograd`: 16 multiply-adds per channel pair and four
+outputs instead of 36); the backward is the same im2col + GEMM either way.
+
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
 and at most :data:`DIRECT_MAX_FILTERS` filters (the first convs of LeNet-5, Wong et al.'s net and the
 small ResNet) is computed directly instead, from

@@ -173,7 +173,8 @@ class ConvReLUPool(ScratchBuffers):
         """The conv as im2col on the padded channels-last input and ``rows = cols @ W`` (W as
         (kh*kw*C, F)), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``, a few images at a
         time: each chunk's columns and conv output ``rows`` (N*hc*wc, F) stay in cache between the
-        kernel that writes them and the one that reads them.
+        kernel that writes them and the one that reads them. A conv that :func:`npcnn.fast.winograd.fits`
+        is computed by Winograd's F(2x2, 3x3) instead of im2col + GEMM.
 
         With more than one chunk, while npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`),
         each thread takes its share of the images and walks them chunk by chunk: its own im2col,

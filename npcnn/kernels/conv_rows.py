@@ -11,6 +11,10 @@ own single-threaded BLAS (``npcnn.blas``; BLAS must be held to one thread, as
 ``[t*N/workers, (t+1)*N/workers)``, ``step`` at a time, as the Python loop deals them, and each chunk
 is the same im2col and the same BLAS call, so the two loops give the same numbers.
 
+For a 3x3 stride-1 conv the forward kernels can take Winograd's F(2x2, 3x3) instead of im2col +
+GEMM for each chunk (:func:`npcnn.kernels.winograd.winograd_conv_rows`, chosen by the caller, who
+passes its transformed weights ``u``; an empty ``u`` means im2col).
+
 Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH), whose per-segment bodies
 these kernels inline: the activation is applied to each chunk's rows while they are in cache.
 """
