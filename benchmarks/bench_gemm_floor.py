@@ -11,7 +11,9 @@ single-threaded BLAS. For each conv this script times those GEMMs alone (the sam
 thread split, through NumPy's OpenBLAS held to one thread per thread): the **GEMM floor**, the time
 npcnn's conv cannot go below while its GEMM runs in OpenBLAS at this shape. im2col, the bias, the
 activation, the pooling and the layout copies all come on top of it. Convs npcnn computes without a
-GEMM are marked "direct" and count in no floor.
+GEMM are marked "direct" and count in no floor. Convs npcnn computes by Winograd's F(2x2, 3x3)
+(:mod:`npcnn.fast.winograd`: 3x3, stride 1, 32+ channels in and out) are marked "winograd" and keep
+their im2col GEMM floor: npcnn's forward can go below the floor there, which is what Winograd is for.
 
 Per model, the sum of the floors is set against two whole forwards at the same batch, in eval mode:
 npcnn's fast path and PyTorch's (the twin with the same weights, ``tests/torch_oracle.py``, NCHW and
@@ -37,7 +39,7 @@ for _p in (os.path.join(ROOT, "tests"), ROOT):        # torch_oracle, npcnn
     sys.path.insert(0, _p)
 
 from npcnn import parallel  # noqa: E402
-from npcnn.fast import conv_act, conv_norm, fused  # noqa: E402
+from npcnn.fast import conv_act, conv_norm, fused, winograd  # noqa: E402
 from npcnn.nn import Conv2d, Residual, Sequential  # noqa: E402
 from npcnn.nn.residual import chain_shape  # noqa: E402
 
@@ -55,7 +57,8 @@ def _median_ms(fn, repeats):
 def conv_layers(seq, shape, prefix=""):
     """``(name, conv, path, input_shape)`` for each Conv2d of the Sequential ``seq``, nested Sequentials and
     Residual bodies / shortcuts included. ``path`` is how the fast path computes the conv: "gemm" (chunked
-    im2col + GEMM), "direct" (no GEMM) or "whole-batch GEMM" (Conv2d's own, not measured)."""
+    im2col + GEMM), "winograd" (chunked Winograd; its im2col GEMMs measured all the same), "direct" (no
+    GEMM) or "whole-batch GEMM" (Conv2d's own, not measured)."""
     layers = seq.layers
     for i, layer in enumerate(layers):
         name = f"{prefix}{i}"
@@ -70,6 +73,8 @@ def conv_layers(seq, shape, prefix=""):
                 path = {"small": "direct", "nhwc": "gemm"}.get(fused._path(layer, layers[i + 2]), "whole-batch GEMM")
             else:                                      # ConvBatchNorm (folded in eval mode) or ConvAct
                 path = "direct" if conv_act.direct(layer) else "gemm"
+            if path == "gemm" and winograd.fits(layer, np.float32):
+                path = "winograd"
             yield name, layer, path, tuple(shape)
         shape = chain_shape(layer, shape)
 
@@ -143,13 +148,13 @@ def measure(model, batch, repeats, threads, seed=0):
         row = {"layer": name, "conv": f"{conv.in_channels}->{conv.out_channels} {kh}x{kw}"
                + (f" s{sh}" if sh > 1 else "") + (f" p{ph}" if ph else ""), "input": "x".join(map(str, in_shape[1:])),
                "path": path}
-        if path == "gemm":
+        if path in ("gemm", "winograd"):
             row["floor_ms"], m, k, f, row["chunks"] = gemm_floor(conv, in_shape, threads, repeats, rng)
             _, _, ho, wo = conv.output_shape(in_shape)
             row["gemm"], row["gmacs"] = [m, k, f], in_shape[0] * ho * wo * k * f / row["floor_ms"] / 1e6
         rows.append(row)
     plan, x = fast.plan(net), rng.random(shape, dtype=np.float32)
-    npcnn_ms = _median_ms(lambda: plan.forward(x), repeats)
+    npcnn_ms = _median_ms(lambda: plan.forward(x, inference=True), repeats)
     torch_ms, layout = torch_in_subprocess(model, batch, repeats, threads)
     return {"convs": rows, "floor_ms": sum(r.get("floor_ms", 0.0) for r in rows), "npcnn_ms": npcnn_ms,
             "torch_ms": torch_ms, "torch_layout": layout}
@@ -163,16 +168,17 @@ def report(results):
                   "|---|---|---|---:|---:|---:|"]
         for r in res["convs"]:
             head = f"| {r['layer']} {r['conv']} | {r['input']} | "
-            if r["path"] != "gemm":
+            if r["path"] not in ("gemm", "winograd"):
                 lines.append(head + f"{r['path']} | - | - | - |")
             else:
                 lines.append(head + " x ".join(map(str, r["gemm"])) + f" | {r['chunks']} | {r['floor_ms']:.2f} | "
-                             f"{r['gmacs']:.1f} |")
+                             f"{r['gmacs']:.1f} |" + (" npcnn: Winograd |" if r["path"] == "winograd" else ""))
         floor, npcnn_ms, torch_ms = res["floor_ms"], res["npcnn_ms"], res["torch_ms"]
         lines.append(f"\nwhole forward: GEMM floor {floor:.1f} ms, npcnn {npcnn_ms:.1f} ms (floor = "
                      f"{100 * floor / npcnn_ms:.0f} % of it), PyTorch {torch_ms:.1f} ms ({res['torch_layout']}); "
                      f"floor / PyTorch = {floor / torch_ms:.2f}")
-    lines.append("\n(floor / PyTorch near or above 1: OpenBLAS's GEMMs alone take as long as PyTorch's whole forward)")
+    lines.append("\n(floor / PyTorch near or above 1: OpenBLAS's GEMMs alone take as long as PyTorch's whole forward, "
+                 "for im2col + GEMM; the convs marked Winograd do fewer multiply-adds than their floor)")
     return "\n".join(lines)
 
 

@@ -89,7 +89,7 @@ class NpcnnPeer:
 
     def infer(self, x):
         self.model.eval()
-        return self.net.forward(x)
+        return self.net.forward(x, inference=True)
 
     def attack_setup(self, x, t):
         from npcnn.nn import Parameter

@@ -59,7 +59,7 @@ class Classifier:
         self.model.eval()
         x = self._as_input(x)
         net = self._net()
-        outs = [net.forward(self.normalize(x[i:i + self.batch_size]))
+        outs = [net.forward(self.normalize(x[i:i + self.batch_size]), inference=True)
                 for i in range(0, len(x), self.batch_size)]
         return np.concatenate(outs) if outs else np.empty((0, self.num_classes), self.dtype)
 

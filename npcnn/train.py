@@ -72,7 +72,7 @@ def evaluate(model, images, labels, *, normalization=None, batch_size=1000):
         net = fast.plan(model)
         for start in range(0, n, batch_size):
             x, y = _batch_at(images, labels, start, batch_size, normalization)
-            out = net.forward(x)
+            out = net.forward(x, inference=True)
             losses[start:start + len(y)] = -out[np.arange(len(y)), y]
             log_probs.append(out)
         log_probs = np.concatenate(log_probs)

@@ -59,10 +59,11 @@ def test_bench_gemm_floor_times_the_gemms_the_fast_path_runs(tmp_path):
     assert [p for p in paths["small-resnet"] if p[1] == "direct"] == [("0", "direct", [])]
     assert ("3.body.0", "gemm", [144, 16]) in paths["small-resnet"]
     assert ("5.shortcut.0", "gemm", [16, 32]) in paths["small-resnet"]
+    assert ("5.body.3", "winograd", [288, 32]) in paths["small-resnet"]     # 32 -> 32 3x3: by Winograd
     assert len(paths["small-resnet"]) == 9
     for res in models.values():
         assert res["floor_ms"] > 0 and res["npcnn_ms"] > 0 and res["torch_ms"] > 0
-        assert all(r["floor_ms"] > 0 and r["chunks"] >= 1 for r in res["convs"] if r["path"] == "gemm")
+        assert all(r["floor_ms"] > 0 and r["chunks"] >= 1 for r in res["convs"] if r["path"] in ("gemm", "winograd"))
 
 
 def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import npcnn.nn as nn
-from npcnn import blas, parallel
+from npcnn import blas, fast, parallel
+from npcnn.models import INPUT_SHAPES, build_model
 from npcnn.fast import ConvAct, ConvReLUPool, conv_act, fused, winograd
 from npcnn.kernels.winograd import A_T, B_T, G, tiles, winograd_conv_rows, winograd_weights
 from torch_oracle import TOL, rel_err
@@ -97,10 +98,10 @@ def _step_configs(count, seed=1):
 @pytest.mark.parametrize("step_kind", ["conv", "conv-relu", "conv-tanh", "conv-relu-pool"])
 @pytest.mark.parametrize("config", _step_configs(12))
 def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loop, monkeypatch):
-    """ConvAct (no activation, ReLU, tanh) and ConvReLUPool with Winograd's conv (every conv taken:
-    WINOGRAD_MIN_CHANNELS = 1) equal the readable layers in float64: output, dL/dx, dL/dW, dL/db,
-    with the chunk loop in Python and in kernels.conv_rows (one image per chunk, shared among
-    threads). The kernels are spied on to prove the Winograd path ran."""
+    """ConvAct (no activation, ReLU, tanh) and ConvReLUPool in inference (``forward(x, inference=True)``)
+    with every conv taken by Winograd (WINOGRAD_MIN_CHANNELS = 1) equal the readable layers' forward in
+    float64, with the chunk loop in Python and in kernels.conv_rows (one image per chunk, shared among
+    threads); their backward then refuses. The Winograd scratch is spied on to prove the path ran."""
     n, c, f, h, w, p, bias = config
     if step_kind.endswith("pool"):
         h, w = max(h, 4), max(w, 4)                  # at least one pooling window
@@ -108,7 +109,7 @@ def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loo
     monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)          # no direct kernels for the few-channel convs
     used = []
     real_args = winograd.kernel_args
-    monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(a[1]) or real_args(*a))
+    monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(real_args(*a)[0].size) or real_args(*a))
     if loop == "python":
         monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
         shared = contextlib.nullcontext
@@ -125,15 +126,39 @@ def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loo
         step = ConvReLUPool(*layers)
     else:
         step = ConvAct(*layers)
-    ref_y = layers[0].forward(x)
-    for layer in layers[1:]:
-        ref_y = layer.forward(ref_y)
-    g = rng.standard_normal(ref_y.shape)
-    ref = _readable(layers, x, g)
+    ref = x
     for layer in layers:
-        layer.zero_grad()
+        ref = layer.forward(ref)
     with shared():
-        got = [step.forward(x), step.backward(g)] + [p.grad.copy() for p in layers[0].parameters()]
-    assert used and used[0] is layers[0], "the Winograd path did not run"
-    for a, b in zip(got, ref):
-        assert rel_err(a, b) < 1e-12
+        got = step.forward(x, inference=True)
+    assert used == [16 * c * f], "the Winograd path did not run"
+    assert rel_err(got, ref) < 1e-12
+    with pytest.raises(RuntimeError, match="inference=True"):
+        step.backward(np.ones_like(got))
+    with shared():                                   # a forward for training takes im2col, and backward runs
+        assert rel_err(step.forward(x), ref) < 1e-12
+        step.backward(np.ones_like(got))
+    assert used[-1] == 0
+
+
+@pytest.mark.parametrize("model", ["seed-cnn", "small-vgg", "small-resnet"])
+def test_only_a_forward_for_inference_takes_winograd(model, monkeypatch):
+    """A net's forward for a backward (training, the attacks' input gradients) computes every conv by
+    im2col (so a constant background, as here, gives exactly equal conv outputs, and the max-pools route
+    its gradient to each window's first position, as PyTorch does); only ``forward(x, inference=True)``
+    takes Winograd (the nets' 32- and 64-channel 3x3 convs), equal to it to rounding, and a backward
+    after it raises."""
+    used = []
+    real_args = winograd.kernel_args
+    monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(a[-1]) or real_args(*a))
+    net = fast.plan(build_model(model, rng=0).eval())
+    shape = (3, *INPUT_SHAPES[model])
+    x = np.full(shape, -0.4242, np.float32)          # MNIST's background after normalisation
+    x[:, :, 10:18, 9:20] = 2.0                       # and a stroke
+    exact = net.forward(x)
+    assert used and not any(used)
+    winograd_out = net.forward(x, inference=True)
+    assert any(used[len(used) // 2:])
+    assert rel_err(winograd_out, exact) < 1e-5
+    with pytest.raises(RuntimeError, match="inference=True"):
+        net.backward(np.ones_like(exact))

@@ -30,6 +30,7 @@ Training, the Classifier (so occlusion, saliency and the attacks) and the benchm
     net = fast.plan(model)          # a FastSequential over model's layers
     out = net.forward(x)
     dx = net.backward(grad)         # dL/dW into model's Parameters, as model.backward would
+    probs = net.forward(x, inference=True)   # no backward to follow: 3x3 convs may take Winograd
 
 The fusion is switched off with one setting: ``NPCNN_FAST=0`` in the environment, or
 ``npcnn.fast.FUSE = False`` (or ``plan(model, fuse=False)``). Every layer then runs its readable code in
@@ -51,6 +52,9 @@ from .residual import FastResidual, residual_length
 __all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "ConvBatchNorm", "FastResidual", "FastAvgPool",
            "BatchNormReLU", "FlatLinear", "fusable"]
 
+#: The steps whose forward takes ``inference`` (the conv steps, and residual blocks, which hold some).
+_TAKE_INFERENCE = (ConvReLUPool, ConvAct, ConvBatchNorm, FastResidual)
+
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -68,10 +72,10 @@ class FastSequential:
     def __init__(self, model, fuse=True):
         self.model, self.fuse = model, bool(fuse)
         self._fused = {}        # (id(conv), id(relu), id(pool)) -> ConvReLUPool, buffers kept
-        self._steps = None
+        self._steps, self._inference = None, False
 
     def __getattr__(self, name):                    # parameters(), zero_grad(), state_dict(), layers, ...
-        if name.startswith("__") or name in ("model", "fuse", "_fused", "_steps", "_own_threads"):
+        if name.startswith("__") or name in ("model", "fuse", "_fused", "_steps", "_own_threads", "_inference"):
             raise AttributeError(name)              # (copy and pickle ask before __init__ has run)
         return getattr(self.model, name)
 
@@ -128,12 +132,16 @@ class FastSequential:
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x, inference=False):
+        """The net's output. ``inference=True`` promises that no backward follows (the Classifier's logits,
+        the evaluation after each epoch): the conv steps may then compute 3x3 convs by Winograd
+        (:mod:`npcnn.fast.winograd`, which says why only then), and ``backward`` raises."""
         self._own_threads = parallel.own_threads_pay(x)
+        self._inference = inference
         with parallel.one_blas_thread(self._own_threads):   # npcnn shares out the GEMMs (npcnn.parallel)
             self._steps = self.steps()
             for step in self._steps:
-                x = step.forward(x)
+                x = step.forward(x, inference) if isinstance(step, _TAKE_INFERENCE) else step.forward(x)
             return x
 
     def backward(self, grad_out, param_grads=True, input_grad=True):
@@ -144,6 +152,8 @@ class FastSequential:
         """
         if self._steps is None:
             raise RuntimeError("FastSequential.backward called before forward")
+        if self._inference:
+            raise RuntimeError("FastSequential.backward after forward(x, inference=True): run forward(x) for a backward")
         with parallel.one_blas_thread(self._own_threads):
             steps = self._steps
             for step in reversed(steps):

@@ -160,8 +160,9 @@ class ConvAct(ScratchBuffers):
             parallel.run_threads(lambda t: body(t * n // workers, (t + 1) * n // workers, t, True, step), workers)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x):
-        self._direct = direct(self.conv)
+    def forward(self, x, inference=False):
+        """``inference``: no backward follows (the conv may then take Winograd, :mod:`npcnn.fast.winograd`)."""
+        self._direct, self._inference = direct(self.conv), inference
         if self._direct:
             return self._forward_direct(x)
         conv = self.conv
@@ -188,7 +189,7 @@ class ConvAct(ScratchBuffers):
         bias_run = np.tile(bias, kernels.run_length(out) // f)   # whole rows' worth, as the rows kernels read it
 
         step, workers = self._plan(n)
-        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), ho, wo)   # empty: im2col
+        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), ho, wo, inference)  # empty: im2col
 
         def body(first, last, t, serial, step):
             mm = np.matmul if serial else parallel.matmul
@@ -264,6 +265,8 @@ class ConvAct(ScratchBuffers):
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad_out, param_grads=True, input_grad=True):
+        if getattr(self, "_inference", False):
+            raise RuntimeError("ConvAct.backward after forward(x, inference=True): run forward(x) for a backward")
         if not (param_grads or input_grad):
             return None
         if self._direct:

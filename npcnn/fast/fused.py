@@ -121,9 +121,11 @@ class ConvReLUPool(ScratchBuffers):
         return f"ConvReLUPool({self.conv!r}, {self.pool!r})"
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x):
+    def forward(self, x, inference=False):
+        """``inference``: no backward follows (the conv may then take Winograd, :mod:`npcnn.fast.winograd`)."""
         conv, pool = self.conv, self.pool
         path = _path(conv, pool)
+        self._inference = inference
         if path == "gemm":
             out_cols = conv._forward_cols(x)           # (F, N*Ho*Wo), bias not added
             hc, wc = conv._out_hw
@@ -152,7 +154,7 @@ class ConvReLUPool(ScratchBuffers):
                 kernels.direct_conv_relu_maxpool_nhwc(self._padded(x), wt, bias, ckh, ckw, csh, csw, wc, out_nhwc,
                                                       argmax_nhwc, zero)
             else:
-                self._conv_channels_last_pooled(x, hc, wc, bias, out_nhwc, argmax_nhwc, zero)
+                self._conv_channels_last_pooled(x, hc, wc, bias, out_nhwc, argmax_nhwc, zero, inference)
             out, self.argmax = out_nhwc.transpose(0, 3, 1, 2), argmax_nhwc.transpose(0, 3, 1, 2)
             self._out_nhwc, self._argmax_nhwc = out_nhwc, argmax_nhwc
         self._x, self._conv_shape, self._out, self._path = x, conv_shape, out, path
@@ -169,12 +171,12 @@ class ConvReLUPool(ScratchBuffers):
         self._xpad = xpad
         return xpad
 
-    def _conv_channels_last_pooled(self, x, hc, wc, bias, out, argmax, zero):
+    def _conv_channels_last_pooled(self, x, hc, wc, bias, out, argmax, zero, inference=False):
         """The conv as im2col on the padded channels-last input and ``rows = cols @ W`` (W as
         (kh*kw*C, F)), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``, a few images at a
         time: each chunk's columns and conv output ``rows`` (N*hc*wc, F) stay in cache between the
         kernel that writes them and the one that reads them. A conv that :func:`npcnn.fast.winograd.fits`
-        is computed by Winograd's F(2x2, 3x3) instead of im2col + GEMM.
+        is computed by Winograd's F(2x2, 3x3) instead of im2col + GEMM when ``inference``.
 
         With more than one chunk, while npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`),
         each thread takes its share of the images and walks them chunk by chunk: its own im2col,
@@ -198,7 +200,7 @@ class ConvReLUPool(ScratchBuffers):
         gemm = parallel.kernel_gemm(x.dtype)
         if gemm is not None:
             workers = min(parallel.num_threads(), -(-n // step))
-        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), hc, wc)   # empty: im2col
+        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), hc, wc, inference)  # empty: im2col
 
         def run(t):
             first, last = t * n // workers, (t + 1) * n // workers
@@ -235,6 +237,8 @@ class ConvReLUPool(ScratchBuffers):
     # ------------------------------------------------------------------ backward
     def backward(self, grad_out, param_grads=True, input_grad=True):
         """dL/dx, or None when ``input_grad`` is False (the first layer of a net in training)."""
+        if getattr(self, "_inference", False):
+            raise RuntimeError("ConvReLUPool.backward after forward(x, inference=True): run forward(x) for a backward")
         n, f, hc, wc = self._conv_shape
         if self._path == "small":
             return self._small_backward(grad_out, param_grads, input_grad)

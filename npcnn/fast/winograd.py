@@ -6,7 +6,9 @@ Winograd does a 3x3 stride-1 conv in 16 multiply-adds per channel pair and four 
 thread, 8 images of a chunk, float32), Winograd against im2col + GEMM: 32 -> 32 channels at 32x32
 1.78 against 2.34 ms, 32 -> 64 at 16x16 0.69 against 0.94, 64 -> 64 at 16x16 1.08 against 1.85,
 but 16 -> 16 at 28x28 0.57 against 0.59: below 32 channels the narrow GEMMs and the transforms eat
-the saving. Hence :data:`WINOGRAD_MIN_CHANNELS`.
+the saving. Hence :data:`WINOGRAD_MIN_CHANNELS`. Only inference takes it (:func:`kernel_args` says why):
+``FastSequential.forward(x, inference=True)``, as the Classifier's logits and the evaluation after each
+epoch call it.
 """
 import numpy as np
 
@@ -25,13 +27,19 @@ def fits(conv, dtype):
             and blas.kernel_gemm(dtype) is not None)
 
 
-def kernel_args(step, conv, dtype, workers, images, ho, wo):
+def kernel_args(step, conv, dtype, workers, images, ho, wo, inference):
     """``(u, v_all, m_all)`` for :func:`npcnn.kernels.conv_rows_forward` and its pooled twin: the conv's
     Winograd weights (16, C, F) and the scratch of ``workers`` threads for chunks of ``images`` images
     with ``ho`` x ``wo`` outputs (kept on ``step``, a :class:`~npcnn.fast.fused.ScratchBuffers`); empty
-    arrays (the kernels' sign for im2col + GEMM) when :func:`fits` is False."""
+    arrays (the kernels' sign for im2col + GEMM) unless ``inference`` and :func:`fits`.
+
+    Only a forward that no backward follows (``inference``) takes Winograd: its rounding differs from
+    one position of a tile to the next, so outputs that im2col computes exactly equal (a conv over a
+    constant background, as every MNIST digit has) come out unequal in the last bits, and a max-pool
+    downstream would pick its winners, so route its gradient, by rounding instead of PyTorch's
+    first-maximum rule."""
     c, f = conv.in_channels, conv.out_channels
-    if not fits(conv, dtype):
+    if not (inference and fits(conv, dtype)):
         return np.empty((0, c, f), dtype), np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype)
     th, tw = kernels.winograd_tiles(ho, wo)
     rows = images * th * tw + 1          # a row more: planes a power of two apart share cache sets
