@@ -23,7 +23,8 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
 A 3x3 stride-1 conv with at least :data:`npcnn.fast.winograd.WINOGRAD_MIN_CHANNELS` channels in and
 out (a VGG's or a ResNet's inner convs) computes each chunk's forward by Winograd's F(2x2, 3x3)
 instead of im2col + GEMM (:mod:`npcnn.kernels.winograd`: 16 multiply-adds per channel pair and four
-outputs instead of 36); the backward is the same im2col + GEMM either way.
+outputs instead of 36) when ``forward(x, inference=True)`` says no backward follows
+(:func:`npcnn.fast.winograd.kernel_args` says why only then).
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
 and at most :data:`DIRECT_MAX_FILTERS` filters (the first convs of LeNet-5, Wong et al.'s net and the
