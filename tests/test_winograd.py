@@ -76,18 +76,6 @@ def test_which_convs_take_winograd(conv):
     assert not winograd.fits(conv, np.float16)
 
 
-def _readable(layers, x, g):
-    for layer in layers:
-        layer.zero_grad()
-    y = x
-    for layer in layers:
-        y = layer.forward(y)
-    d = g
-    for layer in reversed(layers):
-        d = layer.backward(d)
-    return [y, d] + [p.grad.copy() for p in layers[0].parameters()]
-
-
 def _step_configs(count, seed=1):
     rng = np.random.default_rng(seed)
     return [(int(rng.integers(1, 6)), int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(3, 12)),

@@ -66,6 +66,7 @@ def _weights_into(w, u):
             u[12, c, f], u[13, c, f], u[14, c, f], u[15, c, f] = _g_times(a3, b3, c3)
 
 
+@njit(**_OPTS)
 def tiles(ho, wo):
     """The 2x2 tiles covering an ``ho`` x ``wo`` output: (rows of tiles, columns of tiles)."""
     return (ho + 1) // 2, (wo + 1) // 2
@@ -169,7 +170,7 @@ def winograd_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u,
     (16, >= tiles, C), 16 GEMMs ``m[k] = v[k] @ u[k]`` (``u`` from :func:`winograd_weights`; ``m``
     (16, >= tiles, F)), output transform. (Give ``v`` and ``m`` a row more than the tiles: planes a
     power of two apart would all fall on the same few cache sets.) ``blas_fn`` the ?gemm address (:func:`npcnn.blas.kernel_gemm`)."""
-    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    th, tw = tiles(ho, wo)
     per_image, p = th * tw, ho * wo
     n_f = u.shape[2]
     n_tiles = (last - first) * per_image
