@@ -164,7 +164,7 @@ def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
         with numba_threads(threads), parallel.one_blas_thread():
             layers = [nn.Conv2d(6, 5, 3, stride=2, padding=1, rng=3), nn.ReLU()]
             results.append(_fast(layers, x, g))
-    assert calls and calls[0] == numba.get_num_threads() > 1
+    assert calls[:2] == [numba.get_num_threads()] * 2 and calls[0] > 1      # forward and backward both shared
     (y1, d1, g1), (y2, d2, g2) = results
     for a, b in zip([y1, d1, *g1], [y2, d2, *g2]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
@@ -342,6 +342,27 @@ def test_phase_planes_round_trip_and_turn_a_strided_conv_into_a_stride_one_conv(
     assert not conv_act.direct(nn.Conv2d(1, 32, 3, padding=1))            # too many filters
     assert not conv_act.direct(nn.Conv2d(8, 8, 4, stride=2, padding=1))   # 32 x 2x2 taps
     assert conv_act.direct(nn.Conv2d(1, 6, 5, padding=2))                 # LeNet-5's first
+
+
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+def test_pad_to_phases_equals_padding_then_to_phases(variant):
+    """kernels.pad_to_phases is np.pad then to_phases, on 60 random shapes: strides 1-3, pads 0-2, padded
+    extents shorter than the padded image (rows and columns never read) and longer (zeros past it), and
+    an NCHW view of channels-last memory as the input."""
+    rng = np.random.default_rng(12)
+    kernel = getattr(kernels.pad_to_phases, variant)
+    for trial in range(60):
+        sh, sw = rng.integers(1, 4, 2).tolist()
+        ph, pw = rng.integers(0, 3, 2).tolist()
+        n, c, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        hq, wq = int(rng.integers(1, (h + 2 * ph) // sh + 3)), int(rng.integers(1, (w + 2 * pw) // sw + 3))
+        x = rng.standard_normal((n, h, w, c)).transpose(0, 3, 1, 2) if trial % 2 else rng.standard_normal((n, c, h, w))
+        big = np.zeros((n, c, max(hq * sh, h + 2 * ph), max(wq * sw, w + 2 * pw)))
+        big[:, :, ph:ph + h, pw:pw + w] = x
+        expected = conv_act.to_phases(np.ascontiguousarray(big[:, :, :hq * sh, :wq * sw]), sh, sw)
+        out = np.full((n, c * sh * sw, hq, wq), np.nan)
+        kernel(x, ph, pw, sh, sw, out)
+        np.testing.assert_array_equal(out, expected, err_msg=f"{(n, c, h, w, sh, sw, ph, pw, hq, wq)}")
 
 
 def test_conv_act_rejects_what_it_cannot_run():

@@ -226,11 +226,10 @@ class ConvAct(ScratchBuffers):
         (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
         kqh, kqw = -(-kh // sh), -(-kw // sw)                # the phase planes' kernel
         hb, wb = (ho + kqh - 1) * sh, (wo + kqw - 1) * sw      # the padded input as the phases read it
-        xpad = self._buffer("xpad", (n, c, hb, wb), x.dtype)
-        xpad[...] = 0
-        rows, cols = min(h, hb - ph), min(w, wb - pw)          # (rows past hb are never read)
-        xpad[:, :, ph:ph + rows, pw:pw + cols] = x[:, :, :rows, :cols]
-        xq, wq = to_phases(xpad, sh, sw), to_phases(_kernel_padded(conv.weight.data, kqh * sh, kqw * sw), sh, sw)
+        # the input zero-padded to (hb, wb) and cut into its phase planes (to_phases), in one pass
+        xq = self._buffer("xq", (n, c * sh * sw, hb // sh, wb // sw), x.dtype)
+        kernels.pad_to_phases(x, ph, pw, sh, sw, xq)
+        wq = to_phases(_kernel_padded(conv.weight.data, kqh * sh, kqw * sw), sh, sw)
         bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
         out_nhwc = np.empty((n, ho, wo, f), dtype=x.dtype)
         kernels.direct_conv_act_to_nhwc(xq, wq, bias, _act_code(self.act), kqh, kqw, out_nhwc)

@@ -43,7 +43,8 @@ import sys
 import types
 
 from . import _compile
-from .columns import col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last
+from .columns import (col2im, col2im_nhwc, cols_to_nchw, im2col, im2col_nhwc, nchw_to_cols, pad_channels_last,
+                      pad_to_phases)
 from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool_nhwc, direct_conv_weight_grad_nhwc,
                           is_1x3x3_stride1)
 from .conv_rows import conv_rows_backward, conv_rows_forward, conv_rows_relu_maxpool_forward
@@ -60,7 +61,7 @@ from .winograd import tiles as winograd_tiles, winograd_conv_rows, winograd_weig
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
-    "im2col", "col2im", "cols_to_nchw", "nchw_to_cols", "pad_channels_last", "im2col_nhwc", "col2im_nhwc",
+    "im2col", "col2im", "cols_to_nchw", "nchw_to_cols", "pad_channels_last", "pad_to_phases", "im2col_nhwc", "col2im_nhwc",
     "maxpool_forward", "maxpool_backward", "bias_relu_maxpool", "maxpool_relu_backward",
     "bias_relu_maxpool_nhwc_2x2", "winners_to_dense_nhwc", "avgpool_nhwc", "avgpool_backward_nhwc",
     "is_1x3x3_stride1", "direct_conv_relu_maxpool_nhwc", "direct_conv_weight_grad_nhwc",

@@ -153,6 +153,34 @@ def pad_channels_last(x3, ph, pw, xp3):
     return xp3
 
 
+@_kernel(size_arg=5)
+def pad_to_phases(x, ph, pw, sh, sw, xq):
+    """``x`` (N, C, H, W) zero-padded by (ph, pw) and cut into its sh*sw phase planes, in one pass:
+    ``xq[n, (c*sh + u)*sw + v, yq, xq_] = xpad[n, c, yq*sh + u, xq_*sw + v]`` with ``xpad`` the padded
+    image (zeros outside ``x``; the padded extent is ``Hq*sh`` x ``Wq*sw``, rows and columns of ``x``
+    past it are not read). The same as padding, then ``npcnn.fast.conv_act.to_phases`` (stride 1: the
+    padding alone), without the padded copy in between (Wong et al.'s first conv at batch 1000:
+    0.63 -> 0.43 ms on a 2-core AMD EPYC)."""
+    n_img, n_ch, h, w = x.shape
+    hq, wq = xq.shape[2], xq.shape[3]
+    for n in prange(n_img):
+        for c in range(n_ch):
+            for u in range(sh):
+                for v in range(sw):
+                    plane = xq[n, (c * sh + u) * sw + v]
+                    for yq in range(hq):
+                        y = yq * sh + u - ph
+                        dst = plane[yq]
+                        if y < 0 or y >= h:
+                            dst[:] = 0.0
+                            continue
+                        src = x[n, c, y]
+                        for k in range(wq):
+                            col = k * sw + v - pw
+                            dst[k] = src[col] if 0 <= col < w else 0.0
+    return xq
+
+
 @njit(inline="always", error_model="numpy")
 def _taps_inside(ox, sw, pw, kw, w):
     """For the window of output column ``ox``: its first input column ``x0 = ox*sw - pw`` and the taps
