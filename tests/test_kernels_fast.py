@@ -184,7 +184,7 @@ def test_channels_last_conv_shared_among_threads_equals_one_thread(shared, monke
         assert parallel.blas.kernel_gemm(np.float32) is not None, "the kernels cannot call numpy's BLAS here"
         kernel = kernels.conv_rows_relu_maxpool_forward
         monkeypatch.setattr(kernels, "conv_rows_relu_maxpool_forward",
-                            lambda *a: calls.append(a[13].shape[0]) or kernel(*a))   # cols_all: (workers, ...)
+                            lambda *a: calls.append(a[15].shape[0]) or kernel(*a))   # cols_all: (workers, ...)
     else:
         monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
         monkeypatch.setattr(parallel, "run_threads", lambda fn, workers: calls.append(workers) or

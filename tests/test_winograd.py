@@ -88,8 +88,9 @@ def _step_configs(count, seed=1):
 def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loop, monkeypatch):
     """ConvAct (no activation, ReLU, tanh) and ConvReLUPool in inference (``forward(x, inference=True)``)
     with every conv taken by Winograd (WINOGRAD_MIN_CHANNELS = 1) equal the readable layers' forward in
-    float64, with the chunk loop in Python and in kernels.conv_rows (one image per chunk, shared among
-    threads); their backward then refuses. The Winograd scratch is spied on to prove the path ran."""
+    float64, from a caller's NCHW batch and from an NCHW view of channels-last memory, with the chunk loop
+    in Python and in kernels.conv_rows (one image per chunk, shared among threads); their backward then
+    refuses. The Winograd scratch is spied on to prove the path ran."""
     n, c, f, h, w, p, bias = config
     if step_kind.endswith("pool"):
         h, w = max(h, 4), max(w, 4)                  # at least one pooling window
@@ -119,8 +120,10 @@ def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loo
         ref = layer.forward(ref)
     with shared():
         got = step.forward(x, inference=True)
-    assert used == [16 * c * f], "the Winograd path did not run"
+        viewed = step.forward(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), inference=True)
+    assert used == [16 * c * f] * 2, "the Winograd path did not run"
     assert rel_err(got, ref) < 1e-12
+    assert rel_err(viewed, ref) < 1e-12             # a fast step's output (NCHW view of channels last), read in place
     with pytest.raises(RuntimeError, match="inference=True"):
         step.backward(np.ones_like(got))
     with shared():                                   # a forward for training takes im2col, and backward runs

@@ -55,7 +55,7 @@ from ..nn.activation import ReLU
 from ..nn.smooth import Tanh
 from ..nn.conv import Conv2d
 from . import fused, winograd
-from .fused import ScratchBuffers, padded_channels_last
+from .fused import ScratchBuffers, channels_last
 
 #: Convs with at most this many weights per filter (C*kh*kw, counted on the phase planes) are computed directly.
 DIRECT_MAX_TAPS = 27
@@ -171,14 +171,8 @@ class ConvAct(ScratchBuffers):
         c, f = conv.in_channels, conv.out_channels
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         h, w = x.shape[2:]
-        # A fast step's output (an NCHW view of channels-last memory) is read in place and kept for
-        # backward, so it must not change in between (autograd asks the same). Anything else, a caller's
-        # NCHW batch among them (even of one channel: callers may change it in place once forward has
-        # returned), is copied channels last into a buffer.
-        if not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous:
-            xs = x.transpose(0, 2, 3, 1)
-        else:
-            xs = padded_channels_last(x, 0, 0, self._buffer("xs", (n, h, w, c), x.dtype))
+        # a fast step's output is read in place and kept for backward; a caller's batch is copied
+        xs = channels_last(x, self._buffer("xs", (n, h, w, c), x.dtype))
         x3 = xs.reshape(n, h, w * c)            # im2col writes the padding's zeros itself
         self._p, self._k, self._itemsize = ho * wo, kh * kw * c, x.itemsize
         w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(self._k, f)

@@ -80,6 +80,16 @@ def _path(conv, pool):
     return "nhwc"
 
 
+def channels_last(x, xs):
+    """``x`` (N, C, H, W) as channels-last memory (N, H, W, C): that memory itself when ``x`` is an NCHW
+    view of it (a fast step's output, which must not change until backward), else ``x`` copied into
+    ``xs`` (a caller's batch, even of one channel: callers may change it in place once forward has
+    returned)."""
+    if not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return x.transpose(0, 2, 3, 1)
+    return padded_channels_last(x, 0, 0, xs)
+
+
 def padded_channels_last(x, ph, pw, xp):
     """``x`` (N, C, H, W) zero-padded by (ph, pw) into ``xp`` (N, H+2ph, W+2pw, C), which is returned.
     An ``x`` that is an NCHW view of channels-last memory (a fast step's output) is copied row by row."""
@@ -189,10 +199,8 @@ class ConvReLUPool(ScratchBuffers):
         themselves (:func:`npcnn.parallel.kernel_gemm`); else Python's, running ``run`` below.
         """
         conv = self.conv
-        n, c = x.shape[:2]
+        n, c, h, w = x.shape
         (kh, kw), (sh, sw), f = conv.kernel_size, conv.stride, conv.out_channels
-        xp = self._padded_channels_last(x)
-        xp3 = xp.reshape(n, xp.shape[1], -1)           # (N, Hp, Wp*C)
         w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
         p, k = hc * wc, kh * kw * c
         step = max(1, NHWC_CHUNK_BYTES // (p * k * x.itemsize))
@@ -205,6 +213,11 @@ class ConvReLUPool(ScratchBuffers):
         if gemm is not None:
             workers = min(parallel.num_threads(), -(-n // step))
         wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), hc, wc, inference)  # empty: im2col
+        if wino[0].size:        # Winograd pads as it reads, and no backward reads a padded copy: none is made
+            (ph, pw), x3 = conv.padding, channels_last(x, self._buffer("xs", (n, h, w, c), x.dtype)).reshape(n, h, -1)
+        else:                   # im2col (and the backward) read the padded copy
+            xp = self._padded_channels_last(x)
+            (ph, pw), x3 = (0, 0), xp.reshape(n, xp.shape[1], -1)        # (N, Hp, Wp*C)
 
         def run(t):
             first, last = t * n // workers, (t + 1) * n // workers
@@ -213,17 +226,17 @@ class ConvReLUPool(ScratchBuffers):
                 b = min(last, a + step)
                 chunk_rows = rows[:(b - a) * p]
                 if wino[0].size:
-                    winograd.conv_rows(wino[0], wino[1][t], wino[2][t], xp3, a, b, c, 0, 0, hc, wc, chunk_rows)
+                    winograd.conv_rows(wino[0], wino[1][t], wino[2][t], x3, a, b, c, ph, pw, hc, wc, chunk_rows)
                 else:
                     chunk_cols = self._buffer(f"cols_nhwc{t}", (min(last - first, step) * p, k), x.dtype)[:(b - a) * p]
-                    im2col(xp3[a:b], c, kh, kw, sh, sw, 0, 0, hc, wc, chunk_cols)
+                    im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, hc, wc, chunk_cols)
                     np.matmul(chunk_cols, w_mat, out=chunk_rows)
                 pool(chunk_rows, bias, hc, wc, out[a:b], argmax[a:b], zero)
 
         if gemm is not None:                    # the same loop, on numba's threads (kernels.conv_rows)
             rows = min(n, step) * p
             kernels.conv_rows_relu_maxpool_forward(
-                *gemm, xp3, c, kh, kw, sh, sw, hc, wc, w_mat, bias, zero,
+                *gemm, x3, c, kh, kw, sh, sw, ph, pw, hc, wc, w_mat, bias, zero,
                 self._buffer("cols_all", (workers, 0 if wino[0].size else rows, k), x.dtype),
                 self._buffer("rows_all", (workers, rows, f), x.dtype), step, out, argmax, *wino)
         elif workers == 1:
