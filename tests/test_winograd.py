@@ -82,19 +82,21 @@ def _step_configs(count, seed=1):
              int(rng.integers(3, 12)), int(rng.integers(0, 3)), bool(rng.integers(0, 2))) for _ in range(count)]
 
 
+@pytest.mark.parametrize("method", ["winograd", "im2col"])
 @pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
 @pytest.mark.parametrize("step_kind", ["conv", "conv-relu", "conv-tanh", "conv-relu-pool"])
 @pytest.mark.parametrize("config", _step_configs(12))
-def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loop, monkeypatch):
+def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, loop, method, monkeypatch):
     """ConvAct (no activation, ReLU, tanh) and ConvReLUPool in inference (``forward(x, inference=True)``)
-    with every conv taken by Winograd (WINOGRAD_MIN_CHANNELS = 1) equal the readable layers' forward in
-    float64, from a caller's NCHW batch and from an NCHW view of channels-last memory, with the chunk loop
-    in Python and in kernels.conv_rows (one image per chunk, shared among threads); their backward then
-    refuses. The Winograd scratch is spied on to prove the path ran."""
+    with every conv taken by Winograd (WINOGRAD_MIN_CHANNELS = 1), or by im2col from the unpadded input
+    (none taken by Winograd), equal the readable layers' forward in float64, from a caller's NCHW batch
+    and from an NCHW view of channels-last memory, with the chunk loop in Python and in kernels.conv_rows
+    (one image per chunk, shared among threads); their backward then refuses. The Winograd scratch is
+    spied on to prove which path ran."""
     n, c, f, h, w, p, bias = config
     if step_kind.endswith("pool"):
         h, w = max(h, 4), max(w, 4)                  # at least one pooling window
-    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1 if method == "winograd" else 10 ** 6)
     monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)          # no direct kernels for the few-channel convs
     used = []
     real_args = winograd.kernel_args
@@ -121,7 +123,7 @@ def test_conv_steps_by_winograd_equal_the_readable_layers(config, step_kind, loo
     with shared():
         got = step.forward(x, inference=True)
         viewed = step.forward(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), inference=True)
-    assert used == [16 * c * f] * 2, "the Winograd path did not run"
+    assert used == [16 * c * f if method == "winograd" else 0] * 2, "not the path asked for"
     assert rel_err(got, ref) < 1e-12
     assert rel_err(viewed, ref) < 1e-12             # a fast step's output (NCHW view of channels last), read in place
     with pytest.raises(RuntimeError, match="inference=True"):

@@ -159,8 +159,8 @@ def pad_to_phases(x, ph, pw, sh, sw, xq):
     ``xq[n, (c*sh + u)*sw + v, yq, xq_] = xpad[n, c, yq*sh + u, xq_*sw + v]`` with ``xpad`` the padded
     image (zeros outside ``x``; the padded extent is ``Hq*sh`` x ``Wq*sw``, rows and columns of ``x``
     past it are not read). The same as padding, then ``npcnn.fast.conv_act.to_phases`` (stride 1: the
-    padding alone), without the padded copy in between (Wong et al.'s first conv at batch 1000:
-    0.63 -> 0.43 ms on a 2-core AMD EPYC)."""
+    padding alone), without the padded copy in between (Wong et al.'s first conv at batch 1000, two
+    threads: 0.63 ms before, 0.36-0.61 ms here, on a 2-core AMD EPYC)."""
     n_img, n_ch, h, w = x.shape
     hq, wq = xq.shape[2], xq.shape[3]
     for n in prange(n_img):
