@@ -112,15 +112,15 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
 
 
 @njit(parallel=True, **_OPTS)
-def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, w_mat, bias, zero,
+def conv_rows_relu_maxpool_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, w_mat, bias, zero,
                                    cols_all, rows_all, step, out, argmax, u, v_all, m_all):
-    """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path (``xp3`` (N, H, W*C) padded
-    by ``ph``, ``pw`` as it is read: 0 when the caller padded it already, as a backward's kernels need
-    it; the conv's own when it did not, for Winograd): per chunk, im2col, ``rows = cols @ w_mat`` into the thread's
+    """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path (``x3`` (N, H, W*C), padded
+    by ``ph``, ``pw`` as it is read: 0 when the caller padded it already, as the backward's kernels need
+    it; the conv's own in inference, where no copy is made): per chunk, im2col, ``rows = cols @ w_mat`` into the thread's
     ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``
     (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule). ``u``, ``v_all``,
     ``m_all``: the Winograd alternative, as in :func:`conv_rows_forward`."""
-    n_img, workers, p = xp3.shape[0], cols_all.shape[0], hc * wc
+    n_img, workers, p = x3.shape[0], cols_all.shape[0], hc * wc
     k, f = w_mat.shape
     double = out.itemsize == 8
     for t in prange(workers):
@@ -129,11 +129,11 @@ def conv_rows_relu_maxpool_forward(blas_fn, ilp64, xp3, n_ch, kh, kw, sh, sw, ph
         for a in range(first, last, step):
             b = min(last, a + step)
             if u.shape[0] == 16:
-                winograd_conv_rows(blas_fn, ilp64, xp3, a, b, n_ch, ph, pw, hc, wc, u, v_all[t], m_all[t],
+                winograd_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, hc, wc, u, v_all[t], m_all[t],
                                    rows[:(b - a) * p])
             else:
                 for n in range(a, b):
-                    im2col_image_nhwc(xp3, n, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
+                    im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
                 _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, (b - a) * p, f, k, cols.ctypes.data, k,
                       w_mat.ctypes.data, f, rows.ctypes.data, f)
             for n in range(a, b):
