@@ -149,8 +149,8 @@ def test_conv_act_shared_among_threads_equals_one_thread(shared, monkeypatch):
     calls, real = [], parallel.run_threads
     if shared == "numba kernel":
         assert parallel.blas.kernel_gemm(np.float32) is not None, "the kernels cannot call numpy's BLAS here"
-        for name in ("conv_rows_forward", "conv_rows_backward"):
-            kernel, workers_at = getattr(kernels, name), -6      # cols_all's position in both
+        for name, workers_at in (("conv_rows_forward", 16), ("conv_rows_backward", 19)):     # cols_all's position
+            kernel = getattr(kernels, name)
             monkeypatch.setattr(kernels, name, lambda *a, k=kernel, i=workers_at: calls.append(a[i].shape[0]) or k(*a))
     else:
         monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)

@@ -1,6 +1,7 @@
-"""Winograd's F(2x2, 3x3) conv (npcnn.kernels.winograd) and the conv steps that take it
-(npcnn.fast.winograd): the transforms are the paper's, the kernel equals PyTorch's conv on random
-shapes, and ConvAct / ConvReLUPool computed by it equal the readable layers, on one thread and shared."""
+"""Winograd's convs (F(2x2, 3x3) written out, npcnn.kernels.winograd; F(m x m, r x r) from matrices,
+npcnn.kernels.winograd_general) and the conv steps that take them (npcnn.fast.winograd): the transforms
+are the paper's and compute a correlation, the kernels equal PyTorch's conv on random shapes, and
+ConvAct / ConvReLUPool computed by them equal the readable layers, on one thread and shared."""
 import contextlib
 
 import numpy as np
@@ -12,6 +13,7 @@ from npcnn import blas, fast, parallel
 from npcnn.models import INPUT_SHAPES, build_model
 from npcnn.fast import ConvAct, ConvReLUPool, conv_act, fused, winograd
 from npcnn.kernels.winograd import A_T, B_T, G, tiles, winograd_conv_rows, winograd_weights
+from npcnn.kernels.winograd_general import general_tiles, winograd_general_conv_rows, winograd_general_weights
 from torch_oracle import TOL, rel_err
 
 
@@ -30,13 +32,47 @@ def test_the_transforms_compute_a_2x2_correlation():
     np.testing.assert_allclose(u[:, 2, 3].reshape(4, 4), G @ w[3, 2] @ G.T, rtol=1e-12)
 
 
-def _kernel_configs(count, seed=0):
+#: (m, r, points) of the general kernel's tests: the one the steps use, F(2x2, 3x3) and F(4x4, 3x3).
+GENERAL = [(2, 5, (0, 1, -1, 2, -2)), (2, 3, (0, 1, -1)), (4, 3, (0, 1, -1, 2, -2)), (3, 2, (0, 1, -1))]
+
+
+@pytest.mark.parametrize("m, r, points", GENERAL)
+def test_toom_cook_transforms_compute_a_correlation(m, r, points):
+    """toom_cook's (B^T, G, A^T) give the m-output correlation of an r-tap filter in 1-D and, applied
+    on both sides, the m x m one in 2-D; for F(2, 3) the same products as Lavin & Gray's matrices."""
+    bt, g, at = winograd.toom_cook(m, r, points)
+    alpha = m + r - 1
+    assert bt.shape == (alpha, alpha) and g.shape == (alpha, r) and at.shape == (m, alpha)
+    rng = np.random.default_rng(m * 10 + r)
+    for _ in range(20):
+        d, k = rng.standard_normal(alpha), rng.standard_normal(r)
+        np.testing.assert_allclose(at @ ((g @ k) * (bt @ d)), np.correlate(d, k, "valid"), rtol=1e-11, atol=1e-11)
+        d2, k2 = rng.standard_normal((alpha, alpha)), rng.standard_normal((r, r))
+        direct = np.array([[np.sum(d2[i:i + r, j:j + r] * k2) for j in range(m)] for i in range(m)])
+        np.testing.assert_allclose(at @ ((g @ k2 @ g.T) * (bt @ d2 @ bt.T)) @ at.T, direct, rtol=1e-10, atol=1e-10)
+    if (m, r) == (2, 3):                         # per point, the same product as the written-out kernel's
+        for j in range(alpha):
+            np.testing.assert_allclose(np.einsum("i,k,t->ikt", at[:, j], g[j], bt[j]),
+                                       np.einsum("i,k,t->ikt", A_T[:, j], G[j], B_T[j]), atol=1e-15)
+    w = rng.standard_normal((5, 4, r, r))
+    u = winograd_general_weights(w, g, np.empty((alpha * alpha, 4, 5)))
+    np.testing.assert_allclose(u[:, 2, 3].reshape(alpha, alpha), g @ w[3, 2] @ g.T, rtol=1e-12, atol=1e-14)
+
+
+def test_toom_cook_refuses_bad_points():
+    with pytest.raises(ValueError, match="needs 3 distinct points"):
+        winograd.toom_cook(2, 3, (0, 1, -1, 2))
+    with pytest.raises(ValueError, match="distinct"):
+        winograd.toom_cook(2, 3, (0, 1, 1))
+
+
+def _kernel_configs(count, seed=0, r=3):
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < count:
-        p = int(rng.integers(0, 3))
+        p = int(rng.integers(0, r))
         h, w = int(rng.integers(1, 14)), int(rng.integers(1, 14))
-        if h + 2 * p < 3 or w + 2 * p < 3:
+        if h + 2 * p < r or w + 2 * p < r:
             continue
         out.append((int(rng.integers(1, 4)), int(rng.integers(1, 40)), int(rng.integers(1, 40)), h, w, p,
                     int(rng.integers(0, 3))))
@@ -67,11 +103,43 @@ def test_winograd_kernel_equals_torch_conv(config, dtype):
     assert rel_err(got, ref) < TOL[np.dtype(dtype)] / 10
 
 
-@pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 32, 3), nn.Conv2d(32, 64, 3, padding=2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("config", _kernel_configs(60, seed=3, r=5))
+@pytest.mark.parametrize("m, r, points", GENERAL[:3])
+def test_general_winograd_kernel_equals_torch_conv(m, r, points, config, dtype):
+    """winograd_general_conv_rows with toom_cook's transforms equals torch.nn.functional.conv2d (r x r,
+    stride 1) on 60 random shapes each for F(2x2, 5x5), F(2x2, 3x3) and F(4x4, 3x3): sizes that leave
+    partial tiles at the edges, paddings 0 to 4, 1 to 39 channels, images [first, last) of a batch."""
+    if blas.kernel_gemm(dtype) is None:
+        pytest.fail("npcnn's kernels cannot call numpy's BLAS here, so the Winograd path cannot run")
+    n, c, f, h, w, p, first = config
+    p = min(p, r - 1)
+    if h + 2 * p < r or w + 2 * p < r:
+        h, w = h + r, w + r
+    rng = np.random.default_rng(sum(config))
+    x = rng.standard_normal((first + n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((f, c, r, r)).astype(dtype)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x[first:]), torch.from_numpy(weight), padding=p).numpy()
+    ho, wo = ref.shape[2:]
+    bt, g, at = winograd.toom_cook(m, r, points)
+    alpha = m + r - 1
+    th, tw = general_tiles(ho, wo, m)
+    x3 = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(first + n, h, w * c)
+    u = winograd_general_weights(weight, g, np.empty((alpha * alpha, c, f), dtype))
+    v, mm = np.empty((alpha * alpha, n * th * tw + 3, c), dtype), np.empty((alpha * alpha, n * th * tw + 3, f), dtype)
+    rows = np.full((n * ho * wo, f), np.nan, dtype)
+    winograd_general_conv_rows(*blas.kernel_gemm(dtype), x3, first, first + n, c, p, p, ho, wo, bt, at, u, v, mm, rows)
+    got = rows.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
+    # F(4x4, 3x3) and F(2x2, 5x5) multiply by up to 8 in their transforms: a few units more of rounding
+    assert rel_err(got, ref) < TOL[np.dtype(dtype)] / (10 if (m, r) == (2, 3) else 2)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 32, 3), nn.Conv2d(32, 64, 3, padding=2),
+                                  nn.Conv2d(32, 64, 5, padding=2), nn.Conv2d(40, 32, 5)])
 def test_which_convs_take_winograd(conv):
     assert winograd.fits(conv, np.float32) and winograd.fits(conv, np.float64)
-    for other in (nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2), nn.Conv2d(32, 32, 5),
-                  nn.Conv2d(32, 16, 3), nn.Conv2d(32, 32, (3, 1))):
+    for other in (nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2), nn.Conv2d(32, 32, 7),
+                  nn.Conv2d(32, 16, 3), nn.Conv2d(32, 32, (3, 1)), nn.Conv2d(1, 32, 5), nn.Conv2d(32, 32, 5, stride=2)):
         assert not winograd.fits(other, np.float32)
     assert not winograd.fits(conv, np.float16)
 
@@ -82,13 +150,14 @@ def _step_configs(count, seed=1):
              int(rng.integers(3, 12)), int(rng.integers(0, 3)), bool(rng.integers(0, 2))) for _ in range(count)]
 
 
+@pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("method", ["winograd", "im2col"])
 @pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
 @pytest.mark.parametrize("step_kind", ["conv", "conv-relu", "conv-tanh", "conv-relu-pool"])
 @pytest.mark.parametrize("config", _step_configs(12))
-def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, loop, method, monkeypatch):
+def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, loop, method, kernel, monkeypatch):
     """ConvAct (no activation, ReLU, tanh) and ConvReLUPool in inference (``forward(x, inference=True)``)
-    with every conv taken by Winograd (WINOGRAD_MIN_CHANNELS = 1), or by im2col from the unpadded input
+    with every 3x3 or 5x5 conv taken by Winograd (WINOGRAD_MIN_CHANNELS = 1), or by im2col from the unpadded input
     (none taken by Winograd), equal the readable layers' forward in float64, from a caller's NCHW batch
     and from an NCHW view of channels-last memory, with the chunk loop in Python and in kernels.conv_rows
     (one image per chunk, shared among threads); their backward then refuses. The Winograd scratch is
@@ -96,6 +165,7 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
     n, c, f, h, w, p, bias = config
     if step_kind.endswith("pool"):
         h, w = max(h, 4), max(w, 4)                  # at least one pooling window
+    h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
     monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1 if method == "winograd" else 10 ** 6)
     monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)          # no direct kernels for the few-channel convs
     used = []
@@ -108,7 +178,7 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
         monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
         shared = parallel.one_blas_thread
     rng = np.random.default_rng(sum(config))
-    layers = [nn.Conv2d(c, f, 3, padding=p, bias=bias, dtype=np.float64, rng=2)]
+    layers = [nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=2)]
     layers += {"conv": [], "conv-relu": [nn.ReLU()], "conv-tanh": [nn.Tanh()],
                "conv-relu-pool": [nn.ReLU(), nn.MaxPool2d(2)]}[step_kind]
     x = rng.standard_normal((n, c, h, w))
@@ -123,7 +193,7 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
     with shared():
         got = step.forward(x, inference=True)
         viewed = step.forward(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), inference=True)
-    assert used == [16 * c * f if method == "winograd" else 0] * 2, "not the path asked for"
+    assert used == [(kernel + 1) ** 2 * c * f if method == "winograd" else 0] * 2, "not the path asked for"
     assert rel_err(got, ref) < 1e-12
     assert rel_err(viewed, ref) < 1e-12             # a fast step's output (NCHW view of channels last), read in place
     with pytest.raises(RuntimeError, match="inference=True"):
@@ -134,12 +204,12 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
     assert used[-1] == 0
 
 
-@pytest.mark.parametrize("model", ["seed-cnn", "small-vgg", "small-resnet"])
+@pytest.mark.parametrize("model", ["seed-cnn", "madry-mnist", "small-vgg", "small-resnet"])
 def test_only_a_forward_for_inference_takes_winograd(model, monkeypatch):
     """A net's forward for a backward (training, the attacks' input gradients) computes every conv by
     im2col (so a constant background, as here, gives exactly equal conv outputs, and the max-pools route
     its gradient to each window's first position, as PyTorch does); only ``forward(x, inference=True)``
-    takes Winograd (the nets' 32- and 64-channel 3x3 convs), equal to it to rounding, and a backward
+    takes Winograd (the nets' 32- and 64-channel 3x3 convs, Madry et al.'s 5x5), equal to it to rounding, and a backward
     after it raises."""
     used = []
     real_args = winograd.kernel_args

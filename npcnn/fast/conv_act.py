@@ -20,10 +20,11 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
   - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto dL/dx (channels last; the
     taps on the padding dropped).
 
-A 3x3 stride-1 conv with at least :data:`npcnn.fast.winograd.WINOGRAD_MIN_CHANNELS` channels in and
-out (a VGG's or a ResNet's inner convs) computes each chunk's forward by Winograd's F(2x2, 3x3)
-instead of im2col + GEMM (:mod:`npcnn.kernels.winograd`: 16 multiply-adds per channel pair and four
-outputs instead of 36) when ``forward(x, inference=True)`` says no backward follows
+A 3x3 or 5x5 stride-1 conv with at least :data:`npcnn.fast.winograd.WINOGRAD_MIN_CHANNELS` channels
+in and out (a VGG's or a ResNet's inner convs, Madry et al.'s second) computes each chunk's forward by
+Winograd's F(2x2, 3x3) or F(2x2, 5x5) instead of im2col + GEMM (:mod:`npcnn.fast.winograd`: 16
+multiply-adds per channel pair and four outputs instead of 36, 36 instead of 100) when
+``forward(x, inference=True)`` says no backward follows
 (:func:`npcnn.fast.winograd.kernel_args` says why only then).
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
@@ -193,7 +194,7 @@ class ConvAct(ScratchBuffers):
                 b = min(last, a + step)
                 rows = out[a * p:b * p]
                 if wino[0].size:
-                    winograd.conv_rows(wino[0], wino[1][t], wino[2][t], x3, a, b, c, ph, pw, ho, wo, rows)
+                    winograd.conv_rows(wino, t, x3, a, b, c, ph, pw, ho, wo, rows)
                 else:
                     chunk_cols = self._buffer(f"cols{t}", (min(last - first, step) * p, k), x.dtype)[:(b - a) * p]
                     im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, chunk_cols)

@@ -229,7 +229,7 @@ class ConvReLUPool(ScratchBuffers):
                 b = min(last, a + step)
                 chunk_rows = rows[:(b - a) * p]
                 if wino[0].size:
-                    winograd.conv_rows(wino[0], wino[1][t], wino[2][t], x3, a, b, c, ph, pw, hc, wc, chunk_rows)
+                    winograd.conv_rows(wino, t, x3, a, b, c, ph, pw, hc, wc, chunk_rows)
                 else:
                     chunk_cols = self._buffer(f"cols_nhwc{t}", (min(last - first, step) * p, k), x.dtype)[:(b - a) * p]
                     im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, hc, wc, chunk_cols)

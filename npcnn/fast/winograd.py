@@ -1,15 +1,23 @@
-"""Which channels-last conv steps compute their conv by Winograd's F(2x2, 3x3)
-(:mod:`npcnn.kernels.winograd`) instead of im2col + GEMM, and the arrays they hand the kernels.
+"""Which channels-last conv steps compute their conv by Winograd's minimal filtering instead of
+im2col + GEMM, the transforms (built from their points, :func:`toom_cook`), and the arrays the
+steps hand the kernels.
 
 Winograd does a 3x3 stride-1 conv in 16 multiply-adds per channel pair and four outputs instead of
-36, in 16 GEMMs only C wide plus two passes of additions. Measured on a 2-core AMD EPYC (one
-thread, 8 images of a chunk, float32), Winograd against im2col + GEMM: 32 -> 32 channels at 32x32
-1.78 against 2.34 ms, 32 -> 64 at 16x16 0.69 against 0.94, 64 -> 64 at 16x16 1.08 against 1.85,
-but 16 -> 16 at 28x28 0.57 against 0.59: below 32 channels the narrow GEMMs and the transforms eat
-the saving. Hence :data:`WINOGRAD_MIN_CHANNELS`. Only inference takes it (:func:`kernel_args` says why):
+36 (F(2x2, 3x3), :mod:`npcnn.kernels.winograd`, written out), and a 5x5 one in 36 instead of 100
+(F(2x2, 5x5), :mod:`npcnn.kernels.winograd_general`, its transforms as matrices), in GEMMs only C
+wide plus two passes of transforms. Measured on a 2-core AMD EPYC (one thread, 8 images of a chunk,
+float32), F(2x2, 3x3) against im2col + GEMM: 32 -> 32 channels at 32x32 1.78 against 2.34 ms, 32 ->
+64 at 16x16 0.69 against 0.94, 64 -> 64 at 16x16 1.08 against 1.85, but 16 -> 16 at 28x28 0.57
+against 0.59: below 32 channels the narrow GEMMs and the transforms eat the saving. Hence
+:data:`WINOGRAD_MIN_CHANNELS`. On a Zen 4 EPYC (one thread, one image), F(2x2, 5x5) for Madry et
+al.'s second conv (32 -> 64 at 14x14): 158 against 219 us. F(4x4, 3x3) (36 products per 16 outputs)
+ran no faster than the written-out F(2x2, 3x3) here, its transforms being the general kernel's, so it
+is not used. Only inference takes Winograd (:func:`kernel_args` says why):
 ``FastSequential.forward(x, inference=True)``, as the Classifier's logits and the evaluation after each
 epoch call it.
 """
+from fractions import Fraction
+
 import numpy as np
 
 from .. import blas, kernels
@@ -18,20 +26,67 @@ from .. import blas, kernels
 WINOGRAD_MIN_CHANNELS = 32
 
 
+def toom_cook(m, r, points):
+    """The transforms of Winograd's F(m, r) (m outputs of an r-tap correlation from alpha = m + r - 1
+    inputs, alpha products), built from ``points``, alpha - 1 distinct numbers (the last point is
+    "infinity"), as Lavin & Gray (2016) do: ``(B^T, G, A^T)``, float64 arrays (alpha, alpha),
+    (alpha, r), (m, alpha), such that ``y = A^T [(G g) * (B^T d)]`` is the correlation
+    ``y[i] = sum_k d[i + k] g[k]`` for any ``d`` (alpha) and ``g`` (r); in 2-D,
+    ``Y = A^T [(G g G^T) * (B^T d B)] A``. For point ``p_j``:
+
+    * ``A^T[i, j] = p_j ** i`` (the polynomial product evaluated back), ``A^T[:, -1] = (0, ..., 0, 1)``;
+    * ``G[j, k] = p_j ** k / N_j`` with ``N_j`` the product of ``p_j - p_l`` over the other points
+      (the filter evaluated at the point, Lagrange's denominator folded in), ``G[-1] = (0, ..., 0, 1)``;
+    * ``B^T[j]`` the coefficients (constant first) of the product of ``x - p_l`` over the other points,
+      ``B^T[-1]`` those of the product over all of them.
+
+    Computed in exact fractions; ``toom_cook(2, 3, (0, 1, -1))`` is F(2, 3) up to the signs of G's
+    first row and A^T's last column (whose products are unchanged)."""
+    p = [Fraction(x) for x in points]
+    alpha = m + r - 1
+    if len(p) != alpha - 1 or len(set(p)) != len(p):
+        raise ValueError(f"F({m}, {r}) needs {alpha - 1} distinct points, got {points!r}")
+
+    def poly(roots):                            # coefficients of prod (x - root), constant first
+        coefs = [Fraction(1)]
+        for root in roots:
+            coefs = [(coefs[t - 1] if t else 0) - root * (coefs[t] if t < len(coefs) else 0)
+                     for t in range(len(coefs) + 1)]
+        return [float(c) for c in coefs]
+
+    bt, g, at = np.zeros((alpha, alpha)), np.zeros((alpha, r)), np.zeros((m, alpha))
+    for j, pj in enumerate(p):
+        others = p[:j] + p[j + 1:]
+        norm = Fraction(1)
+        for pl in others:
+            norm *= pj - pl
+        at[:, j] = [float(pj ** i) for i in range(m)]
+        g[j] = [float(pj ** k / norm) for k in range(r)]
+        bt[j, :alpha - 1] = poly(others)
+    at[m - 1, alpha - 1] = g[alpha - 1, r - 1] = 1.0
+    bt[alpha - 1] = poly(p)
+    return bt, g, at
+
+
+#: F(2x2, 5x5)'s transforms, from the points 0, 1, -1, 2, -2 (and infinity).
+F2X2_5X5 = toom_cook(2, 5, (0, 1, -1, 2, -2))
+
+
 def fits(conv, dtype):
     """True if the conv steps compute ``conv`` (a :class:`~npcnn.nn.Conv2d`) on ``dtype`` by Winograd:
-    a 3x3 stride-1 kernel, at least :data:`WINOGRAD_MIN_CHANNELS` channels in and out, and npcnn's
-    kernels able to call BLAS themselves."""
-    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+    a 3x3 or 5x5 stride-1 kernel, at least :data:`WINOGRAD_MIN_CHANNELS` channels in and out, and
+    npcnn's kernels able to call BLAS themselves."""
+    return (tuple(conv.kernel_size) in ((3, 3), (5, 5)) and tuple(conv.stride) == (1, 1)
             and min(conv.in_channels, conv.out_channels) >= WINOGRAD_MIN_CHANNELS
             and blas.kernel_gemm(dtype) is not None)
 
 
 def kernel_args(step, conv, dtype, workers, images, ho, wo, inference):
-    """``(u, v_all, m_all)`` for :func:`npcnn.kernels.conv_rows_forward` and its pooled twin: the conv's
-    Winograd weights (16, C, F) and the scratch of ``workers`` threads for chunks of ``images`` images
-    with ``ho`` x ``wo`` outputs (kept on ``step``, a :class:`~npcnn.fast.fused.ScratchBuffers`); empty
-    arrays (the kernels' sign for im2col + GEMM) unless ``inference`` and :func:`fits`.
+    """``(u, v_all, m_all, bt, at)`` for :func:`npcnn.kernels.conv_rows_forward` and its pooled twin: the
+    conv's Winograd weights (alpha^2, C, F), the scratch of ``workers`` threads for chunks of ``images``
+    images with ``ho`` x ``wo`` outputs (kept on ``step``, a :class:`~npcnn.fast.fused.ScratchBuffers`)
+    and the transforms B^T and A^T (empty for a 3x3 kernel: F(2x2, 3x3) is written out); ``u`` empty
+    (the kernels' sign for im2col + GEMM) unless ``inference`` and :func:`fits`.
 
     Only a forward that no backward follows (``inference``) takes Winograd: its rounding differs from
     one position of a tile to the next, so outputs that im2col computes exactly equal (a conv over a
@@ -39,16 +94,30 @@ def kernel_args(step, conv, dtype, workers, images, ho, wo, inference):
     downstream would pick its winners, so route its gradient, by rounding instead of PyTorch's
     first-maximum rule."""
     c, f = conv.in_channels, conv.out_channels
+    none = np.empty((0, 0))
     if not (inference and fits(conv, dtype)):
-        return np.empty((0, c, f), dtype), np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype)
-    th, tw = kernels.winograd_tiles(ho, wo)
+        return (np.empty((0, c, f), dtype), np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
+                none, none)
+    if tuple(conv.kernel_size) == (3, 3):
+        (th, tw), alpha, bt, at = kernels.winograd_tiles(ho, wo), 4, none, none
+        u = kernels.winograd_weights(conv.weight.data)
+    else:
+        bt, g, at = F2X2_5X5
+        (th, tw), alpha = kernels.winograd_general_tiles(ho, wo, at.shape[0]), bt.shape[0]
+        u = kernels.winograd_general_weights(conv.weight.data, g, np.empty((alpha * alpha, c, f), dtype))
     rows = images * th * tw + 1          # a row more: planes a power of two apart share cache sets
-    return (kernels.winograd_weights(conv.weight.data),
-            step._buffer("winograd_v", (workers, 16, rows, c), dtype),
-            step._buffer("winograd_m", (workers, 16, rows, f), dtype))
+    return (u, step._buffer("winograd_v", (workers, alpha * alpha, rows, c), dtype),
+            step._buffer("winograd_m", (workers, alpha * alpha, rows, f), dtype), bt, at)
 
 
-def conv_rows(u, v, m, x3, first, last, n_ch, ph, pw, ho, wo, rows):
-    """One chunk's conv by Winograd on the calling thread (the Python-threaded paths' loop body):
-    :func:`npcnn.kernels.winograd_conv_rows` with npcnn's own BLAS call."""
-    kernels.winograd_conv_rows(*blas.kernel_gemm(x3.dtype), x3, first, last, n_ch, ph, pw, ho, wo, u, v, m, rows)
+def conv_rows(wino, t, x3, first, last, n_ch, ph, pw, ho, wo, rows):
+    """One chunk's conv by Winograd on the calling thread ``t`` (the Python-threaded paths' loop body),
+    ``wino`` what :func:`kernel_args` gave: :func:`npcnn.kernels.winograd_conv_rows` (or its general
+    twin) with npcnn's own BLAS call."""
+    u, v_all, m_all, bt, at = wino
+    gemm = blas.kernel_gemm(x3.dtype)
+    if bt.size:
+        kernels.winograd_general_conv_rows(*gemm, x3, first, last, n_ch, ph, pw, ho, wo, bt, at, u, v_all[t],
+                                           m_all[t], rows)
+    else:
+        kernels.winograd_conv_rows(*gemm, x3, first, last, n_ch, ph, pw, ho, wo, u, v_all[t], m_all[t], rows)

@@ -24,6 +24,7 @@ One file per family:
 - ``rows.py``          a channels-last conv's bias and ReLU, and the activations' derivatives, in one pass
 - ``conv_rows.py``     the channels-last conv step's chunk loop (im2col, BLAS, bias, activation) on numba's threads
 - ``winograd.py``      a 3x3 stride-1 conv by Winograd's F(2x2, 3x3): two transforms around 16 BLAS GEMMs
+- ``winograd_general.py`` Winograd's F(m x m, r x r) with its transforms as matrices (the 5x5 convs)
 - ``optimizer.py``     the Adam update
 
 Images are NCHW unless a kernel's name says ``nhwc`` (channels last). The
@@ -58,6 +59,7 @@ from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bi
                       maxpool_relu_backward, winners_to_dense_nhwc)
 from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
 from .winograd import tiles as winograd_tiles, winograd_conv_rows, winograd_weights
+from .winograd_general import general_tiles as winograd_general_tiles, winograd_general_conv_rows, winograd_general_weights
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -69,6 +71,7 @@ __all__ = [
     "direct_conv_act_to_nhwc", "direct_conv_weight_grad_nchw",
     "direct_conv_input_grad_nchw",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc", "winograd_tiles", "winograd_conv_rows", "winograd_weights",
+    "winograd_general_tiles", "winograd_general_conv_rows", "winograd_general_weights",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
     "bias_relu_rows", "act_grad", "add_relu", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",

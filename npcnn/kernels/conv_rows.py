@@ -11,9 +11,10 @@ own single-threaded BLAS (``npcnn.blas``; BLAS must be held to one thread, as
 ``[t*N/workers, (t+1)*N/workers)``, ``step`` at a time, as the Python loop deals them, and each chunk
 is the same im2col and the same BLAS call, so the two loops give the same numbers.
 
-For a 3x3 stride-1 conv the forward kernels can take Winograd's F(2x2, 3x3) instead of im2col +
-GEMM for each chunk (:func:`npcnn.kernels.winograd.winograd_conv_rows`, chosen by the caller, who
-passes its transformed weights ``u``; an empty ``u`` means im2col).
+For a 3x3 or 5x5 stride-1 conv the forward kernels can take Winograd instead of im2col + GEMM for
+each chunk, chosen by the caller, who passes its transformed weights ``u`` (an empty ``u`` means
+im2col) and the transforms ``bt``, ``at`` (empty: F(2x2, 3x3) as written out in
+:func:`npcnn.kernels.winograd.winograd_conv_rows`; else :func:`npcnn.kernels.winograd_general.winograd_general_conv_rows`).
 
 Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH), whose per-segment bodies
 these kernels inline: the activation is applied to each chunk's rows while they are in cache.
@@ -27,18 +28,20 @@ from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
 from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_segment
 from .winograd import winograd_conv_rows
+from .winograd_general import winograd_general_conv_rows
 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run, act,
-                      cols_all, step, out, u, v_all, m_all):
+                      cols_all, step, out, u, v_all, m_all, bt, at):
     """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE, RELU or TANH. ``x3``
     (N, H, W*C) channels last, not padded (im2col writes the padding's zeros), ``w_mat`` (kh*kw*C, F),
     ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added, with the ReLU, only
     if ``bias_relu``: a bias-free conv without ReLU skips the pass), ``cols_all`` (workers,
-    step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address. With ``u`` a 3x3 kernel's Winograd
-    weights (16, C, F) (else empty), each chunk's conv is :func:`npcnn.kernels.winograd.winograd_conv_rows`
-    instead, in the scratch ``v_all`` / ``m_all`` (workers, 16, rows, C / F)."""
+    step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address. With ``u`` the kernel's Winograd
+    weights (alpha^2, C, F) (else empty), each chunk's conv is Winograd's instead, in the scratch
+    ``v_all`` / ``m_all`` (workers, alpha^2, rows, C / F): F(2x2, 3x3) written out if ``bt`` is empty,
+    else F(m x m, r x r) with the transforms ``bt`` (alpha, alpha) and ``at`` (m, alpha)."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     k, f = w_mat.shape
     double = out.itemsize == 8
@@ -48,8 +51,11 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
         for a in range(first, last, step):
             b = min(last, a + step)
             rows = out[a * p:b * p]
-            if u.shape[0] == 16:
+            if u.shape[0] > 0 and bt.shape[0] == 0:
                 winograd_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, ho, wo, u, v_all[t], m_all[t], rows)
+            elif u.shape[0] > 0:
+                winograd_general_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, ho, wo, bt, at, u, v_all[t],
+                                           m_all[t], rows)
             else:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
@@ -113,13 +119,13 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_relu_maxpool_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, w_mat, bias, zero,
-                                   cols_all, rows_all, step, out, argmax, u, v_all, m_all):
+                                   cols_all, rows_all, step, out, argmax, u, v_all, m_all, bt, at):
     """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path (``x3`` (N, H, W*C), padded
     by ``ph``, ``pw`` as it is read: 0 when the caller padded it already, as the backward's kernels need
     it; the conv's own in inference, where no copy is made): per chunk, im2col, ``rows = cols @ w_mat`` into the thread's
     ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``
     (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule). ``u``, ``v_all``,
-    ``m_all``: the Winograd alternative, as in :func:`conv_rows_forward`."""
+    ``m_all``, ``bt``, ``at``: the Winograd alternative, as in :func:`conv_rows_forward`."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], hc * wc
     k, f = w_mat.shape
     double = out.itemsize == 8
@@ -128,9 +134,12 @@ def conv_rows_relu_maxpool_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph,
         cols, rows = cols_all[t], rows_all[t]
         for a in range(first, last, step):
             b = min(last, a + step)
-            if u.shape[0] == 16:
+            if u.shape[0] > 0 and bt.shape[0] == 0:
                 winograd_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, hc, wc, u, v_all[t], m_all[t],
                                    rows[:(b - a) * p])
+            elif u.shape[0] > 0:
+                winograd_general_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, hc, wc, bt, at, u, v_all[t],
+                                           m_all[t], rows[:(b - a) * p])
             else:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, cols[(n - a) * p:(n - a + 1) * p])
