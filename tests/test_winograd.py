@@ -135,11 +135,12 @@ def test_general_winograd_kernel_equals_torch_conv(m, r, points, config, dtype):
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 32, 3), nn.Conv2d(32, 64, 3, padding=2),
-                                  nn.Conv2d(32, 64, 5, padding=2), nn.Conv2d(40, 32, 5)])
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 64, 5, padding=2), nn.Conv2d(40, 16, 5)])
 def test_which_convs_take_winograd(conv):
     assert winograd.fits(conv, np.float32) and winograd.fits(conv, np.float64)
-    for other in (nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2), nn.Conv2d(32, 32, 7),
-                  nn.Conv2d(32, 16, 3), nn.Conv2d(32, 32, (3, 1)), nn.Conv2d(1, 32, 5), nn.Conv2d(32, 32, 5, stride=2)):
+    for other in (nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2), nn.Conv2d(32, 32, 7),
+                  nn.Conv2d(32, 12, 3), nn.Conv2d(32, 32, (3, 1)), nn.Conv2d(1, 32, 5), nn.Conv2d(6, 16, 5),
+                  nn.Conv2d(32, 32, 5, stride=2)):
         assert not winograd.fits(other, np.float32)
     assert not winograd.fits(conv, np.float16)
 

@@ -5,14 +5,17 @@ steps hand the kernels.
 Winograd does a 3x3 stride-1 conv in 16 multiply-adds per channel pair and four outputs instead of
 36 (F(2x2, 3x3), :mod:`npcnn.kernels.winograd`, written out), and a 5x5 one in 36 instead of 100
 (F(2x2, 5x5), :mod:`npcnn.kernels.winograd_general`, its transforms as matrices), in GEMMs only C
-wide plus two passes of transforms. Measured on a 2-core AMD EPYC (one thread, 8 images of a chunk,
-float32), F(2x2, 3x3) against im2col + GEMM: 32 -> 32 channels at 32x32 1.78 against 2.34 ms, 32 ->
-64 at 16x16 0.69 against 0.94, 64 -> 64 at 16x16 1.08 against 1.85, but 16 -> 16 at 28x28 0.57
-against 0.59: below 32 channels the narrow GEMMs and the transforms eat the saving. Hence
-:data:`WINOGRAD_MIN_CHANNELS`. On a Zen 4 EPYC (one thread, one image), F(2x2, 5x5) for Madry et
-al.'s second conv (32 -> 64 at 14x14): 158 against 219 us. F(4x4, 3x3) (36 products per 16 outputs)
-ran no faster than the written-out F(2x2, 3x3) here, its transforms being the general kernel's, so it
-is not used. Only inference takes Winograd (:func:`kernel_args` says why):
+wide plus two passes of transforms. Measured on a 2-core AMD EPYC with AVX2 only (one thread, 8
+images of a chunk, float32), F(2x2, 3x3) against im2col + GEMM: 32 -> 32 channels at 32x32 1.78
+against 2.34 ms, 32 -> 64 at 16x16 0.69 against 0.94, 64 -> 64 at 16x16 1.08 against 1.85, 16 -> 16
+at 28x28 0.57 against 0.59. On a Zen 4 EPYC (AVX-512; one thread, chunks of one image as the steps
+cut them): 16 -> 16 at 28x28 45 against 58 us, 16 -> 32 at 28x28 64 against 92, 64 -> 64 at 7x7 27
+against 46, but 16 -> 16 at 14x14 29 against 26 (below 16 channels, or on small images, the narrow
+GEMMs and the transforms eat the saving): hence :data:`WINOGRAD_MIN_CHANNELS`. F(2x2, 5x5) for Madry
+et al.'s second conv (32 -> 64 at 14x14): 119 against 217 us. F(4x4, 3x3) (36 products per 16
+outputs, through the general kernel) beat the written-out F(2x2, 3x3) only with 64 channels (64 -> 64
+at 16x16, two images: 169 against 198 us; at 7x7, eight: 189 against 205) and lost at 32 -> 32 on
+14x14 (157 against 111), so it is not used. Only inference takes Winograd (:func:`kernel_args` says why):
 ``FastSequential.forward(x, inference=True)``, as the Classifier's logits and the evaluation after each
 epoch call it.
 """
@@ -23,7 +26,7 @@ import numpy as np
 from .. import blas, kernels
 
 #: Winograd is used when both the input and the output have at least this many channels.
-WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def toom_cook(m, r, points):
