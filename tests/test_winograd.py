@@ -205,6 +205,60 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
     assert used[-1] == 0
 
 
+@pytest.mark.parametrize("param_grads", [True, False])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize("config", _step_configs(8, seed=4))
+def test_conv_act_input_grad_by_winograd_equals_the_readable_layers(config, act, loop, kernel, param_grads,
+                                                                    monkeypatch):
+    """ConvAct's backward in training computes dL/dx as the conv of dL/d(conv output) with the flipped,
+    channel-swapped kernel by Winograd (WINOGRAD_MIN_CHANNELS = 1 here): dL/dx and the parameter
+    gradients equal the readable layers' in float64, with the chunk loop in Python and in
+    kernels.conv_rows, paddings 0 to k - 1 (and one more, where col2im must take over), from a caller's
+    batch; the forward stays im2col. The scratch is spied on to prove which path ran."""
+    n, c, f, h, w, p, bias = config
+    p = p + 2 if p == 2 and kernel == 5 else p         # 0, 1, 4 for 5x5 (4 = k - 1), 0 to 2 for 3x3
+    h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
+    big_pad = p == kernel - 1 and n % 2 == 0           # now and then a padding of k, beyond Winograd's reach
+    p = p + 1 if big_pad else p
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
+    used = []
+    real_args = winograd.input_grad_args
+    monkeypatch.setattr(winograd, "input_grad_args", lambda *a: used.append(real_args(*a)[0].size) or real_args(*a))
+    if loop == "python":
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
+        shared = contextlib.nullcontext
+    else:
+        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
+        shared = parallel.one_blas_thread
+    rng = np.random.default_rng(sum(config) + kernel)
+    conv = nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=2)
+    layers = [conv] + ({"relu": [nn.ReLU()], "tanh": [nn.Tanh()]}[act] if act else [])
+    x = rng.standard_normal((n, c, h, w))
+    ref = x
+    for layer in layers:
+        ref = layer.forward(ref)
+    g = rng.standard_normal(ref.shape)
+    dx_ref = g
+    for layer in reversed(layers):
+        dx_ref = layer.backward(dx_ref)
+    grads_ref = [prm.grad.copy() for prm in conv.parameters()]
+    conv.zero_grad()
+    step = ConvAct(*layers)
+    with shared():
+        assert rel_err(step.forward(x), ref) < 1e-12
+        dx = step.backward(g, param_grads=param_grads)
+    assert used == [0 if big_pad else (kernel + 1) ** 2 * c * f], "not the path asked for"
+    assert rel_err(dx, dx_ref) < 1e-12
+    for prm, want in zip(conv.parameters(), grads_ref):
+        if param_grads:
+            assert rel_err(prm.grad, want) < 1e-12
+        else:
+            assert not np.any(prm.grad)
+
+
 @pytest.mark.parametrize("model", ["seed-cnn", "madry-mnist", "small-vgg", "small-resnet"])
 def test_only_a_forward_for_inference_takes_winograd(model, monkeypatch):
     """A net's forward for a backward (training, the attacks' input gradients) computes every conv by

@@ -18,14 +18,17 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
   - ``dL/dW += cols^T @ Ga``   ((kh*kw*C, F), reordered to the weight's (F, C, kh, kw))
   - ``dL/db += sum of Ga's rows``
   - ``dL/dcols = Ga @ W^T``, scattered back by ``kernels.col2im_nhwc`` onto dL/dx (channels last; the
-    taps on the padding dropped).
+    taps on the padding dropped); or, for a conv that Winograd takes (below), ``dL/dx`` directly as the
+    conv of ``Ga`` with the kernel flipped in both directions and its channels swapped, padded by
+    ``k - 1 - p``: ``dL/dx[c, i, j] = sum over f, a, b of Ga[f, i - a + p, j - b + p] * W[f, c, a, b]``
+    is that conv, read the other way round.
 
 A 3x3 or 5x5 stride-1 conv with at least :data:`npcnn.fast.winograd.WINOGRAD_MIN_CHANNELS` channels
 in and out (a VGG's or a ResNet's inner convs, Madry et al.'s second) computes each chunk's forward by
 Winograd's F(2x2, 3x3) or F(2x2, 5x5) instead of im2col + GEMM (:mod:`npcnn.fast.winograd`: 16
 multiply-adds per channel pair and four outputs instead of 36, 36 instead of 100) when
-``forward(x, inference=True)`` says no backward follows
-(:func:`npcnn.fast.winograd.kernel_args` says why only then).
+``forward(x, inference=True)`` says no backward follows (:func:`npcnn.fast.winograd.kernel_args`
+says why only then); its backward's dL/dx always (see above).
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
 and at most :data:`DIRECT_MAX_FILTERS` filters (the first convs of LeNet-5, Wong et al.'s net and the
@@ -279,6 +282,9 @@ class ConvAct(ScratchBuffers):
         dw = np.zeros((workers, k, f), dtype=dtype) if param_grads else None
         db = np.zeros((workers, f), dtype=dtype) if param_grads and conv.bias is not None else None
         ones = np.ones(step * p, dtype=dtype) if db is not None else None   # db = ones @ Ga, a GEMV
+        # dL/dx as a conv of Ga by Winograd where it fits (u empty: GEMM + col2im)
+        wino = (winograd.input_grad_args if input_grad else winograd.no_args)(self, conv, dtype, workers,
+                                                                              min(n, step), h, w)
 
         def body(first, last, t, serial, step):
             rows = min(last - first, step) * p
@@ -298,7 +304,10 @@ class ConvAct(ScratchBuffers):
                     dw[t] += mm(cols[:m].T, ga)
                     if db is not None:
                         db[t] += ones[:m] @ ga
-                if input_grad:
+                if input_grad and wino[0].size:
+                    winograd.conv_rows(wino, t, ga.reshape(b - a, ho, wo * f), 0, b - a, f, kh - 1 - ph, kw - 1 - pw,
+                                       h, w, dx3[a:b].reshape(-1, c))
+                elif input_grad:
                     mm(ga, w_t, out=dcols[:m])
                     col2im(dcols[:m], c, kh, kw, sh, sw, ph, pw, ho, wo, dx3[a:b])
 
@@ -313,7 +322,7 @@ class ConvAct(ScratchBuffers):
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,
                 db if db is not None else np.zeros((workers, f), dtype),
-                dx3 if input_grad else np.empty((0, 0, 0), dtype))
+                dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino)
         if param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
             if db is not None:

@@ -96,21 +96,50 @@ def kernel_args(step, conv, dtype, workers, images, ho, wo, inference):
     constant background, as every MNIST digit has) come out unequal in the last bits, and a max-pool
     downstream would pick its winners, so route its gradient, by rounding instead of PyTorch's
     first-maximum rule."""
-    c, f = conv.in_channels, conv.out_channels
-    none = np.empty((0, 0))
     if not (inference and fits(conv, dtype)):
+        return _args(step, None, dtype, workers, images, ho, wo, "", conv.in_channels, conv.out_channels)
+    return _args(step, conv.weight.data, dtype, workers, images, ho, wo, "winograd", conv.in_channels,
+                 conv.out_channels)
+
+
+def input_grad_args(step, conv, dtype, workers, images, h, w):
+    """``(u, v_all, m_all, bt, at)`` as :func:`kernel_args` gives them, for the backward's dL/dx by
+    Winograd (:func:`npcnn.kernels.conv_rows_backward`): the input gradient of a stride-1 conv is a conv
+    too, of ``Ga`` = dL/d(conv output) (F channels) with the kernel flipped in both directions and its
+    channels swapped (a C x F x k x k kernel), padded by ``k - 1 - p``, giving the ``h`` x ``w`` input's
+    C channels. Taken whenever :func:`fits` (so also in training: the backward's rounding decides no
+    max-pool's winners, which the forward has chosen); ``u`` empty (col2im) otherwise or when the
+    conv's padding exceeds ``k - 1``."""
+    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+    if not (fits(conv, dtype) and ph <= kh - 1 and pw <= kw - 1):
+        return _args(step, None, dtype, workers, images, h, w, "", conv.out_channels, conv.in_channels)
+    flipped = conv.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    return _args(step, flipped, dtype, workers, images, h, w, "winograd_dx", conv.out_channels, conv.in_channels)
+
+
+def no_args(step, conv, dtype, workers, *_):
+    """The empty Winograd arguments (im2col + GEMM) in :func:`input_grad_args`' shapes."""
+    return _args(step, None, dtype, workers, 0, 0, 0, "", conv.out_channels, conv.in_channels)
+
+
+def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):
+    """The Winograd arguments for ``weight`` (F, C, k, k) and chunks of ``images`` images with ``ho`` x
+    ``wo`` outputs, the scratch in ``step``'s buffers ``name``_v and ``name``_m; empty ones (im2col) for
+    ``weight`` None."""
+    none = np.empty((0, 0))
+    if weight is None:
         return (np.empty((0, c, f), dtype), np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
                 none, none)
-    if tuple(conv.kernel_size) == (3, 3):
+    if weight.shape[2:] == (3, 3):
         (th, tw), alpha, bt, at = kernels.winograd_tiles(ho, wo), 4, none, none
-        u = kernels.winograd_weights(conv.weight.data)
+        u = kernels.winograd_weights(np.ascontiguousarray(weight))
     else:
         bt, g, at = F2X2_5X5
         (th, tw), alpha = kernels.winograd_general_tiles(ho, wo, at.shape[0]), bt.shape[0]
-        u = kernels.winograd_general_weights(conv.weight.data, g, np.empty((alpha * alpha, c, f), dtype))
+        u = kernels.winograd_general_weights(np.ascontiguousarray(weight), g, np.empty((alpha * alpha, c, f), dtype))
     rows = images * th * tw + 1          # a row more: planes a power of two apart share cache sets
-    return (u, step._buffer("winograd_v", (workers, alpha * alpha, rows, c), dtype),
-            step._buffer("winograd_m", (workers, alpha * alpha, rows, f), dtype), bt, at)
+    return (u, step._buffer(f"{name}_v", (workers, alpha * alpha, rows, c), dtype),
+            step._buffer(f"{name}_m", (workers, alpha * alpha, rows, f), dtype), bt, at)
 
 
 def conv_rows(wino, t, x3, first, last, n_ch, ph, pw, ho, wo, rows):

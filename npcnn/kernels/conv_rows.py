@@ -72,15 +72,18 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, g, y, act, w_t, param_grads,
-                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3):
+                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, u, v_all, m_all, bt, at):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
     per chunk ``Ga = g * act'(y)``, then (if ``param_grads``) ``dw_part[t] += cols^T @ Ga`` and (if
     ``has_bias``) ``db_part[t] += sum of Ga's rows``; (if ``input_grad``) ``dcols = Ga @ w_t`` scattered
     by col2im onto ``dx3`` (N, H, W*C), each image's plane zeroed first. ``w_t`` (F, K); ``ga_all`` and
     ``cols_all`` (workers, step*ho*wo, F / K) scratch (``cols`` holds the columns, then, once the
     weight gradient has them, dcols); ``dw_part`` (workers, K, F) and ``db_part`` (workers, F) zeroed
-    by the caller, who sums them."""
+    by the caller, who sums them. With ``u`` the Winograd weights of the kernel flipped and its channels
+    swapped (alpha^2, F, C) (else empty), dL/dx is instead that conv of ``Ga`` (padded by ``k - 1 - p``)
+    by Winograd, in the scratch ``v_all`` / ``m_all``, ``bt`` and ``at`` as in :func:`conv_rows_forward`."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
+    h, w = x3.shape[1], x3.shape[2] // n_ch
     f, k = w_t.shape
     double = g.itemsize == 8
     for t in prange(workers):
@@ -107,7 +110,15 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
                     for r in range(m):
                         for j in range(f):
                             db_t[j] += ga[r, j]
-            if input_grad:
+            if input_grad and u.shape[0] > 0:
+                ga3, dx_rows = ga.reshape(b - a, ho, wo * f), dx3[a:b].reshape((b - a) * h * w, n_ch)
+                if bt.shape[0] == 0:
+                    winograd_conv_rows(blas_fn, ilp64, ga3, 0, b - a, f, kh - 1 - ph, kw - 1 - pw, h, w, u, v_all[t],
+                                       m_all[t], dx_rows)
+                else:
+                    winograd_general_conv_rows(blas_fn, ilp64, ga3, 0, b - a, f, kh - 1 - ph, kw - 1 - pw, h, w, bt,
+                                               at, u, v_all[t], m_all[t], dx_rows)
+            elif input_grad:
                 dcols = cols[:m]
                 _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, m, k, f, ga.ctypes.data, f, w_t.ctypes.data, k,
                       dcols.ctypes.data, k)
