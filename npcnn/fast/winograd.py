@@ -15,9 +15,10 @@ GEMMs and the transforms eat the saving): hence :data:`WINOGRAD_MIN_CHANNELS`. F
 et al.'s second conv (32 -> 64 at 14x14): 119 against 217 us. F(4x4, 3x3) (36 products per 16
 outputs, through the general kernel) beat the written-out F(2x2, 3x3) only with 64 channels (64 -> 64
 at 16x16, two images: 169 against 198 us; at 7x7, eight: 189 against 205) and lost at 32 -> 32 on
-14x14 (157 against 111), so it is not used. Only inference takes Winograd (:func:`kernel_args` says why):
-``FastSequential.forward(x, inference=True)``, as the Classifier's logits and the evaluation after each
-epoch call it.
+14x14 (157 against 111), so it is not used. Only inference computes the forward by Winograd
+(:func:`kernel_args` says why): ``FastSequential.forward(x, inference=True)``, as the Classifier's
+logits and the evaluation after each epoch call it. The backward's dL/dx, itself a conv, takes it
+whenever it fits, in training too (:func:`input_grad_args`).
 """
 from fractions import Fraction
 
