@@ -11,8 +11,8 @@ single-threaded BLAS. For each conv this script times those GEMMs alone (the sam
 thread split, through NumPy's OpenBLAS held to one thread per thread): the **GEMM floor**, the time
 npcnn's conv cannot go below while its GEMM runs in OpenBLAS at this shape. im2col, the bias, the
 activation, the pooling and the layout copies all come on top of it. Convs npcnn computes without a
-GEMM are marked "direct" and count in no floor. Convs npcnn computes by Winograd's F(2x2, 3x3)
-(:mod:`npcnn.fast.winograd`: 3x3, stride 1, 32+ channels in and out) are marked "winograd" and keep
+GEMM are marked "direct" and count in no floor. Convs npcnn computes by Winograd in inference
+(:mod:`npcnn.fast.winograd`: 3x3 or 5x5, stride 1, 16+ channels in and out) are marked "winograd" and keep
 their im2col GEMM floor: npcnn's forward can go below the floor there, which is what Winograd is for.
 
 Per model, the sum of the floors is set against two whole forwards at the same batch, in eval mode:

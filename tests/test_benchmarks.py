@@ -57,7 +57,8 @@ def test_bench_gemm_floor_times_the_gemms_the_fast_path_runs(tmp_path):
     paths = {m: [(r["layer"], r["path"], r.get("gemm", [])[1:]) for r in models[m]["convs"]] for m in models}
     assert paths["lenet5"] == [("0", "direct", []), ("3", "gemm", [150, 16])]
     assert [p for p in paths["small-resnet"] if p[1] == "direct"] == [("0", "direct", [])]
-    assert ("3.body.0", "gemm", [144, 16]) in paths["small-resnet"]
+    assert ("3.body.0", "winograd", [144, 16]) in paths["small-resnet"]    # 16 -> 16 3x3: by Winograd
+    assert ("5.body.0", "gemm", [144, 32]) in paths["small-resnet"]        # 16 -> 32 3x3 stride 2: im2col
     assert ("5.shortcut.0", "gemm", [16, 32]) in paths["small-resnet"]
     assert ("5.body.3", "winograd", [288, 32]) in paths["small-resnet"]     # 32 -> 32 3x3: by Winograd
     assert len(paths["small-resnet"]) == 9

@@ -151,6 +151,22 @@ def _step_configs(count, seed=1):
              int(rng.integers(3, 12)), int(rng.integers(0, 3)), bool(rng.integers(0, 2))) for _ in range(count)]
 
 
+def _winograd_setup(monkeypatch, spied, loop, min_channels):
+    """Winograd from ``min_channels``, no direct kernels (for the few-channel convs), the chunk loop in
+    Python (``loop == "python"``) or in kernels.conv_rows one image per chunk, and ``winograd.<spied>``
+    spied on: returns the list of the sizes of the Winograd weights it hands out (0: im2col) and the
+    context to run the step in (BLAS held to one thread for the shared kernel)."""
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", min_channels)
+    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
+    used, real_args = [], getattr(winograd, spied)
+    monkeypatch.setattr(winograd, spied, lambda *a: used.append(real_args(*a)[0].size) or real_args(*a))
+    if loop == "python":
+        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
+        return used, contextlib.nullcontext
+    monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
+    return used, parallel.one_blas_thread
+
+
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("method", ["winograd", "im2col"])
 @pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
@@ -167,17 +183,7 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
     if step_kind.endswith("pool"):
         h, w = max(h, 4), max(w, 4)                  # at least one pooling window
     h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
-    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1 if method == "winograd" else 10 ** 6)
-    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)          # no direct kernels for the few-channel convs
-    used = []
-    real_args = winograd.kernel_args
-    monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(real_args(*a)[0].size) or real_args(*a))
-    if loop == "python":
-        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
-        shared = contextlib.nullcontext
-    else:
-        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
-        shared = parallel.one_blas_thread
+    used, shared = _winograd_setup(monkeypatch, "kernel_args", loop, 1 if method == "winograd" else 10 ** 6)
     rng = np.random.default_rng(sum(config))
     layers = [nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=2)]
     layers += {"conv": [], "conv-relu": [nn.ReLU()], "conv-tanh": [nn.Tanh()],
@@ -222,17 +228,7 @@ def test_conv_act_input_grad_by_winograd_equals_the_readable_layers(config, act,
     h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
     big_pad = p == kernel - 1 and n % 2 == 0           # now and then a padding of k, beyond Winograd's reach
     p = p + 1 if big_pad else p
-    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
-    used = []
-    real_args = winograd.input_grad_args
-    monkeypatch.setattr(winograd, "input_grad_args", lambda *a: used.append(real_args(*a)[0].size) or real_args(*a))
-    if loop == "python":
-        monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
-        shared = contextlib.nullcontext
-    else:
-        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
-        shared = parallel.one_blas_thread
+    used, shared = _winograd_setup(monkeypatch, "input_grad_args", loop, 1)
     rng = np.random.default_rng(sum(config) + kernel)
     conv = nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=2)
     layers = [conv] + ({"relu": [nn.ReLU()], "tanh": [nn.Tanh()]}[act] if act else [])
