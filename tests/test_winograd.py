@@ -32,7 +32,8 @@ def test_the_transforms_compute_a_2x2_correlation():
     np.testing.assert_allclose(u[:, 2, 3].reshape(4, 4), G @ w[3, 2] @ G.T, rtol=1e-12)
 
 
-#: (m, r, points) of the general kernel's tests: the one the steps use, F(2x2, 3x3) and F(4x4, 3x3).
+#: (m, r, points) of the general kernel's tests: the one the steps use, F(2x2, 3x3), F(4x4, 3x3)
+#: (and F(3, 2), for the transforms alone).
 GENERAL = [(2, 5, (0, 1, -1, 2, -2)), (2, 3, (0, 1, -1)), (4, 3, (0, 1, -1, 2, -2)), (3, 2, (0, 1, -1))]
 
 
@@ -134,8 +135,9 @@ def test_general_winograd_kernel_equals_torch_conv(m, r, points, config, dtype):
     assert rel_err(got, ref) < TOL[np.dtype(dtype)] / (10 if (m, r) == (2, 3) else 2)
 
 
-@pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 32, 3), nn.Conv2d(32, 64, 3, padding=2),
-                                  nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 64, 5, padding=2), nn.Conv2d(40, 16, 5)])
+@pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 32, 3),
+                                  nn.Conv2d(32, 64, 3, padding=2), nn.Conv2d(16, 16, 3, padding=1),
+                                  nn.Conv2d(32, 64, 5, padding=2), nn.Conv2d(40, 16, 5)])
 def test_which_convs_take_winograd(conv):
     assert winograd.fits(conv, np.float32) and winograd.fits(conv, np.float64)
     for other in (nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(32, 32, 3, stride=2), nn.Conv2d(32, 32, 7),

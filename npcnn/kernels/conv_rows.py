@@ -14,7 +14,8 @@ is the same im2col and the same BLAS call, so the two loops give the same number
 For a 3x3 or 5x5 stride-1 conv the forward kernels can take Winograd instead of im2col + GEMM for
 each chunk, chosen by the caller, who passes its transformed weights ``u`` (an empty ``u`` means
 im2col) and the transforms ``bt``, ``at`` (empty: F(2x2, 3x3) as written out in
-:func:`npcnn.kernels.winograd.winograd_conv_rows`; else :func:`npcnn.kernels.winograd_general.winograd_general_conv_rows`).
+:func:`npcnn.kernels.winograd.winograd_conv_rows`; else
+:func:`npcnn.kernels.winograd_general.winograd_general_conv_rows`).
 
 Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH), whose per-segment bodies
 these kernels inline: the activation is applied to each chunk's rows while they are in cache.

@@ -24,7 +24,7 @@ def general_tiles(ho, wo, m):
 
 @njit(**_OPTS)
 def winograd_general_weights(weight, g_mat, u):
-    """``u[a*s + t, c, f] = (G g G^T)[s, t]`` for ``g = weight[f, c]`` (F, C, r, r), ``G`` (alpha, r)
+    """``u[alpha*s + t, c, f] = (G g G^T)[s, t]`` for ``g = weight[f, c]`` (F, C, r, r), ``G`` (alpha, r)
     ``g_mat``, summed in float64, written in ``u``'s dtype (alpha^2, C, F)."""
     n_f, n_c, r = weight.shape[0], weight.shape[1], weight.shape[2]
     alpha = g_mat.shape[0]
