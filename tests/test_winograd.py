@@ -129,7 +129,8 @@ def test_general_winograd_kernel_equals_torch_conv(m, r, points, config, dtype):
     u = winograd_general_weights(weight, g, np.empty((alpha * alpha, c, f), dtype))
     v, mm = np.empty((alpha * alpha, n * th * tw + 3, c), dtype), np.empty((alpha * alpha, n * th * tw + 3, f), dtype)
     rows = np.full((n * ho * wo, f), np.nan, dtype)
-    winograd_general_conv_rows(*blas.kernel_gemm(dtype), x3, first, first + n, c, p, p, ho, wo, bt, at, u, v, mm, rows)
+    winograd_general_conv_rows(*blas.kernel_gemm(dtype), x3, first, first + n, c, p, p, ho, wo, bt.astype(dtype),
+                               at.astype(dtype), u, v, mm, rows)
     got = rows.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
     # F(4x4, 3x3) and F(2x2, 5x5) multiply by up to 8 in their transforms: a few units more of rounding
     assert rel_err(got, ref) < TOL[np.dtype(dtype)] / (10 if (m, r) == (2, 3) else 2)

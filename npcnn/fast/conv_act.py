@@ -283,8 +283,7 @@ class ConvAct(ScratchBuffers):
         db = np.zeros((workers, f), dtype=dtype) if param_grads and conv.bias is not None else None
         ones = np.ones(step * p, dtype=dtype) if db is not None else None   # db = ones @ Ga, a GEMV
         # dL/dx as a conv of Ga by Winograd where it fits (u empty: GEMM + col2im)
-        wino = (winograd.input_grad_args if input_grad else winograd.no_args)(self, conv, dtype, workers,
-                                                                              min(n, step), h, w)
+        wino = winograd.input_grad_args(self, conv, dtype, workers, min(n, step), h, w, input_grad)
 
         def body(first, last, t, serial, step):
             rows = min(last - first, step) * p

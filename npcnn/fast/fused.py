@@ -190,7 +190,7 @@ class ConvReLUPool(ScratchBuffers):
         (kh*kw*C, F)), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``, a few images at a
         time: each chunk's columns and conv output ``rows`` (N*hc*wc, F) stay in cache between the
         kernel that writes them and the one that reads them. A conv that :func:`npcnn.fast.winograd.fits`
-        is computed by Winograd's F(2x2, 3x3) instead of im2col + GEMM when ``inference``; in inference
+        is computed by Winograd (F(2x2, 3x3), F(2x2, 5x5)) instead of im2col + GEMM when ``inference``; in inference
         the input is also read unpadded (im2col and Winograd write the padding's zeros themselves), since
         only the backward's kernels need the padded copy (batch 1000: the small VGG's second conv
         106 -> 93 ms by im2col, the reference net's second 20-23 -> 16-17 ms by Winograd).

@@ -103,31 +103,26 @@ def kernel_args(step, conv, dtype, workers, images, ho, wo, inference):
                  conv.out_channels)
 
 
-def input_grad_args(step, conv, dtype, workers, images, h, w):
+def input_grad_args(step, conv, dtype, workers, images, h, w, input_grad):
     """``(u, v_all, m_all, bt, at)`` as :func:`kernel_args` gives them, for the backward's dL/dx by
     Winograd (:func:`npcnn.kernels.conv_rows_backward`): the input gradient of a stride-1 conv is a conv
     too, of ``Ga`` = dL/d(conv output) (F channels) with the kernel flipped in both directions and its
     channels swapped (a C x F x k x k kernel), padded by ``k - 1 - p``, giving the ``h`` x ``w`` input's
-    C channels. Taken whenever :func:`fits` (so also in training: the backward's rounding decides no
-    max-pool's winners, which the forward has chosen); ``u`` empty (col2im) otherwise or when the
-    conv's padding exceeds ``k - 1``."""
+    C channels. Taken whenever ``input_grad`` and :func:`fits` (so also in training: the backward's
+    rounding decides no max-pool's winners, which the forward has chosen); ``u`` empty (col2im)
+    otherwise or when the conv's padding exceeds ``k - 1``."""
     (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    if not (fits(conv, dtype) and ph <= kh - 1 and pw <= kw - 1):
+    if not (input_grad and fits(conv, dtype) and ph <= kh - 1 and pw <= kw - 1):
         return _args(step, None, dtype, workers, images, h, w, "", conv.out_channels, conv.in_channels)
     flipped = conv.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     return _args(step, flipped, dtype, workers, images, h, w, "winograd_dx", conv.out_channels, conv.in_channels)
 
 
-def no_args(step, conv, dtype, workers, *_):
-    """The empty Winograd arguments (im2col + GEMM) in :func:`input_grad_args`' shapes."""
-    return _args(step, None, dtype, workers, 0, 0, 0, "", conv.out_channels, conv.in_channels)
-
-
 def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):
     """The Winograd arguments for ``weight`` (F, C, k, k) and chunks of ``images`` images with ``ho`` x
     ``wo`` outputs, the scratch in ``step``'s buffers ``name``_v and ``name``_m; empty ones (im2col) for
-    ``weight`` None."""
-    none = np.empty((0, 0))
+    ``weight`` None. The transforms come in ``dtype``, as the kernels read them."""
+    none = np.empty((0, 0), dtype)
     if weight is None:
         return (np.empty((0, c, f), dtype), np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
                 none, none)
@@ -137,6 +132,7 @@ def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):
     else:
         bt, g, at = F2X2_5X5
         (th, tw), alpha = kernels.winograd_general_tiles(ho, wo, at.shape[0]), bt.shape[0]
+        bt, at = bt.astype(dtype), at.astype(dtype)
         u = kernels.winograd_general_weights(np.ascontiguousarray(weight), g, np.empty((alpha * alpha, c, f), dtype))
     rows = images * th * tw + 1          # a row more: planes a power of two apart share cache sets
     return (u, step._buffer(f"{name}_v", (workers, alpha * alpha, rows, c), dtype),
@@ -145,12 +141,8 @@ def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):
 
 def conv_rows(wino, t, x3, first, last, n_ch, ph, pw, ho, wo, rows):
     """One chunk's conv by Winograd on the calling thread ``t`` (the Python-threaded paths' loop body),
-    ``wino`` what :func:`kernel_args` gave: :func:`npcnn.kernels.winograd_conv_rows` (or its general
-    twin) with npcnn's own BLAS call."""
+    ``wino`` what :func:`kernel_args` gave: :func:`npcnn.kernels.winograd_conv_chunk` with npcnn's own
+    BLAS call."""
     u, v_all, m_all, bt, at = wino
-    gemm = blas.kernel_gemm(x3.dtype)
-    if bt.size:
-        kernels.winograd_general_conv_rows(*gemm, x3, first, last, n_ch, ph, pw, ho, wo, bt, at, u, v_all[t],
-                                           m_all[t], rows)
-    else:
-        kernels.winograd_conv_rows(*gemm, x3, first, last, n_ch, ph, pw, ho, wo, u, v_all[t], m_all[t], rows)
+    kernels.winograd_conv_chunk(*blas.kernel_gemm(x3.dtype), x3, first, last, n_ch, ph, pw, ho, wo, u, v_all[t],
+                                m_all[t], bt, at, rows)

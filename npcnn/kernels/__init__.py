@@ -59,7 +59,8 @@ from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bi
                       maxpool_relu_backward, winners_to_dense_nhwc)
 from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
 from .winograd import tiles as winograd_tiles, winograd_conv_rows, winograd_weights
-from .winograd_general import general_tiles as winograd_general_tiles, winograd_general_conv_rows, winograd_general_weights
+from .winograd_general import (general_tiles as winograd_general_tiles, winograd_conv_chunk,
+                               winograd_general_conv_rows, winograd_general_weights)
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -71,7 +72,7 @@ __all__ = [
     "direct_conv_act_to_nhwc", "direct_conv_weight_grad_nchw",
     "direct_conv_input_grad_nchw",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc", "winograd_tiles", "winograd_conv_rows", "winograd_weights",
-    "winograd_general_tiles", "winograd_general_conv_rows", "winograd_general_weights",
+    "winograd_general_tiles", "winograd_general_conv_rows", "winograd_general_weights", "winograd_conv_chunk",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
     "bias_relu_rows", "act_grad", "add_relu", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",

@@ -15,7 +15,7 @@ For a 3x3 or 5x5 stride-1 conv the forward kernels can take Winograd instead of 
 each chunk, chosen by the caller, who passes its transformed weights ``u`` (an empty ``u`` means
 im2col) and the transforms ``bt``, ``at`` (empty: F(2x2, 3x3) as written out in
 :func:`npcnn.kernels.winograd.winograd_conv_rows`; else
-:func:`npcnn.kernels.winograd_general.winograd_general_conv_rows`).
+:func:`npcnn.kernels.winograd_general.winograd_general_conv_rows`; ``winograd_conv_chunk`` picks).
 
 Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH), whose per-segment bodies
 these kernels inline: the activation is applied to each chunk's rows while they are in cache.
@@ -28,8 +28,7 @@ from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
 from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_segment
-from .winograd import winograd_conv_rows
-from .winograd_general import winograd_general_conv_rows
+from .winograd_general import winograd_conv_chunk
 
 
 @njit(parallel=True, **_OPTS)
@@ -52,11 +51,8 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
         for a in range(first, last, step):
             b = min(last, a + step)
             rows = out[a * p:b * p]
-            if u.shape[0] > 0 and bt.shape[0] == 0:
-                winograd_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, ho, wo, u, v_all[t], m_all[t], rows)
-            elif u.shape[0] > 0:
-                winograd_general_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, ho, wo, bt, at, u, v_all[t],
-                                           m_all[t], rows)
+            if u.shape[0] > 0:
+                winograd_conv_chunk(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, ho, wo, u, v_all[t], m_all[t], bt, at, rows)
             else:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
@@ -112,13 +108,9 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
                         for j in range(f):
                             db_t[j] += ga[r, j]
             if input_grad and u.shape[0] > 0:
-                ga3, dx_rows = ga.reshape(b - a, ho, wo * f), dx3[a:b].reshape((b - a) * h * w, n_ch)
-                if bt.shape[0] == 0:
-                    winograd_conv_rows(blas_fn, ilp64, ga3, 0, b - a, f, kh - 1 - ph, kw - 1 - pw, h, w, u, v_all[t],
-                                       m_all[t], dx_rows)
-                else:
-                    winograd_general_conv_rows(blas_fn, ilp64, ga3, 0, b - a, f, kh - 1 - ph, kw - 1 - pw, h, w, bt,
-                                               at, u, v_all[t], m_all[t], dx_rows)
+                winograd_conv_chunk(blas_fn, ilp64, ga.reshape(b - a, ho, wo * f), 0, b - a, f, kh - 1 - ph,
+                                    kw - 1 - pw, h, w, u, v_all[t], m_all[t], bt, at,
+                                    dx3[a:b].reshape((b - a) * h * w, n_ch))
             elif input_grad:
                 dcols = cols[:m]
                 _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, m, k, f, ga.ctypes.data, f, w_t.ctypes.data, k,
@@ -134,8 +126,8 @@ def conv_rows_relu_maxpool_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph,
                                    cols_all, rows_all, step, out, argmax, u, v_all, m_all, bt, at):
     """The forward of :class:`npcnn.fast.ConvReLUPool`'s channels-last path (``x3`` (N, H, W*C), padded
     by ``ph``, ``pw`` as it is read: 0 when the caller padded it already, as the backward's kernels need
-    it; the conv's own in inference, where no copy is made): per chunk, im2col, ``rows = cols @ w_mat`` into the thread's
-    ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``
+    it; the conv's own in inference, where no copy is made): per chunk, im2col, ``rows = cols @ w_mat``
+    into the thread's ``rows_all[t]`` (step*hc*wc, F), then bias + ReLU + 2x2 max-pool into ``out`` and ``argmax``
     (N, Ho, Wo, F) (:func:`npcnn.kernels.bias_relu_maxpool_nhwc_2x2`'s rule). ``u``, ``v_all``,
     ``m_all``, ``bt``, ``at``: the Winograd alternative, as in :func:`conv_rows_forward`."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], hc * wc
@@ -146,12 +138,9 @@ def conv_rows_relu_maxpool_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph,
         cols, rows = cols_all[t], rows_all[t]
         for a in range(first, last, step):
             b = min(last, a + step)
-            if u.shape[0] > 0 and bt.shape[0] == 0:
-                winograd_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, hc, wc, u, v_all[t], m_all[t],
-                                   rows[:(b - a) * p])
-            elif u.shape[0] > 0:
-                winograd_general_conv_rows(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, hc, wc, bt, at, u, v_all[t],
-                                           m_all[t], rows[:(b - a) * p])
+            if u.shape[0] > 0:
+                winograd_conv_chunk(blas_fn, ilp64, x3, a, b, n_ch, ph, pw, hc, wc, u, v_all[t], m_all[t], bt, at,
+                                    rows[:(b - a) * p])
             else:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, hc, wc, cols[(n - a) * p:(n - a + 1) * p])

@@ -14,6 +14,7 @@ from numba import njit
 
 from ..blas import NO_TRANS, _gemm
 from ._compile import _OPTS
+from .winograd import winograd_conv_rows
 
 
 @njit(**_OPTS)
@@ -166,27 +167,36 @@ def _output_transform_general(mm, base, th, tw, ho, wo, at, srows, out):
 def winograd_general_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, bt, at, u, v, mm, rows):
     """The r x r stride-1 conv (no bias) of images ``[first, last)`` of ``x3`` (N, H, W*C) channels
     last, padded by ``ph``, ``pw``, into ``rows`` ((last - first)*ho*wo, F), by F(m x m, r x r) with
-    ``bt`` = B^T (alpha, alpha), ``at`` = A^T (m, alpha) and ``u`` (alpha^2, C, F) the transformed
-    weights (:func:`winograd_general_weights`); ``v`` (alpha^2, >= tiles, C) and ``mm`` (alpha^2,
-    >= tiles, F) scratch (a row more than the tiles keeps the planes off the same cache sets)."""
+    ``bt`` = B^T (alpha, alpha), ``at`` = A^T (m, alpha) (in ``x3``'s dtype) and ``u`` (alpha^2, C, F) the
+    transformed weights (:func:`winograd_general_weights`); ``v`` (alpha^2, >= tiles, C) and ``mm``
+    (alpha^2, >= tiles, F) scratch (a row more than the tiles keeps the planes off the same cache sets)."""
     m, alpha = at.shape
     th, tw = general_tiles(ho, wo, m)
     per_image, p = th * tw, ho * wo
     n_f = u.shape[2]
     n_tiles = (last - first) * per_image
     dt = x3.dtype
-    bt_, at_ = bt.astype(dt), at.astype(dt)
     line = np.empty((m * tw + alpha - m, n_ch), dtype=dt)
     hrows = np.empty((alpha, alpha, tw, n_ch), dtype=dt)
     v_flat, m_flat = v.reshape(alpha * alpha, -1), mm.reshape(alpha * alpha, -1)
     for n in range(first, last):
-        _input_transform_general(x3, n, n_ch, ph, pw, th, tw, m, bt_, line, hrows, v_flat, (n - first) * per_image)
+        _input_transform_general(x3, n, n_ch, ph, pw, th, tw, m, bt, line, hrows, v_flat, (n - first) * per_image)
     double = x3.itemsize == 8
     for k in range(alpha * alpha):
         _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, n_tiles, n_f, n_ch, v[k].ctypes.data, n_ch,
               u[k].ctypes.data, n_f, mm[k].ctypes.data, n_f)
     srows = np.empty((m * alpha, tw, n_f), dtype=dt)
     for n in range(first, last):
-        _output_transform_general(m_flat, (n - first) * per_image, th, tw, ho, wo, at_, srows,
+        _output_transform_general(m_flat, (n - first) * per_image, th, tw, ho, wo, at, srows,
                                   rows[(n - first) * p:(n - first + 1) * p])
     return rows
+
+
+@njit(**_OPTS)
+def winograd_conv_chunk(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u, v, mm, bt, at, rows):
+    """One chunk's conv by Winograd, as the conv steps' kernels and loops call it: F(2x2, 3x3) written out
+    (:func:`npcnn.kernels.winograd.winograd_conv_rows`) when ``bt`` is empty, else
+    :func:`winograd_general_conv_rows` with the transforms ``bt`` and ``at``."""
+    if bt.shape[0] == 0:
+        return winograd_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u, v, mm, rows)
+    return winograd_general_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, bt, at, u, v, mm, rows)
