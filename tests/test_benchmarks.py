@@ -83,3 +83,26 @@ def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path)
             row = summary[task][model]
             assert row["peers"]["npcnn"]["images_per_s"] > 0
             assert row["npcnn_over"]["pytorch"] > 0 and row["npcnn_over"]["torch_cl"] > 0
+
+
+def test_bench_conv_train_times_each_conv_the_training_step_runs_against_pytorch(tmp_path):
+    """bench_conv_train on the small ResNet and Madry et al.'s net: every conv of the ResNet, on the path the
+    fast step takes (the stem direct, the stride-1 3x3s with their dL/dx by Winograd, the first conv without
+    dL/dx), timed in both libraries; Madry et al.'s convs are all ConvReLUPool's, so none is timed."""
+    out = tmp_path / "convs.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_conv_train.py", "--models", "small-resnet,madry-mnist",
+                             "--batch", "4", "--repeats", "1", "--json", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "all convs: npcnn" in result.stdout and "madry-mnist: every conv is fused" in result.stdout
+    models = json.loads(out.read_text())["models"]
+    assert models["madry-mnist"] == []
+    rows = {r["layer"]: r for r in models["small-resnet"]}
+    assert len(rows) == 9
+    assert (rows["0"]["path"], rows["0"]["input_grad"]) == ("direct", False)
+    assert rows["3.body.0"]["path"] == "gemm, dx winograd" and rows["3.body.0"]["input"] == "16x28x28"
+    assert rows["5.body.0"]["path"] == "gemm" and rows["5.body.0"]["conv"] == "16->32 3x3 s2"
+    assert all(r["input_grad"] for name, r in rows.items() if name != "0")
+    for r in rows.values():
+        assert r["npcnn"]["forward"] > 0 and r["npcnn"]["backward"] > 0 and r["torch"]["forward"] > 0
+        assert r["torch"]["layout"] in ("NCHW", "channels_last")
