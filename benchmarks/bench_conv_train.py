@@ -8,11 +8,11 @@ difference. For every Conv2d of a zoo net (nested blocks included, as ``bench_ge
 finds them), on a random batch of the shape it sees inside the net:
 
 * npcnn: the conv alone (those the fast path fuses with a ReLU and a 2x2 max-pool, ConvReLUPool, are left
-  out: ``profile_layers.py`` times them) as the fast path's :class:`~npcnn.fast.conv_act.ConvAct` step runs it in training
-  (no activation, the input channels last as the previous fast step hands it over): ``forward(x)``, then
+  out: ``profile_layers.py`` times them) as the fast path's :class:`~npcnn.fast.conv_act.ConvAct` step runs it
+  in training (no activation, the input channels last as the previous fast step hands it over): ``forward(x)``, then
   ``backward(g)`` with the weight gradient and, except for the net's first conv (whose dL/dx the training
   step skips), dL/dx. BLAS is held to one thread and npcnn shares the GEMMs out, as in a training step.
-* PyTorch: ``torch.nn.Conv2d`` with the same weights, in NCHW and in channels_last, forward and then
+* PyTorch: ``torch.nn.Conv2d`` of the same shape (its own random weights), in NCHW and in channels_last, forward and then
   ``backward(g)`` (the input's ``requires_grad`` as above); the faster layout of each (forward + backward)
   is reported. It runs in a fresh process (numba's and PyTorch's threads would wait on each other in one).
 
@@ -153,7 +153,8 @@ def report(results):
         if not rows:
             lines.append(f"\n### {model}: every conv is fused with its ReLU and max-pool (profile_layers.py)")
             continue
-        lines += [f"\n### {model} (training, batch {results['config']['batch']}, {results['config']['threads']} threads)\n",
+        config = results["config"]
+        lines += [f"\n### {model} (training, batch {config['batch']}, {config['threads']} threads)\n",
                   "| conv | input (CxHxW) | npcnn path | npcnn fwd ms | bwd ms | PyTorch fwd ms | bwd ms | layout "
                   "| fwd x | bwd x |", "|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
         for r in rows:
