@@ -258,13 +258,14 @@ def test_conv_act_input_grad_by_winograd_equals_the_readable_layers(config, act,
             assert not np.any(prm.grad)
 
 
-@pytest.mark.parametrize("model", ["seed-cnn", "madry-mnist", "small-vgg", "small-resnet"])
-def test_only_a_forward_for_inference_takes_winograd(model, monkeypatch):
-    """A net's forward for a backward (training, the attacks' input gradients) computes every conv by
+@pytest.mark.parametrize("model", ["seed-cnn", "madry-mnist", "small-vgg"])
+def test_only_a_forward_for_inference_takes_winograd_in_a_net_with_max_pools(model, monkeypatch):
+    """A net with max-pools computes its forward for a backward (training, the attacks' input gradients) by
     im2col (so a constant background, as here, gives exactly equal conv outputs, and the max-pools route
     its gradient to each window's first position, as PyTorch does); only ``forward(x, inference=True)``
-    takes Winograd (the nets' 32- and 64-channel 3x3 convs, Madry et al.'s 5x5), equal to it to rounding, and a backward
-    after it raises."""
+    takes Winograd (the nets' 32- and 64-channel 3x3 convs, Madry et al.'s 5x5), equal to it to rounding,
+    and a backward after it raises."""
+    assert not winograd.forward_may_take_winograd(build_model(model))
     used = []
     real_args = winograd.kernel_args
     monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(a[-1]) or real_args(*a))
@@ -279,3 +280,38 @@ def test_only_a_forward_for_inference_takes_winograd(model, monkeypatch):
     assert rel_err(winograd_out, exact) < 1e-5
     with pytest.raises(RuntimeError, match="inference=True"):
         net.backward(np.ones_like(exact))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_net_without_max_pools_trains_with_a_winograd_forward(dtype, monkeypatch):
+    """The small ResNet has no max-pool: its training forward computes the 16-, 32- and 64-channel 3x3 convs
+    by Winograd too (``winograd_forward=False`` forces im2col), and the loss's gradients, dL/dx and every
+    Parameter's, equal those of the readable layers (no fusion at all) to rounding; so does a
+    batch-norm net in eval mode (the folded convs)."""
+    used = []
+    real_args = winograd.kernel_args
+    monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(a[-1]) or real_args(*a))
+    model = build_model("small-resnet", dtype=dtype, rng=1)
+    assert winograd.forward_may_take_winograd(model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
+    g = rng.standard_normal((5, 10)).astype(dtype)
+    tol = 1e-11 if dtype == np.float64 else 2e-4
+    for training in (True, False):
+        model.train(training)
+        results = {}
+        for name, net, kwargs in (("readable", fast.plan(model, fuse=False), {}),
+                                  ("im2col", fast.plan(model), {"winograd_forward": False}),
+                                  ("winograd", fast.plan(model), {})):
+            model.zero_grad()
+            used.clear()
+            y = net.forward(x.copy(), **kwargs)
+            dx = net.backward(g.copy())
+            results[name] = (y, dx, [p.grad.copy() for p in model.parameters()])
+            if name != "readable":
+                assert any(used) == (name == "winograd"), (name, used)
+        for name in ("im2col", "winograd"):
+            y, dx, grads = results[name]
+            want_y, want_dx, want_grads = results["readable"]
+            assert rel_err(y, want_y) < tol and rel_err(dx, want_dx) < tol, (name, training)
+            assert all(rel_err(a, b) < tol for a, b in zip(grads, want_grads)), (name, training)

@@ -31,6 +31,7 @@ Training, the Classifier (so occlusion, saliency and the attacks) and the benchm
     out = net.forward(x)
     dx = net.backward(grad)         # dL/dW into model's Parameters, as model.backward would
     probs = net.forward(x, inference=True)   # no backward to follow: 3x3 convs may take Winograd
+                                             # (as in training, in a net without max-pools)
 
 The fusion is switched off with one setting: ``NPCNN_FAST=0`` in the environment, or
 ``npcnn.fast.FUSE = False`` (or ``plan(model, fuse=False)``). Every layer then runs its readable code in
@@ -48,12 +49,16 @@ from .flat_linear import FlatLinear, flat_linear_length
 from .fused import ConvReLUPool, fusable
 from .norm_act import BatchNormReLU, norm_act_length
 from .residual import FastResidual, residual_length
+from . import winograd as fast_winograd
 
 __all__ = ["FUSE", "plan", "FastSequential", "ConvReLUPool", "ConvAct", "ConvBatchNorm", "FastResidual", "FastAvgPool",
            "BatchNormReLU", "FlatLinear", "fusable"]
 
 #: The steps whose forward takes ``inference`` (the conv steps, and residual blocks, which hold some).
 _TAKE_INFERENCE = (ConvReLUPool, ConvAct, ConvBatchNorm, FastResidual)
+
+#: ... and those that also take ``winograd_forward`` (no max-pool inside them that could depend on it).
+_TAKE_WINOGRAD = (ConvAct, ConvBatchNorm, FastResidual)
 
 #: Fuse Conv2d -> ReLU -> MaxPool2d unless ``NPCNN_FAST=0``; set ``npcnn.fast.FUSE = False`` to switch it off.
 FUSE = os.environ.get("NPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -132,16 +137,23 @@ class FastSequential:
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x, inference=False):
+    def forward(self, x, inference=False, winograd_forward=None):
         """The net's output. ``inference=True`` promises that no backward follows (the Classifier's logits,
-        the evaluation after each epoch): the conv steps may then compute 3x3 convs by Winograd
-        (:mod:`npcnn.fast.winograd`, which says why only then), and ``backward`` raises."""
+        the evaluation after each epoch), and ``backward`` then raises. ``winograd_forward``: whether the
+        conv steps may compute their forward by Winograd (:mod:`npcnn.fast.winograd`); by default in
+        inference, and in training too for a net without max-pools
+        (:func:`npcnn.fast.winograd.forward_may_take_winograd` says why only then)."""
+        if winograd_forward is None:
+            winograd_forward = inference or fast_winograd.forward_may_take_winograd(self.model)
         self._own_threads = parallel.own_threads_pay(x)
         self._inference = inference
         with parallel.one_blas_thread(self._own_threads):   # npcnn shares out the GEMMs (npcnn.parallel)
             self._steps = self.steps()
             for step in self._steps:
-                x = step.forward(x, inference) if isinstance(step, _TAKE_INFERENCE) else step.forward(x)
+                if isinstance(step, _TAKE_WINOGRAD):
+                    x = step.forward(x, inference, winograd_forward)
+                else:
+                    x = step.forward(x, inference) if isinstance(step, _TAKE_INFERENCE) else step.forward(x)
             return x
 
     def backward(self, grad_out, param_grads=True, input_grad=True):

@@ -26,9 +26,10 @@ rule, reordered so that the column matrix never leaves the CPU's cache:
 A 3x3 or 5x5 stride-1 conv with at least :data:`npcnn.fast.winograd.WINOGRAD_MIN_CHANNELS` channels
 in and out (a VGG's or a ResNet's inner convs, Madry et al.'s second) computes each chunk's forward by
 Winograd's F(2x2, 3x3) or F(2x2, 5x5) instead of im2col + GEMM (:mod:`npcnn.fast.winograd`: 16
-multiply-adds per channel pair and four outputs instead of 36, 36 instead of 100) when
-``forward(x, inference=True)`` says no backward follows (:func:`npcnn.fast.winograd.kernel_args`
-says why only then); its backward's dL/dx always (see above).
+multiply-adds per channel pair and four outputs instead of 36, 36 instead of 100) when its forward is
+given ``winograd_forward``: in inference, and in training in a net without max-pools
+(:func:`npcnn.fast.winograd.forward_may_take_winograd` says why only then); its backward's dL/dx always
+(see above).
 
 A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
 and at most :data:`DIRECT_MAX_FILTERS` filters (the first convs of LeNet-5, Wong et al.'s net and the
@@ -165,8 +166,9 @@ class ConvAct(ScratchBuffers):
             parallel.run_threads(lambda t: body(t * n // workers, (t + 1) * n // workers, t, True, step), workers)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, inference=False):
-        """``inference``: no backward follows (the conv may then take Winograd, :mod:`npcnn.fast.winograd`)."""
+    def forward(self, x, inference=False, winograd_forward=None):
+        """``inference``: no backward follows; ``winograd_forward``: the conv may take Winograd where it fits
+        (None: only in inference; :mod:`npcnn.fast.winograd`)."""
         self._direct, self._inference = direct(self.conv), inference
         if self._direct:
             return self._forward_direct(x)
@@ -188,7 +190,8 @@ class ConvAct(ScratchBuffers):
         bias_run = np.tile(bias, kernels.run_length(out) // f)   # whole rows' worth, as the rows kernels read it
 
         step, workers = self._plan(n)
-        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), ho, wo, inference)  # empty: im2col
+        wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), ho, wo,   # empty: im2col
+                                    inference if winograd_forward is None else winograd_forward)
 
         def body(first, last, t, serial, step):
             mm = np.matmul if serial else parallel.matmul

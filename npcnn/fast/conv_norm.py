@@ -71,13 +71,14 @@ class ConvBatchNorm:
         self._folded_conv.bias.data[...] = s * centred_bias + beta
         self._s, self._invstd, self._centred_bias = s, invstd, centred_bias
 
-    def forward(self, x, inference=False):
-        """``inference``: no backward follows (the conv may then take Winograd, :mod:`npcnn.fast.winograd`)."""
+    def forward(self, x, inference=False, winograd_forward=None):
+        """``inference``: no backward follows; ``winograd_forward``: the conv may take Winograd (None: only in
+        inference; :mod:`npcnn.fast.winograd`)."""
         self._eval = not self.bn.training
         if self._eval:
             self._fold()
-            return self._folded.forward(x, inference)
-        return self._norm_step.forward(self._conv_step.forward(x, inference))
+            return self._folded.forward(x, inference, winograd_forward)
+        return self._norm_step.forward(self._conv_step.forward(x, inference, winograd_forward))
 
     def backward(self, grad_out, param_grads=True, input_grad=True):
         if not self._eval:

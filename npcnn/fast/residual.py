@@ -32,10 +32,12 @@ class FastResidual:
     def __repr__(self):
         return f"FastResidual({self.body!r}, {self.shortcut!r}, relu={self.relu is not None})"
 
-    def forward(self, x, inference=False):
-        """``inference``: no backward follows (passed on to the body's and the shortcut's steps)."""
-        y = self.body.forward(x, inference)
-        skip = x if self.shortcut is None else self.shortcut.forward(x, inference)
+    def forward(self, x, inference=False, winograd_forward=None):
+        """``inference``: no backward follows; ``winograd_forward``: the convs may take Winograd (both passed
+        on to the body's and the shortcut's steps; None: only in inference)."""
+        winograd_forward = inference if winograd_forward is None else winograd_forward
+        y = self.body.forward(x, inference, winograd_forward)
+        skip = x if self.shortcut is None else self.shortcut.forward(x, inference, winograd_forward)
         if y.shape != skip.shape:
             return self.residual.forward(x)        # which raises the readable block's one-line error
         # a new array: the body's last step may keep its output (a ConvAct with a ReLU does)

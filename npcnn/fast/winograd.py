@@ -15,10 +15,11 @@ GEMMs and the transforms eat the saving): hence :data:`WINOGRAD_MIN_CHANNELS`. F
 et al.'s second conv (32 -> 64 at 14x14): 119 against 217 us. F(4x4, 3x3) (36 products per 16
 outputs, through the general kernel) beat the written-out F(2x2, 3x3) only with 64 channels (64 -> 64
 at 16x16, two images: 169 against 198 us; at 7x7, eight: 189 against 205) and lost at 32 -> 32 on
-14x14 (157 against 111), so it is not used. Only inference computes the forward by Winograd
-(:func:`kernel_args` says why): ``FastSequential.forward(x, inference=True)``, as the Classifier's
-logits and the evaluation after each epoch call it. The backward's dL/dx, itself a conv, takes it
-whenever it fits, in training too (:func:`input_grad_args`).
+14x14 (157 against 111), so it is not used. The forward is computed by Winograd in inference
+(``FastSequential.forward(x, inference=True)``, as the Classifier's logits and the evaluation after
+each epoch call it) and, in training and for the attacks' input gradients too, in a net without
+max-pools (the small ResNet; :func:`forward_may_take_winograd` says why only there). The backward's
+dL/dx, itself a conv, takes it whenever it fits (:func:`input_grad_args`).
 """
 from fractions import Fraction
 
@@ -85,19 +86,29 @@ def fits(conv, dtype):
             and blas.kernel_gemm(dtype) is not None)
 
 
-def kernel_args(step, conv, dtype, workers, images, ho, wo, inference):
+def forward_may_take_winograd(model):
+    """True when no :class:`~npcnn.nn.MaxPool2d` is anywhere in ``model`` (nested blocks included): then its
+    training forward may compute its convs by Winograd, too.
+
+    Winograd's rounding differs from one position of a tile to the next, so outputs that im2col computes
+    exactly equal (a conv over a constant background, as every MNIST digit has) come out unequal in the
+    last bits. A max-pool downstream would pick its winners, so route its gradient, by that rounding
+    instead of PyTorch's first-maximum rule: a net with max-pools computes its training forward by im2col
+    (a forward that no backward follows may still take Winograd: its winners route nothing). Without
+    max-pools the rounding moves every output and gradient by no more than rounding (a ReLU at an output
+    of exactly 0 stays 0: a tile of zeros transforms to zeros)."""
+    from ..nn.pool import MaxPool2d
+    return not any(isinstance(module, MaxPool2d) for module in model.modules())
+
+
+def kernel_args(step, conv, dtype, workers, images, ho, wo, winograd_forward):
     """``(u, v_all, m_all, bt, at)`` for :func:`npcnn.kernels.conv_rows_forward` and its pooled twin: the
     conv's Winograd weights (alpha^2, C, F), the scratch of ``workers`` threads for chunks of ``images``
     images with ``ho`` x ``wo`` outputs (kept on ``step``, a :class:`~npcnn.fast.fused.ScratchBuffers`)
     and the transforms B^T and A^T (empty for a 3x3 kernel: F(2x2, 3x3) is written out); ``u`` empty
-    (the kernels' sign for im2col + GEMM) unless ``inference`` and :func:`fits`.
-
-    Only a forward that no backward follows (``inference``) takes Winograd: its rounding differs from
-    one position of a tile to the next, so outputs that im2col computes exactly equal (a conv over a
-    constant background, as every MNIST digit has) come out unequal in the last bits, and a max-pool
-    downstream would pick its winners, so route its gradient, by rounding instead of PyTorch's
-    first-maximum rule."""
-    if not (inference and fits(conv, dtype)):
+    (the kernels' sign for im2col + GEMM) unless ``winograd_forward`` (the caller's: in inference, or in
+    a net without max-pools, :func:`forward_may_take_winograd`) and :func:`fits`."""
+    if not (winograd_forward and fits(conv, dtype)):
         return _args(step, None, dtype, workers, images, ho, wo, "", conv.in_channels, conv.out_channels)
     return _args(step, conv.weight.data, dtype, workers, images, ho, wo, "winograd", conv.in_channels,
                  conv.out_channels)
