@@ -13,7 +13,8 @@ from npcnn import blas, fast, parallel
 from npcnn.models import INPUT_SHAPES, build_model
 from npcnn.fast import ConvAct, ConvReLUPool, conv_act, fused, winograd
 from npcnn.kernels.winograd import A_T, B_T, G, tiles, winograd_conv_rows, winograd_weights
-from npcnn.kernels.winograd_general import general_tiles, winograd_general_conv_rows, winograd_general_weights
+from npcnn.kernels.winograd_general import (general_tiles, winograd_general_conv_rows, winograd_general_weights,
+                                            winograd_weight_grad_chunk)
 from torch_oracle import TOL, rel_err
 
 
@@ -154,15 +155,16 @@ def _step_configs(count, seed=1):
              int(rng.integers(3, 12)), int(rng.integers(0, 3)), bool(rng.integers(0, 2))) for _ in range(count)]
 
 
-def _winograd_setup(monkeypatch, spied, loop, min_channels):
+def _winograd_setup(monkeypatch, spied, loop, min_channels, index=0):
     """Winograd from ``min_channels``, no direct kernels (for the few-channel convs), the chunk loop in
     Python (``loop == "python"``) or in kernels.conv_rows one image per chunk, and ``winograd.<spied>``
-    spied on: returns the list of the sizes of the Winograd weights it hands out (0: im2col) and the
-    context to run the step in (BLAS held to one thread for the shared kernel)."""
+    spied on: returns the list of the sizes of the array at ``index`` of what it hands out (the Winograd
+    weights, or the weight gradient's A; 0: im2col) and the context to run the step in (BLAS held to one
+    thread for the shared kernel)."""
     monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", min_channels)
     monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
     used, real_args = [], getattr(winograd, spied)
-    monkeypatch.setattr(winograd, spied, lambda *a: used.append(real_args(*a)[0].size) or real_args(*a))
+    monkeypatch.setattr(winograd, spied, lambda *a: used.append(real_args(*a)[index].size) or real_args(*a))
     if loop == "python":
         monkeypatch.setattr(parallel, "kernel_gemm", lambda dtype: None)
         return used, contextlib.nullcontext
@@ -315,3 +317,93 @@ def test_a_net_without_max_pools_trains_with_a_winograd_forward(dtype, monkeypat
             want_y, want_dx, want_grads = results["readable"]
             assert rel_err(y, want_y) < tol and rel_err(dx, want_dx) < tol, (name, training)
             assert all(rel_err(a, b) < tol for a, b in zip(grads, want_grads)), (name, training)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("transforms", ["F(2x2, 3x3) written out", "F(2x2, 3x3)", "F(4x4, 3x3)", "F(2x2, 5x5)"])
+@pytest.mark.parametrize("config", [tuple(int(v) for v in np.random.default_rng(7 + i).integers(
+    (1, 1, 1, 1, 1, 0), (5, 40, 40, 14, 14, 6))) for i in range(24)])
+def test_winograd_weight_grad_chunk_equals_torch(config, transforms, dtype):
+    """kernels.winograd_weight_grad_chunk sums, over two chunks of images, the transform-domain weight
+    gradient whose ``G^T M G`` is PyTorch's dL/dW of the conv (random shapes, paddings past k - 1,
+    partial edge tiles), with the written-out F(2x2, 3x3) input transform and the general one."""
+    n, c, f, h, w, p = config
+    r, m, points = {"F(2x2, 3x3) written out": (3, 2, None), "F(2x2, 3x3)": (3, 2, (0, 1, -1)),
+                    "F(4x4, 3x3)": (3, 4, (0, 1, -1, 2, -2)), "F(2x2, 5x5)": (5, 2, (0, 1, -1, 2, -2))}[transforms]
+    h, w = max(h, r + 1 - 2 * p), max(w, r + 1 - 2 * p)
+    if points is None:
+        bt, g_mat, a_mat = np.empty((0, 0)), G, A_T.T
+    else:
+        bt, g_mat, at = winograd.toom_cook(m, r, points)
+        a_mat = at.T
+    rng = np.random.default_rng(sum(config) + r + m)
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, r, r))
+    ho, wo = h + 2 * p - r + 1, w + 2 * p - r + 1
+    g = rng.standard_normal((n, f, ho, wo))
+    w_t = torch.tensor(wt, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(x), w_t, padding=p).backward(torch.tensor(g))
+    x3 = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n, h, w * c).astype(dtype)
+    ga3 = np.ascontiguousarray(g.transpose(0, 2, 3, 1)).reshape(n, ho, wo * f).astype(dtype)
+    alpha = m + r - 1
+    th, tw = general_tiles(ho, wo, m)
+    tiles_max = max(1, n - 1) * th * tw + 1
+    v, gv = np.empty((alpha ** 2, tiles_max, c), dtype), np.empty((alpha ** 2, tiles_max, f), dtype)
+    m_acc, tmp = np.zeros((alpha ** 2, c, f), dtype), np.empty((c, f), dtype)
+    for first, last in ((0, 1), (1, n)):
+        winograd_weight_grad_chunk(*blas.kernel_gemm(np.dtype(dtype)), x3, ga3[first:last], first, last, c, p, p,
+                                   ho, wo, bt.astype(dtype), a_mat.astype(dtype), v, gv, tmp, m_acc)
+    got = np.einsum("sp,stcf,tq->fcpq", g_mat, m_acc.astype(np.float64).reshape(alpha, alpha, c, f), g_mat)
+    assert rel_err(got, w_t.grad) < (1e-12 if dtype == np.float64 else 5e-5)
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize("config", _step_configs(8, seed=9))
+def test_conv_act_weight_grad_by_winograd_equals_the_readable_layers(config, act, loop, kernel, input_grad,
+                                                                     monkeypatch):
+    """ConvAct's backward computes dL/dW by Winograd (WGRAD_MIN_CHANNELS = 1 here; by default from 32
+    channels): dL/dW, dL/db and dL/dx equal the readable layers' in float64, with the chunk loop in Python
+    and in kernels.conv_rows, paddings 0 to k. The scratch is spied on to prove which path ran."""
+    n, c, f, h, w, p, bias = config
+    p = p + 2 if p == 2 and kernel == 5 else p + (n % 2 == 0)
+    h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
+    monkeypatch.setattr(winograd, "WGRAD_MIN_CHANNELS", 1)
+    used, shared = _winograd_setup(monkeypatch, "weight_grad_args", loop, 1, index=1)
+    rng = np.random.default_rng(sum(config) + kernel + 1)
+    conv = nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=3)
+    layers = [conv] + ({"relu": [nn.ReLU()], "tanh": [nn.Tanh()]}[act] if act else [])
+    x = rng.standard_normal((n, c, h, w))
+    ref = x
+    for layer in layers:
+        ref = layer.forward(ref)
+    g = rng.standard_normal(ref.shape)
+    dx_ref = g
+    for layer in reversed(layers):
+        dx_ref = layer.backward(dx_ref)
+    grads_ref = [prm.grad.copy() for prm in conv.parameters()]
+    conv.zero_grad()
+    step = ConvAct(*layers)
+    with shared():
+        step.forward(x)
+        dx = step.backward(g, param_grads=True, input_grad=input_grad)
+    assert used and all(size > 0 for size in used), "not the path asked for"
+    if input_grad:
+        assert rel_err(dx, dx_ref) < 1e-12
+    else:
+        assert dx is None
+    for prm, want in zip(conv.parameters(), grads_ref):
+        assert rel_err(prm.grad, want) < 1e-12
+
+
+def test_only_convs_with_32_channels_take_the_weight_grad_by_winograd():
+    """By default the weight gradient takes Winograd from 32 channels in and out (at 16 its transforms
+    cost what it saves), only for 3x3 / 5x5 stride-1 convs, and only when parameter gradients are asked."""
+    step = ConvAct(nn.Conv2d(32, 32, 3, padding=1))
+    for conv, want in ((nn.Conv2d(32, 32, 3, padding=1), True), (nn.Conv2d(32, 64, 5, padding=2), True),
+                       (nn.Conv2d(16, 16, 3, padding=1), False), (nn.Conv2d(32, 32, 3, stride=2), False),
+                       (nn.Conv2d(32, 32, 1), False)):
+        args = winograd.weight_grad_args(step, conv, np.float32, 2, 1, 14, 14, True)
+        assert (args[1].size > 0) == (want and blas.kernel_gemm(np.float32) is not None), conv
+    assert winograd.weight_grad_args(step, nn.Conv2d(32, 32, 3), np.float32, 2, 1, 14, 14, False)[1].size == 0

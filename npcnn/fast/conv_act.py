@@ -285,8 +285,10 @@ class ConvAct(ScratchBuffers):
         dw = np.zeros((workers, k, f), dtype=dtype) if param_grads else None
         db = np.zeros((workers, f), dtype=dtype) if param_grads and conv.bias is not None else None
         ones = np.ones(step * p, dtype=dtype) if db is not None else None   # db = ones @ Ga, a GEMV
-        # dL/dx as a conv of Ga by Winograd where it fits (u empty: GEMM + col2im)
+        # dL/dx as a conv of Ga by Winograd where it fits (u empty: GEMM + col2im); dL/dW likewise (a_mat empty:
+        # im2col + GEMM)
         wino = winograd.input_grad_args(self, conv, dtype, workers, min(n, step), h, w, input_grad)
+        wgrad = winograd.weight_grad_args(self, conv, dtype, workers, min(n, step), ho, wo, param_grads)
 
         def body(first, last, t, serial, step):
             rows = min(last - first, step) * p
@@ -301,11 +303,13 @@ class ConvAct(ScratchBuffers):
                 m = (b - a) * p
                 ga = _activation_grad(self.act, g[a * p:b * p], y[a * p:b * p],
                                       None if ga_buf is None else ga_buf[:m], serial)
-                if param_grads:
+                if param_grads and wgrad[1].size:
+                    winograd.weight_grad_chunk(wgrad, t, x3, ga.reshape(b - a, ho, wo * f), a, b, c, ph, pw, ho, wo)
+                elif param_grads:
                     im2col(x3[a:b], c, kh, kw, sh, sw, ph, pw, ho, wo, cols[:m])
                     dw[t] += mm(cols[:m].T, ga)
-                    if db is not None:
-                        db[t] += ones[:m] @ ga
+                if db is not None:
+                    db[t] += ones[:m] @ ga
                 if input_grad and wino[0].size:
                     winograd.conv_rows(wino, t, ga.reshape(b - a, ho, wo * f), 0, b - a, f, kh - 1 - ph, kw - 1 - pw,
                                        h, w, dx3[a:b].reshape(-1, c))
@@ -324,11 +328,13 @@ class ConvAct(ScratchBuffers):
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,
                 db if db is not None else np.zeros((workers, f), dtype),
-                dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino)
-        if param_grads:
+                dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino, *wgrad)
+        if param_grads and wgrad[1].size:
+            conv.weight.accumulate(winograd.weight_grad(wgrad[-1], kh).astype(dtype), owned=True)
+        elif param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
-            if db is not None:
-                conv.bias.accumulate(db.sum(axis=0), owned=True)
+        if db is not None:
+            conv.bias.accumulate(db.sum(axis=0), owned=True)
         if not input_grad:
             return None
         return dx3.reshape(n, h, w, c).transpose(0, 3, 1, 2)      # channels last, as an NCHW view

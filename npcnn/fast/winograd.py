@@ -129,6 +129,70 @@ def input_grad_args(step, conv, dtype, workers, images, h, w, input_grad):
     return _args(step, flipped, dtype, workers, images, h, w, "winograd_dx", conv.out_channels, conv.in_channels)
 
 
+#: The weight gradient takes Winograd from this many channels in and out. At 16 its two transforms (of the
+#: input and of dL/dy, each four times the data) cost what its GEMMs save: the small ResNet's 16 -> 16 3x3 conv
+#: at 28x28, one thread, 64 images, 4.4 ms by im2col + GEMM, 4.2 by Winograd; 32 -> 32 at 14x14 3.3 against
+#: 2.3-2.5, 64 -> 64 at 7x7 3.2 against 2.0-2.7, 32 -> 64 at 16x16 7.5 against 4.9 (2-core AMD EPYC Zen 4).
+WGRAD_MIN_CHANNELS = 32
+
+
+def _weight_grad_transforms(kernel):
+    """``(bt, A, G)`` of the weight gradient of a ``kernel`` x ``kernel`` conv: F(2x2, 3x3)'s written-out
+    transform (``bt`` empty) with its own A and G, or F(2x2, 5x5)'s matrices."""
+    if kernel == 3:
+        return np.empty((0, 0)), kernels.winograd.A_T.T, kernels.winograd.G
+    bt, g, at = F2X2_5X5
+    return bt, at.T, g
+
+
+def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
+    """``(bt, a_mat, v_all, g_all, tmp_all, m_all)`` for the backward's dL/dW by Winograd
+    (:func:`npcnn.kernels.winograd_weight_grad_chunk`, called per chunk by ``kernels.conv_rows_backward``
+    and the Python loop): the transforms in ``dtype``, the scratch of ``workers`` threads for chunks of
+    ``images`` images with ``ho`` x ``wo`` outputs (kept on ``step``) and the threads' transform-domain
+    sums ``m_all`` (workers, alpha^2, C, F), zeroed. ``a_mat`` empty (im2col + GEMM) unless
+    ``param_grads``, :func:`fits` and :data:`WGRAD_MIN_CHANNELS`.
+
+    Why it works: the forward's tile ``Y = A^T [(G w G^T) * (B^T d B)] A`` is bilinear in the kernel ``w``
+    and the patch ``d``, so for a tile's gradient ``Gy``, ``sum Gy * Y = sum w * G^T [(A Gy A^T) * (B^T d
+    B)] G``: the tile's share of dL/dw is ``G^T [(A Gy A^T) * (B^T d B)] G``, an F(r x r, m x m) with the
+    forward's A and G trading places. Summed over tiles and images in the transform domain first, it is
+    alpha^2 GEMMs ``M[k] = V[k]^T W[k]`` with long inner dimensions, then one ``G^T M G`` per channel pair
+    (:func:`weight_grad`)."""
+    c, f = conv.in_channels, conv.out_channels
+    kernel = conv.kernel_size[0]
+    if not (param_grads and fits(conv, dtype) and min(c, f) >= WGRAD_MIN_CHANNELS):
+        none = np.empty((0, 0), dtype)
+        return (none, none, np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
+                np.empty((workers, c, f), dtype), np.empty((workers, 0, c, f), dtype))
+    bt, a_mat, _ = _weight_grad_transforms(kernel)
+    alpha, m = a_mat.shape
+    th, tw = kernels.winograd_general_tiles(ho, wo, m)
+    rows = images * th * tw + 1          # a row more: planes a power of two apart share cache sets
+    return (bt.astype(dtype), a_mat.astype(dtype), step._buffer("wgrad_v", (workers, alpha * alpha, rows, c), dtype),
+            step._buffer("wgrad_g", (workers, alpha * alpha, rows, f), dtype), np.empty((workers, c, f), dtype),
+            np.zeros((workers, alpha * alpha, c, f), dtype))
+
+
+def weight_grad(m_all, kernel):
+    """dL/dW (F, C, kernel, kernel), float64, from the threads' transform-domain sums ``m_all``
+    (workers, alpha^2, C, F): ``G^T M G`` per channel pair."""
+    _, a_mat, g = _weight_grad_transforms(kernel)
+    alpha, (c, f) = a_mat.shape[0], m_all.shape[2:]
+    total = m_all.sum(axis=0, dtype=np.float64).reshape(alpha, alpha * c * f)
+    half = np.matmul(g.T, total).reshape(kernel, alpha, c * f)        # (G^T M)[p, t], every channel pair
+    return np.matmul(g.T, half).reshape(kernel, kernel, c, f).transpose(3, 2, 0, 1)   # (G^T M G)[p, q]
+
+
+def weight_grad_chunk(wgrad, t, x3, ga3, first, last, n_ch, ph, pw, ho, wo):
+    """One chunk's dL/dW by Winograd on the calling thread ``t`` (the Python-threaded paths' loop body),
+    ``wgrad`` what :func:`weight_grad_args` gave, ``ga3`` the chunk's dL/d(conv output) (last - first,
+    ho, wo*F)."""
+    bt, a_mat, v_all, g_all, tmp_all, m_all = wgrad
+    kernels.winograd_weight_grad_chunk(*blas.kernel_gemm(x3.dtype), x3, ga3, first, last, n_ch, ph, pw, ho, wo, bt,
+                                       a_mat, v_all[t], g_all[t], tmp_all[t], m_all[t])
+
+
 def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):
     """The Winograd arguments for ``weight`` (F, C, k, k) and chunks of ``images`` images with ``ho`` x
     ``wo`` outputs, the scratch in ``step``'s buffers ``name``_v and ``name``_m; empty ones (im2col) for

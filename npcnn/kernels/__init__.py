@@ -60,7 +60,7 @@ from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bi
 from .winners_grad import winners_input_grad_nhwc, winners_weight_grad_nhwc
 from .winograd import tiles as winograd_tiles, winograd_conv_rows, winograd_weights
 from .winograd_general import (general_tiles as winograd_general_tiles, winograd_conv_chunk,
-                               winograd_general_conv_rows, winograd_general_weights)
+                               winograd_general_conv_rows, winograd_general_weights, winograd_weight_grad_chunk)
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -73,6 +73,7 @@ __all__ = [
     "direct_conv_input_grad_nchw",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc", "winograd_tiles", "winograd_conv_rows", "winograd_weights",
     "winograd_general_tiles", "winograd_general_conv_rows", "winograd_general_weights", "winograd_conv_chunk",
+    "winograd_weight_grad_chunk",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
     "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
     "bias_relu_rows", "act_grad", "add_relu", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",

@@ -28,7 +28,7 @@ from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
 from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_segment
-from .winograd_general import winograd_conv_chunk
+from .winograd_general import winograd_conv_chunk, winograd_weight_grad_chunk
 
 
 @njit(parallel=True, **_OPTS)
@@ -69,7 +69,8 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, g, y, act, w_t, param_grads,
-                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, u, v_all, m_all, bt, at):
+                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, u, v_all, m_all, bt, at,
+                       wbt, wa, wv_all, wg_all, wtmp_all, wm_all):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
     per chunk ``Ga = g * act'(y)``, then (if ``param_grads``) ``dw_part[t] += cols^T @ Ga`` and (if
     ``has_bias``) ``db_part[t] += sum of Ga's rows``; (if ``input_grad``) ``dcols = Ga @ w_t`` scattered
@@ -78,7 +79,10 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
     weight gradient has them, dcols); ``dw_part`` (workers, K, F) and ``db_part`` (workers, F) zeroed
     by the caller, who sums them. With ``u`` the Winograd weights of the kernel flipped and its channels
     swapped (alpha^2, F, C) (else empty), dL/dx is instead that conv of ``Ga`` (padded by ``k - 1 - p``)
-    by Winograd, in the scratch ``v_all`` / ``m_all``, ``bt`` and ``at`` as in :func:`conv_rows_forward`."""
+    by Winograd, in the scratch ``v_all`` / ``m_all``, ``bt`` and ``at`` as in :func:`conv_rows_forward`. With
+    ``wa`` not empty, the weight gradient is instead summed by Winograd into ``wm_all[t]`` (alpha^2, C, F)
+    (:func:`npcnn.kernels.winograd_weight_grad_chunk`, its transforms ``wbt``, ``wa`` and scratch ``wv_all``,
+    ``wg_all``, ``wtmp_all``), and ``dw_part`` is left alone."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     h, w = x3.shape[1], x3.shape[2] // n_ch
     f, k = w_t.shape
@@ -95,7 +99,10 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
             else:
                 ga = ga_buf[:m]
                 act_grad_segment(g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), act, ga.reshape(-1))
-            if param_grads:
+            if param_grads and wa.shape[0] > 0:
+                winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga.reshape(b - a, ho, wo * f), a, b, n_ch, ph, pw, ho,
+                                           wo, wbt, wa, wv_all[t], wg_all[t], wtmp_all[t], wm_all[t])
+            elif param_grads:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
                 _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, k, f, m, cols.ctypes.data, k, ga.ctypes.data, f,
@@ -103,10 +110,10 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
                 for i in range(k):
                     for j in range(f):
                         dw_t[i, j] += tmp[i, j]
-                if has_bias:
-                    for r in range(m):
-                        for j in range(f):
-                            db_t[j] += ga[r, j]
+            if param_grads and has_bias:
+                for r in range(m):
+                    for j in range(f):
+                        db_t[j] += ga[r, j]
             if input_grad and u.shape[0] > 0:
                 winograd_conv_chunk(blas_fn, ilp64, ga.reshape(b - a, ho, wo * f), 0, b - a, f, kh - 1 - ph,
                                     kw - 1 - pw, h, w, u, v_all[t], m_all[t], bt, at,

@@ -12,9 +12,9 @@ along rows of tiles in long runs of (tiles per row x channels), skipping the mat
 import numpy as np
 from numba import njit
 
-from ..blas import NO_TRANS, _gemm
+from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
-from .winograd import winograd_conv_rows
+from .winograd import _input_transform_image, winograd_conv_rows
 
 
 @njit(**_OPTS)
@@ -74,11 +74,12 @@ def _combine(coef, src, first, step, src_off, dst, n):
 @njit(**_OPTS)
 def _row_transform_general(x3, n, y, n_ch, pw, tw, m, bt, line, hrows, slot):
     """``hrows[:, slot]`` (alpha, tw, C): ``d B`` of input row ``y`` of image ``n`` for every tile column
-    ``j`` and channel (``hrows[t, slot, j, c] = sum_q d[q] * B^T[t, q]``, ``d`` the row's alpha pixels
-    from ``m*j - pw``), zeros for a row off the image. ``line`` (m*tw + alpha - m, C) scratch, the row
-    zero-padded."""
+    ``j`` and channel (``hrows[t, slot, j, c] = sum_q d[q] * B^T[t, q]``, ``d`` the row's ``window``
+    pixels from ``m*j - pw``), zeros for a row off the image. ``bt`` (alpha, window): B^T, window =
+    alpha, or the weight gradient's A (alpha, m), window = m. ``line`` (m*tw + window - m, C) scratch,
+    the row zero-padded."""
     h, w = x3.shape[1], x3.shape[2] // n_ch
-    alpha = bt.shape[0]
+    alpha, window = bt.shape
     zero = line.dtype.type(0)
     if y < 0 or y >= h:
         hrows[:, slot] = zero
@@ -90,7 +91,7 @@ def _row_transform_general(x3, n, y, n_ch, pw, tw, m, bt, line, hrows, slot):
     line[lo:hi] = x3[n, y, (lo - pw) * n_ch:(hi - pw) * n_ch].reshape(hi - lo, n_ch)
     for t in range(alpha):
         started = False
-        for q in range(alpha):
+        for q in range(window):
             c = bt[t, q]
             if c == 0.0:
                 continue
@@ -110,15 +111,16 @@ def _row_transform_general(x3, n, y, n_ch, pw, tw, m, bt, line, hrows, slot):
 def _input_transform_general(x3, n, n_ch, ph, pw, th, tw, m, bt, line, hrows, v, base):
     """``v[s*alpha + t, (base + i*tw + j)*C + c]`` = entry (s, t) of ``B^T d B`` for tile (i, j) of image
     ``n``, channel c (``v`` flat per plane). Each input row's ``d B`` is computed once into ``hrows``
-    (alpha, alpha, tw, C), entry t of row y in ``hrows[t, y % alpha]`` (a row of tiles reads alpha rows
-    and shares alpha - m with the next)."""
-    alpha = bt.shape[0]
+    (alpha, alpha, tw, C), entry t of row y in ``hrows[t, y % alpha]`` (a row of tiles reads ``window``
+    rows and shares window - m with the next). ``bt`` (alpha, window): B^T (window = alpha), or A for
+    the weight gradient's m x m tiles of dL/dy (window = m, :func:`winograd_weight_grad_chunk`)."""
+    alpha, window = bt.shape
     run = tw * n_ch
-    for q in range(alpha - m):
+    for q in range(window - m):
         _row_transform_general(x3, n, q - ph, n_ch, pw, tw, m, bt, line, hrows, q % alpha)
     for i in range(th):
         y0 = m * i - ph
-        for q in range(alpha - m, alpha):
+        for q in range(window - m, window):
             _row_transform_general(x3, n, y0 + q, n_ch, pw, tw, m, bt, line, hrows, (m * i + q) % alpha)
         t0 = (base + i * tw) * n_ch
         for t in range(alpha):
@@ -200,3 +202,43 @@ def winograd_conv_chunk(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u
     if bt.shape[0] == 0:
         return winograd_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u, v, mm, rows)
     return winograd_general_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, bt, at, u, v, mm, rows)
+
+
+@njit(**_OPTS)
+def winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga3, first, last, n_ch, ph, pw, ho, wo, bt, a_mat, v, gv, tmp,
+                               m_acc):
+    """Adds to ``m_acc`` (alpha^2, C, F) the transform-domain weight gradient of images ``[first, last)``:
+    ``m_acc[k] += V[k]^T @ W[k]`` for each of the alpha^2 points ``k``. ``V`` (alpha^2, tiles, C): the input
+    tiles transformed as the forward transforms them, ``B^T d B`` with ``d`` the alpha x alpha patch of
+    ``x3`` (N, H, W*C) channels last, padded by ``ph``, ``pw``, under each m x m output tile (``bt`` = B^T,
+    or empty for F(2x2, 3x3)'s written-out transform, :mod:`npcnn.kernels.winograd`); ``W`` (alpha^2,
+    tiles, F): the m x m tiles ``g`` of ``ga3`` (last - first, ho, wo*F), dL/d(conv output), as ``A g A^T``
+    (``a_mat`` = A, (alpha, m); zeros past the output's edge). The caller finishes with
+    ``dL/dW[f, c] = G^T m_acc[:, c, f] G`` (F(r x r, m x m): the forward's F(m x m, r x r) with A and G
+    trading places; :mod:`npcnn.fast.winograd` gives the derivation). ``v`` / ``gv`` (alpha^2, >= tiles,
+    C / F) and ``tmp`` (C, F) scratch."""
+    alpha, m = a_mat.shape
+    th, tw = general_tiles(ho, wo, m)
+    per_image = th * tw
+    n_f = ga3.shape[2] // wo
+    n_tiles = (last - first) * per_image
+    dt = x3.dtype
+    line, line_g = np.empty((m * tw + alpha - m, n_ch), dtype=dt), np.empty((m * tw, n_f), dtype=dt)
+    hrows, hrows_g = np.empty((alpha, alpha, tw, n_ch), dtype=dt), np.empty((alpha, alpha, tw, n_f), dtype=dt)
+    v_flat, g_flat = v.reshape(alpha * alpha, -1), gv.reshape(alpha * alpha, -1)
+    for n in range(first, last):
+        base = (n - first) * per_image
+        if bt.shape[0] == 0:
+            _input_transform_image(x3, n, n_ch, ph, pw, th, tw, line.reshape(-1), hrows.reshape(alpha, alpha, -1), v,
+                                   base)
+        else:
+            _input_transform_general(x3, n, n_ch, ph, pw, th, tw, m, bt, line, hrows, v_flat, base)
+        _input_transform_general(ga3, n - first, n_f, 0, 0, th, tw, m, a_mat, line_g, hrows_g, g_flat, base)
+    double = x3.itemsize == 8
+    for k in range(alpha * alpha):
+        _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, n_ch, n_f, n_tiles, v[k].ctypes.data, n_ch,
+              gv[k].ctypes.data, n_f, tmp.ctypes.data, n_f)
+        for c in range(n_ch):
+            for f in range(n_f):
+                m_acc[k, c, f] += tmp[c, f]
+    return m_acc
