@@ -19,8 +19,9 @@ finds them), on a random batch of the shape it sees inside the net:
 Times are medians over ``--repeats`` after a warm-up, in ms; "x" columns are PyTorch / npcnn (> 1: npcnn
 is faster). The convs' sums come last. A conv timed alone is not the same conv inside a net (caches,
 page faults: ``bench_gemm_floor`` says more), so the sums are set beside bench_zoo's whole steps, not
-in place of them. The conv's path (``direct``, ``gemm`` or ``gemm, dx winograd``: dL/dx computed by
-Winograd, :func:`npcnn.fast.winograd.input_grad_args`) is printed with it.
+in place of them. The conv's path is printed with it: ``direct``, or ``gemm`` (im2col + GEMM) followed by
+the parts Winograd computes, as the step's own argument builders decide (:mod:`npcnn.fast.winograd`):
+``fwd`` (the forward: in a net without max-pools), ``dW`` (32+ channels) and ``dx``.
 """
 import argparse
 import json
@@ -72,16 +73,29 @@ def spec(conv, shape, input_grad):
             "padding": list(padding), "bias": conv.bias is not None, "input_grad": input_grad}
 
 
-def npcnn_times(conv, shape, input_grad, repeats, rng):
-    """(forward ms, backward ms) of ``conv`` as a fast ConvAct step in training, on a channels-last batch."""
+def path_of(step, conv, shape, input_grad, winograd_forward):
+    """How the ConvAct ``step`` computes ``conv`` in training: "direct", or "gemm" and the parts Winograd
+    takes, as the step's argument builders decide."""
+    if conv_act.direct(conv):
+        return "direct"
+    _, _, ho, wo = conv.output_shape(shape)
+    h, w, dtype = shape[2], shape[3], np.float32
+    parts = [name for name, args in (
+        ("fwd", winograd.kernel_args(step, conv, dtype, 1, 1, ho, wo, winograd_forward)[0]),
+        ("dW", winograd.weight_grad_args(step, conv, dtype, 1, 1, ho, wo, True)[1]),
+        ("dx", winograd.input_grad_args(step, conv, dtype, 1, 1, h, w, input_grad)[0])) if args.size]
+    return "gemm" + (f"; winograd: {', '.join(parts)}" if parts else "")
+
+
+def npcnn_times(step, shape, input_grad, winograd_forward, repeats, rng):
+    """(forward ms, backward ms) of the ConvAct ``step`` in training, on a channels-last batch."""
     n, c, h, w = shape
     x = rng.standard_normal((n, h, w, c)).astype(np.float32).transpose(0, 3, 1, 2)   # channels last
-    step = conv_act.ConvAct(conv)
     with parallel.one_blas_thread(parallel.own_threads_pay(x)):
-        y = step.forward(x)
+        y = step.forward(x, False, winograd_forward)
         g = rng.standard_normal(y.shape).astype(np.float32)
         g = np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)      # as a fast step's dL/dy
-        forward = _median_ms(lambda: step.forward(x), repeats)
+        forward = _median_ms(lambda: step.forward(x, False, winograd_forward), repeats)
         backward = _median_ms(lambda: step.backward(g, True, input_grad), repeats)
     return forward, backward
 
@@ -129,15 +143,14 @@ def measure(model, batch, repeats, threads, seed=0):
     from npcnn.models import INPUT_SHAPES, build_model
     net = build_model(model, rng=0).train()
     rng, rows, specs, pooled = np.random.default_rng(seed), [], [], pooled_convs(net)
+    winograd_forward = winograd.forward_may_take_winograd(net)       # as FastSequential decides in training
     for i, (name, conv, _path, shape) in enumerate(conv_layers(net, (batch, *INPUT_SHAPES[model]))):
         if id(conv) in pooled:                # a ConvReLUPool step: benchmarks/profile_layers.py times those
             continue
-        input_grad = i > 0
-        path = "direct" if conv_act.direct(conv) else "gemm"
-        (kh, kw), sh, (ph, pw) = conv.kernel_size, conv.stride[0], conv.padding
-        if path == "gemm" and input_grad and winograd.fits(conv, np.float32) and ph < kh and pw < kw:
-            path += ", dx winograd"               # as winograd.input_grad_args decides
-        forward, backward = npcnn_times(conv, shape, input_grad, repeats, rng)
+        input_grad, step = i > 0, conv_act.ConvAct(conv)
+        (kh, kw), sh = conv.kernel_size, conv.stride[0]
+        path = path_of(step, conv, shape, input_grad, winograd_forward)
+        forward, backward = npcnn_times(step, shape, input_grad, winograd_forward, repeats, rng)
         rows.append({"layer": name, "conv": f"{conv.in_channels}->{conv.out_channels} {kh}x{kw}"
                      + (f" s{sh}" if sh > 1 else ""), "input": "x".join(map(str, shape[1:])), "path": path,
                      "input_grad": input_grad, "npcnn": {"forward": forward, "backward": backward}})
