@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -37,7 +36,7 @@ ROOT = os.path.dirname(HERE)
 for _p in (HERE, os.path.join(ROOT, "tests"), ROOT):        # bench_gemm_floor, torch_oracle, npcnn
     sys.path.insert(0, _p)
 
-from bench_gemm_floor import conv_layers  # noqa: E402
+from bench_gemm_floor import _median_ms, conv_layers, write_json  # noqa: E402
 from npcnn import parallel  # noqa: E402
 from npcnn.fast import conv_act, fused, winograd  # noqa: E402
 from npcnn.nn import Residual, Sequential  # noqa: E402
@@ -54,16 +53,6 @@ def pooled_convs(seq):
                       if isinstance(layer, Residual) else []):
             found |= pooled_convs(inner)
     return found
-
-
-def _median_ms(fn, repeats):
-    fn()                                               # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def spec(conv, shape, input_grad):
@@ -205,11 +194,7 @@ def main(argv=None):
         print(f"{model} done", flush=True)
     print(report(results))
     if args.json:
-        tmp = f"{args.json}.{os.getpid()}.tmp"          # written whole, then renamed
-        with open(tmp, "w") as fh:
-            json.dump(results, fh, indent=1)
-        os.replace(tmp, args.json)
-        print(f"results written to {args.json}")
+        write_json(args.json, results)
     return 0
 
 

@@ -111,6 +111,15 @@ def gemm_floor(conv, shape, threads, repeats, rng):
     return ms, min(n, step) * p, k, f, chunks
 
 
+def write_json(path, results):
+    """``results`` as JSON at ``path``, written whole to a temporary file, then renamed."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(results, fh, indent=1)
+    os.replace(tmp, path)
+    print(f"results written to {path}")
+
+
 def torch_forward_best(twin, shape, repeats):
     """(ms, layout) of PyTorch's eval forward of ``twin`` on a random batch of ``shape``, the faster layout."""
     import torch
@@ -211,11 +220,7 @@ def main(argv=None):
         print(f"{model} done", flush=True)
     print(report(results))
     if args.json:
-        tmp = f"{args.json}.{os.getpid()}.tmp"          # written whole, then renamed
-        with open(tmp, "w") as fh:
-            json.dump(results, fh, indent=1)
-        os.replace(tmp, args.json)
-        print(f"results written to {args.json}")
+        write_json(args.json, results)
     return 0
 
 

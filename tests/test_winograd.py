@@ -216,6 +216,27 @@ def test_conv_steps_in_inference_equal_the_readable_layers(config, step_kind, lo
     assert used[-1] == 0
 
 
+def _conv_act_reference(shape, kernel, act, seed, weight_seed):
+    """A float64 conv (with ``act``: None, "relu", "tanh") over a random batch, run by the readable layers:
+    ``(conv, layers, x, g, (y, dL/dx, [dL/dW, dL/db]))`` for a random upstream gradient ``g``; the conv's
+    gradients are zeroed again for the fast step to fill."""
+    n, c, f, h, w, p, bias = shape
+    rng = np.random.default_rng(seed)
+    conv = nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=weight_seed)
+    layers = [conv] + ({"relu": [nn.ReLU()], "tanh": [nn.Tanh()]}[act] if act else [])
+    x = rng.standard_normal((n, c, h, w))
+    ref = x
+    for layer in layers:
+        ref = layer.forward(ref)
+    g = rng.standard_normal(ref.shape)
+    dx_ref = g
+    for layer in reversed(layers):
+        dx_ref = layer.backward(dx_ref)
+    grads_ref = [prm.grad.copy() for prm in conv.parameters()]
+    conv.zero_grad()
+    return conv, layers, x, g, (ref, dx_ref, grads_ref)
+
+
 @pytest.mark.parametrize("param_grads", [True, False])
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
@@ -234,19 +255,8 @@ def test_conv_act_input_grad_by_winograd_equals_the_readable_layers(config, act,
     big_pad = p == kernel - 1 and n % 2 == 0           # now and then a padding of k, beyond Winograd's reach
     p = p + 1 if big_pad else p
     used, shared = _winograd_setup(monkeypatch, "input_grad_args", loop, 1)
-    rng = np.random.default_rng(sum(config) + kernel)
-    conv = nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=2)
-    layers = [conv] + ({"relu": [nn.ReLU()], "tanh": [nn.Tanh()]}[act] if act else [])
-    x = rng.standard_normal((n, c, h, w))
-    ref = x
-    for layer in layers:
-        ref = layer.forward(ref)
-    g = rng.standard_normal(ref.shape)
-    dx_ref = g
-    for layer in reversed(layers):
-        dx_ref = layer.backward(dx_ref)
-    grads_ref = [prm.grad.copy() for prm in conv.parameters()]
-    conv.zero_grad()
+    conv, layers, x, g, (ref, dx_ref, grads_ref) = _conv_act_reference(
+        (n, c, f, h, w, p, bias), kernel, act, seed=sum(config) + kernel, weight_seed=2)
     step = ConvAct(*layers)
     with shared():
         assert rel_err(step.forward(x), ref) < 1e-12
@@ -371,19 +381,8 @@ def test_conv_act_weight_grad_by_winograd_equals_the_readable_layers(config, act
     h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
     monkeypatch.setattr(winograd, "WGRAD_MIN_CHANNELS", 1)
     used, shared = _winograd_setup(monkeypatch, "weight_grad_args", loop, 1, index=1)
-    rng = np.random.default_rng(sum(config) + kernel + 1)
-    conv = nn.Conv2d(c, f, kernel, padding=p, bias=bias, dtype=np.float64, rng=3)
-    layers = [conv] + ({"relu": [nn.ReLU()], "tanh": [nn.Tanh()]}[act] if act else [])
-    x = rng.standard_normal((n, c, h, w))
-    ref = x
-    for layer in layers:
-        ref = layer.forward(ref)
-    g = rng.standard_normal(ref.shape)
-    dx_ref = g
-    for layer in reversed(layers):
-        dx_ref = layer.backward(dx_ref)
-    grads_ref = [prm.grad.copy() for prm in conv.parameters()]
-    conv.zero_grad()
+    conv, layers, x, g, (_, dx_ref, grads_ref) = _conv_act_reference(
+        (n, c, f, h, w, p, bias), kernel, act, seed=sum(config) + kernel + 1, weight_seed=3)
     step = ConvAct(*layers)
     with shared():
         step.forward(x)
