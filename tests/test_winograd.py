@@ -299,7 +299,11 @@ def test_a_net_without_max_pools_trains_with_a_winograd_forward(dtype, monkeypat
     """The small ResNet has no max-pool: its training forward computes the 16-, 32- and 64-channel 3x3 convs
     by Winograd too (``winograd_forward=False`` forces im2col), and the loss's gradients, dL/dx and every
     Parameter's, equal those of the readable layers (no fusion at all) to rounding; so does a
-    batch-norm net in eval mode (the folded convs)."""
+    batch-norm net in eval mode (the folded convs). float32 is compared in eval mode only: with a batch
+    norm in training mode behind a conv, dL/dW of that conv is a small difference of large sums (the
+    batch norm's backward removes the batch mean of the gradient), so float32 rounding of any method
+    moves it by a few per cent (2.6e-2 for the stride-2 conv here on OpenBLAS's Haswell kernels, im2col
+    and Winograd alike); float64 holds it to 1e-11."""
     used = []
     real_args = winograd.kernel_args
     monkeypatch.setattr(winograd, "kernel_args", lambda *a: used.append(a[-1]) or real_args(*a))
@@ -309,7 +313,7 @@ def test_a_net_without_max_pools_trains_with_a_winograd_forward(dtype, monkeypat
     x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
     g = rng.standard_normal((5, 10)).astype(dtype)
     tol = 1e-11 if dtype == np.float64 else 2e-4
-    for training in (True, False):
+    for training in ((True, False) if dtype == np.float64 else (False,)):
         model.train(training)
         results = {}
         for name, net, kwargs in (("readable", fast.plan(model, fuse=False), {}),

@@ -164,7 +164,7 @@ def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
     if not (param_grads and fits(conv, dtype) and min(c, f) >= WGRAD_MIN_CHANNELS):
         none = np.empty((0, 0), dtype)
         return (none, none, np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
-                np.empty((workers, c, f), dtype), np.empty((workers, 0, c, f), dtype))
+                np.empty((workers, 0, 0), dtype), np.empty((workers, 0, c, f), dtype))
     bt, a_mat, _ = _weight_grad_transforms(kernel)
     alpha, m = a_mat.shape
     th, tw = kernels.winograd_general_tiles(ho, wo, m)

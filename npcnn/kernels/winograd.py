@@ -22,9 +22,10 @@ transforms that are additions only. The weights' transform multiplies by 1/2, wh
 transforms' additions round differently from the direct sum, so the result equals the conv to
 rounding (a few units of float32's last place times the kernel's size).
 
-The weight gradient stays im2col + GEMM (:mod:`npcnn.kernels.conv_rows`, which rebuilds its own
-columns, so the forward's method does not matter to it); the input gradient of a stride-1 conv, a
-conv of dL/dy with the kernel flipped and its channels swapped, may take this kernel too.
+The input gradient of a stride-1 conv, a conv of dL/dy with the kernel flipped and its channels
+swapped, may take this kernel too; the weight gradient of a conv with 32 or more channels reuses its
+input transform (:func:`npcnn.kernels.winograd_general.winograd_weight_grad_chunk`), otherwise it is
+im2col + GEMM (:mod:`npcnn.kernels.conv_rows`, which rebuilds its own columns).
 """
 import numpy as np
 from numba import njit
