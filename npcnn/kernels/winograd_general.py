@@ -14,7 +14,7 @@ from numba import njit
 
 from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
-from .winograd import _input_transform_image, winograd_conv_rows
+from .winograd import _input_transform_image, transformed_weights, winograd_conv_rows
 
 
 @njit(**_OPTS)
@@ -23,28 +23,11 @@ def general_tiles(ho, wo, m):
     return (ho + m - 1) // m, (wo + m - 1) // m
 
 
-@njit(**_OPTS)
 def winograd_general_weights(weight, g_mat, u):
     """``u[alpha*s + t, c, f] = (G g G^T)[s, t]`` for ``g = weight[f, c]`` (F, C, r, r), ``G`` (alpha, r)
-    ``g_mat``, summed in float64, written in ``u``'s dtype (alpha^2, C, F)."""
-    n_f, n_c, r = weight.shape[0], weight.shape[1], weight.shape[2]
-    alpha = g_mat.shape[0]
-    gg = np.empty((alpha, r))
-    for c in range(n_c):
-        for f in range(n_f):
-            for s in range(alpha):                     # G g
-                for q in range(r):
-                    acc = 0.0
-                    for p in range(r):
-                        acc += g_mat[s, p] * np.float64(weight[f, c, p, q])
-                    gg[s, q] = acc
-            for s in range(alpha):                     # (G g) G^T
-                for t in range(alpha):
-                    acc = 0.0
-                    for q in range(r):
-                        acc += gg[s, q] * g_mat[t, q]
-                    u[s * alpha + t, c, f] = acc
-    return u
+    ``g_mat``, summed in float64, written in ``u``'s dtype (alpha^2, C, F)
+    (:func:`npcnn.kernels.winograd.transformed_weights`)."""
+    return transformed_weights(weight, g_mat, u)
 
 
 @njit(**_OPTS)
