@@ -377,13 +377,11 @@ def test_winograd_weight_grad_chunk_equals_torch(config, transforms, dtype):
 @pytest.mark.parametrize("config", _step_configs(8, seed=9))
 def test_conv_act_weight_grad_by_winograd_equals_the_readable_layers(config, act, loop, kernel, input_grad,
                                                                      monkeypatch):
-    """ConvAct's backward computes dL/dW by Winograd (WGRAD_MIN_CHANNELS = 1 here; by default from 32
-    channels): dL/dW, dL/db and dL/dx equal the readable layers' in float64, with the chunk loop in Python
+    """ConvAct's backward computes dL/dW by Winograd (WINOGRAD_MIN_CHANNELS = 1 here): dL/dW, dL/db and dL/dx equal the readable layers' in float64, with the chunk loop in Python
     and in kernels.conv_rows, paddings 0 to k. The scratch is spied on to prove which path ran."""
     n, c, f, h, w, p, bias = config
     p = p + 2 if p == 2 and kernel == 5 else p + (n % 2 == 0)
     h, w = max(h, kernel + 1 - 2 * p), max(w, kernel + 1 - 2 * p)
-    monkeypatch.setattr(winograd, "WGRAD_MIN_CHANNELS", 1)
     used, shared = _winograd_setup(monkeypatch, "weight_grad_args", loop, 1, index=1)
     conv, layers, x, g, (_, dx_ref, grads_ref) = _conv_act_reference(
         (n, c, f, h, w, p, bias), kernel, act, seed=sum(config) + kernel + 1, weight_seed=3)
@@ -400,12 +398,13 @@ def test_conv_act_weight_grad_by_winograd_equals_the_readable_layers(config, act
         assert rel_err(prm.grad, want) < 1e-12
 
 
-def test_only_convs_with_32_channels_take_the_weight_grad_by_winograd():
-    """By default the weight gradient takes Winograd from 32 channels in and out (at 16 its transforms
-    cost what it saves), only for 3x3 / 5x5 stride-1 convs, and only when parameter gradients are asked."""
+def test_the_weight_grad_takes_winograd_where_the_forward_may():
+    """By default the weight gradient takes Winograd for the convs the forward may take it for (3x3 / 5x5
+    stride-1, WINOGRAD_MIN_CHANNELS = 16 channels in and out), and only when parameter gradients are asked."""
     step = ConvAct(nn.Conv2d(32, 32, 3, padding=1))
     for conv, want in ((nn.Conv2d(32, 32, 3, padding=1), True), (nn.Conv2d(32, 64, 5, padding=2), True),
-                       (nn.Conv2d(16, 16, 3, padding=1), False), (nn.Conv2d(32, 32, 3, stride=2), False),
+                       (nn.Conv2d(16, 16, 3, padding=1), True), (nn.Conv2d(8, 16, 3, padding=1), False),
+                       (nn.Conv2d(16, 8, 3, padding=1), False), (nn.Conv2d(32, 32, 3, stride=2), False),
                        (nn.Conv2d(32, 32, 1), False)):
         args = winograd.weight_grad_args(step, conv, np.float32, 2, 1, 14, 14, True)
         assert (args[1].size > 0) == (want and blas.kernel_gemm(np.float32) is not None), conv

@@ -129,13 +129,6 @@ def input_grad_args(step, conv, dtype, workers, images, h, w, input_grad):
     return _args(step, flipped, dtype, workers, images, h, w, "winograd_dx", conv.out_channels, conv.in_channels)
 
 
-#: The weight gradient takes Winograd from this many channels in and out. At 16 its two transforms (of the
-#: input and of dL/dy, each four times the data) cost what its GEMMs save: the small ResNet's 16 -> 16 3x3 conv
-#: at 28x28, one thread, 64 images, 4.4 ms by im2col + GEMM, 4.2 by Winograd; 32 -> 32 at 14x14 3.3 against
-#: 2.3-2.5, 64 -> 64 at 7x7 3.2 against 2.0-2.7, 32 -> 64 at 16x16 7.5 against 4.9 (2-core AMD EPYC Zen 4).
-WGRAD_MIN_CHANNELS = 32
-
-
 def _weight_grad_transforms(kernel):
     """``(bt, A, G)`` of the weight gradient of a ``kernel`` x ``kernel`` conv: F(2x2, 3x3)'s written-out
     transform (``bt`` empty) with its own A and G, or F(2x2, 5x5)'s matrices."""
@@ -151,7 +144,12 @@ def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
     and the Python loop): the transforms in ``dtype``, the scratch of ``workers`` threads for chunks of
     ``images`` images with ``ho`` x ``wo`` outputs (kept on ``step``) and the threads' transform-domain
     sums ``m_all`` (workers, alpha^2, C, F), zeroed. ``a_mat`` empty (im2col + GEMM) unless
-    ``param_grads``, :func:`fits` and :data:`WGRAD_MIN_CHANNELS`.
+    ``param_grads`` and :func:`fits` (the forward's rule). Measured on a 2-core AMD EPYC Zen 4, one thread,
+    per image, im2col + GEMM against Winograd: 16 -> 16 channels at 28x28 63 against 50 us (the ConvAct's
+    whole backward at batch 64, two threads: 3.32 -> 2.88 ms), 32 -> 32 at 14x14 47 against 31, 64 -> 64 at
+    7x7 40 against 28, 32 -> 64 at 16x16 105 against 62. (Until the input transform lost its per-loop
+    views, :mod:`npcnn.kernels.winograd`, the two transforms cost what the GEMMs saved at 16 channels, and
+    the weight gradient took Winograd from 32 only.)
 
     Why it works: the forward's tile ``Y = A^T [(G w G^T) * (B^T d B)] A`` is bilinear in the kernel ``w``
     and the patch ``d``, so for a tile's gradient ``Gy``, ``sum Gy * Y = sum w * G^T [(A Gy A^T) * (B^T d
@@ -161,7 +159,7 @@ def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
     (:func:`weight_grad`)."""
     c, f = conv.in_channels, conv.out_channels
     kernel = conv.kernel_size[0]
-    if not (param_grads and fits(conv, dtype) and min(c, f) >= WGRAD_MIN_CHANNELS):
+    if not (param_grads and fits(conv, dtype)):
         none = np.empty((0, 0), dtype)
         return (none, none, np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
                 np.empty((workers, 0, 0), dtype), np.empty((workers, 0, c, f), dtype))

@@ -23,9 +23,9 @@ transforms' additions round differently from the direct sum, so the result equal
 rounding (a few units of float32's last place times the kernel's size).
 
 The input gradient of a stride-1 conv, a conv of dL/dy with the kernel flipped and its channels
-swapped, may take this kernel too; the weight gradient of a conv with 32 or more channels reuses its
-input transform (:func:`npcnn.kernels.winograd_general.winograd_weight_grad_chunk`), otherwise it is
-im2col + GEMM (:mod:`npcnn.kernels.conv_rows`, which rebuilds its own columns).
+swapped, may take this kernel too, and the weight gradient reuses its input transform
+(:func:`npcnn.kernels.winograd_general.winograd_weight_grad_chunk`); a conv that does not fit
+(:func:`npcnn.fast.winograd.fits`) is im2col + GEMM (:mod:`npcnn.kernels.conv_rows`).
 
 How the transforms' loops are written, and why: they are additions over runs of C values (a tile's
 channels) or tw*C (a row of tiles), and their cost was numba's bookkeeping around the loops, not the
