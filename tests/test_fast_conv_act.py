@@ -408,6 +408,23 @@ def test_avgpool_keeps_a_channels_last_input_channels_last(k, s, p, include):
     np.testing.assert_allclose(dx_cl, dx, rtol=0, atol=1e-15)
 
 
+def test_global_average_pool_hands_back_its_input_layout():
+    """AdaptiveAvgPool2d(1)'s gradient comes back in its input's layout (a ResNet's last block then reads
+    it channels last, as its steps want it: no copy, no NumPy fallback), with the same numbers either way."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 5, 4, 6))
+    g = rng.standard_normal((3, 5, 1, 1))
+    pool = nn.AdaptiveAvgPool2d(1)
+    pool.forward(x)
+    dx = pool.backward(g)
+    assert dx.flags.c_contiguous
+    pool.forward(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    dx_cl = pool.backward(g)
+    assert dx_cl.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_array_equal(dx_cl, dx)
+    np.testing.assert_array_equal(dx, np.broadcast_to(g / 24, x.shape))
+
+
 @pytest.mark.parametrize("variant", ["parallel", "serial"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,f", [(1, 1), (7, 3), (300, 16), (1000, 6)])   # runs that do and do not divide M

@@ -172,7 +172,7 @@ class AdaptiveAvgPool2d(Module):
         check_input(self, x, 4)
         n, c, h, w = x.shape
         ho, wo = self._size(h, w)
-        self._x_shape = x.shape
+        self._x_shape, self._channels_last = x.shape, _is_channels_last(x)
         if (ho, wo) == (1, 1):                             # global average pooling
             return x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype)
         y = np.empty((n, c, ho, wo), dtype=x.dtype)
@@ -185,8 +185,11 @@ class AdaptiveAvgPool2d(Module):
         n, c, h, w = self._x_shape
         ho, wo = grad_out.shape[2:]
         dtype = grad_out.dtype
-        if (ho, wo) == (1, 1):
-            return np.broadcast_to(grad_out / dtype.type(h * w), self._x_shape).copy()
+        if (ho, wo) == (1, 1):                   # every input value gets 1/(h*w) of its channel's gradient
+            share = grad_out[:, :, 0, 0] / dtype.type(h * w)
+            if self._channels_last:              # in the input's layout, as the pools keep it
+                return np.broadcast_to(share[:, None, None, :], (n, h, w, c)).copy().transpose(0, 3, 1, 2)
+            return np.broadcast_to(share[:, :, None, None], self._x_shape).copy()
         dx = np.zeros(self._x_shape, dtype=dtype)
         for oy, (h0, h1) in enumerate(_bins(h, ho)):
             for ox, (w0, w1) in enumerate(_bins(w, wo)):
