@@ -179,6 +179,66 @@ def _output_transform_image(m, base, th, tw, ho, wo, srows, rows):
 
 
 @njit(**_OPTS)
+def _grad_row_transform(g3, n, y, n_f, tw, hrow):
+    """``hrow`` (4, tw*F): ``A g`` of row ``y`` of image ``n`` of ``g3`` (N, ho, wo*F), the weight gradient's
+    transform of dL/dy (:func:`npcnn.kernels.winograd_general.winograd_weight_grad_chunk`), for every tile
+    column ``j``: with ``a``, ``b`` its two columns (``b`` zero past the output's edge), ``(a, a + b, a - b,
+    -b)``, which is ``A = A_T^T`` applied; zeros for a row past the output."""
+    wo = g3.shape[2] // n_f
+    zero = hrow.dtype.type(0)
+    if y >= g3.shape[1]:
+        hrow[:] = zero
+        return
+    row = g3[n, y]
+    h0, h1, h2, h3 = hrow[0], hrow[1], hrow[2], hrow[3]
+    nf, pairs = np.uint64(n_f), np.uint64(wo // 2)     # unsigned offsets (module docstring)
+    for j in range(np.uint64(tw)):
+        o = j * nf
+        s = o + o
+        if j < pairs:
+            for f in range(nf):
+                h0[o + f] = row[s + f]
+            for f in range(nf):
+                h1[o + f] = row[s + f] + row[s + nf + f]
+            for f in range(nf):
+                h2[o + f] = row[s + f] - row[s + nf + f]
+            for f in range(nf):
+                h3[o + f] = -row[s + nf + f]
+        else:                                           # the last tile of an odd width: b = 0
+            for f in range(nf):
+                h0[o + f] = row[s + f]
+                h1[o + f] = row[s + f]
+                h2[o + f] = row[s + f]
+                h3[o + f] = zero
+
+
+@njit(**_OPTS)
+def grad_transform_image(g3, n, n_f, th, tw, hrows, gv, base):
+    """``gv[4r + s, base + i*tw + j, :]`` = entry (r, s) of ``A g A^T`` for the 2x2 tile (i, j) of dL/dy,
+    image ``n`` of ``g3`` (N, ho, wo*F), zeros past the output's edge: the weight gradient's transform of
+    the gradient for F(2x2, 3x3), written out (the general kernel's ``_input_transform_general`` with A
+    computes the same, 1.5-2 times slower). ``hrows`` (2, 4, tw*F) scratch."""
+    run = tw * n_f
+    planes = gv.reshape(16, gv.shape[1] * n_f)
+    for i in range(th):
+        _grad_row_transform(g3, n, 2 * i, n_f, tw, hrows[0])
+        _grad_row_transform(g3, n, 2 * i + 1, n_f, tw, hrows[1])
+        lo = (base + i * tw) * n_f
+        for s in range(4):
+            a, b = hrows[0, s], hrows[1, s]
+            v0, v1, v2, v3 = (planes[s, lo:lo + run], planes[4 + s, lo:lo + run], planes[8 + s, lo:lo + run],
+                              planes[12 + s, lo:lo + run])
+            for q in range(run):
+                v0[q] = a[q]
+            for q in range(run):
+                v1[q] = a[q] + b[q]
+            for q in range(run):
+                v2[q] = a[q] - b[q]
+            for q in range(run):
+                v3[q] = -b[q]
+
+
+@njit(**_OPTS)
 def winograd_conv_rows(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u, v, m, rows):
     """The 3x3 stride-1 conv (no bias) of images ``[first, last)`` of ``x3`` (N, H, W*C) channels
     last, padded by ``ph``, ``pw``, into ``rows`` ((last - first)*ho*wo, F): input transform into ``v``

@@ -14,7 +14,7 @@ from numba import njit
 
 from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
-from .winograd import _input_transform_image, transformed_weights, winograd_conv_rows
+from .winograd import _input_transform_image, grad_transform_image, transformed_weights, winograd_conv_rows
 
 
 @njit(**_OPTS)
@@ -211,12 +211,13 @@ def winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga3, first, last, n_ch, ph, p
     v_flat, g_flat = v.reshape(alpha * alpha, -1), gv.reshape(alpha * alpha, -1)
     for n in range(first, last):
         base = (n - first) * per_image
-        if bt.shape[0] == 0:
+        if bt.shape[0] == 0:                  # F(2x2, 3x3), written out (a_mat is its A)
             _input_transform_image(x3, n, n_ch, ph, pw, th, tw, line.reshape(-1), hrows.reshape(alpha, alpha, -1), v,
                                    base)
+            grad_transform_image(ga3, n - first, n_f, th, tw, hrows_g[:2].reshape(2, alpha, -1), gv, base)
         else:
             _input_transform_general(x3, n, n_ch, ph, pw, th, tw, m, bt, line, hrows, v_flat, base)
-        _input_transform_general(ga3, n - first, n_f, 0, 0, th, tw, m, a_mat, line_g, hrows_g, g_flat, base)
+            _input_transform_general(ga3, n - first, n_f, 0, 0, th, tw, m, a_mat, line_g, hrows_g, g_flat, base)
     double = x3.itemsize == 8
     for k in range(alpha * alpha):
         _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, n_ch, n_f, n_tiles, v[k].ctypes.data, n_ch,
