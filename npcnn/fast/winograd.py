@@ -145,11 +145,10 @@ def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
     ``images`` images with ``ho`` x ``wo`` outputs (kept on ``step``) and the threads' transform-domain
     sums ``m_all`` (workers, alpha^2, C, F), zeroed. ``a_mat`` empty (im2col + GEMM) unless
     ``param_grads`` and :func:`fits` (the forward's rule). Measured on a 2-core AMD EPYC Zen 4, one thread,
-    per image, im2col + GEMM against Winograd: 16 -> 16 channels at 28x28 63 against 50 us (the ConvAct's
-    whole backward at batch 64, two threads: 3.32 -> 2.88 ms), 32 -> 32 at 14x14 47 against 31, 64 -> 64 at
-    7x7 40 against 28, 32 -> 64 at 16x16 105 against 62. (Until the input transform lost its per-loop
-    views, :mod:`npcnn.kernels.winograd`, the two transforms cost what the GEMMs saved at 16 channels, and
-    the weight gradient took Winograd from 32 only.)
+    per image, im2col + GEMM against Winograd: 16 -> 16 channels at 28x28 62 against 34 us (the ConvAct's
+    whole backward at batch 64, two threads: 3.32 -> 2.78 ms), 32 -> 32 at 14x14 47 against 24, 64 -> 64 at
+    7x7 40 against 25. (Until the transforms lost numba's per-loop views, :mod:`npcnn.kernels.winograd`, they
+    cost what the GEMMs saved at 16 channels, and the weight gradient took Winograd from 32 only.)
 
     Why it works: the forward's tile ``Y = A^T [(G w G^T) * (B^T d B)] A`` is bilinear in the kernel ``w``
     and the patch ``d``, so for a tile's gradient ``Gy``, ``sum Gy * Y = sum w * G^T [(A Gy A^T) * (B^T d
