@@ -87,8 +87,8 @@ def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path)
 
 def test_bench_conv_train_times_each_conv_the_training_step_runs_against_pytorch(tmp_path):
     """bench_conv_train on the small ResNet and Madry et al.'s net: every conv of the ResNet, on the path the
-    fast step takes (the stem direct, the stride-1 3x3s by Winograd: forward (no max-pool in the net), dL/dx,
-    and dL/dW from 32 channels; the first conv without dL/dx), timed in both libraries; Madry et al.'s convs are all ConvReLUPool's, so none is timed."""
+    fast step takes (the stem direct, the stride-1 3x3s by Winograd: forward (no max-pool in the net), dL/dx
+    and dL/dW; the first conv without dL/dx), timed in both libraries; Madry et al.'s convs are all ConvReLUPool's, so none is timed."""
     out = tmp_path / "convs.json"
     result = subprocess.run([sys.executable, "benchmarks/bench_conv_train.py", "--models", "small-resnet,madry-mnist",
                              "--batch", "4", "--repeats", "1", "--json", str(out)], cwd=REPO, capture_output=True,
@@ -100,8 +100,8 @@ def test_bench_conv_train_times_each_conv_the_training_step_runs_against_pytorch
     rows = {r["layer"]: r for r in models["small-resnet"]}
     assert len(rows) == 9
     assert (rows["0"]["path"], rows["0"]["input_grad"]) == ("direct", False)
-    assert rows["3.body.0"]["path"] == "gemm; winograd: fwd, dx" and rows["3.body.0"]["input"] == "16x28x28"
-    assert rows["5.body.3"]["path"] == "gemm; winograd: fwd, dW, dx"      # 32 -> 32: dW by Winograd too
+    assert rows["3.body.0"]["path"] == "gemm; winograd: fwd, dW, dx" and rows["3.body.0"]["input"] == "16x28x28"
+    assert rows["5.body.3"]["path"] == "gemm; winograd: fwd, dW, dx"
     assert rows["5.body.0"]["path"] == "gemm" and rows["5.body.0"]["conv"] == "16->32 3x3 s2"
     assert all(r["input_grad"] for name, r in rows.items() if name != "0")
     for r in rows.values():
