@@ -99,3 +99,76 @@ def test_conv_batchnorm_planning_and_errors():
         ConvBatchNorm(conv, nn.BatchNorm2d(5))
     with pytest.raises(TypeError):
         ConvBatchNorm(conv, nn.ReLU())
+
+
+# ------------------------------------------------------------------ the statistics taken by the conv's kernel
+_STATS_CASES = [  # (n, c, f, h, k, s, p, winograd_forward): the direct kernel (the first three), im2col and
+    (5, 3, 7, 9, 3, 1, 1, False), (2, 2, 3, 7, 1, 1, 0, False), (13, 5, 9, 6, 2, 2, 0, False),   # both Winograd
+    (5, 4, 20, 9, 3, 1, 1, False), (6, 4, 5, 8, 3, 2, 1, False),                                  # kernels
+    (4, 16, 16, 10, 3, 1, 1, True), (3, 16, 24, 11, 5, 1, 2, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", _STATS_CASES)
+def test_conv_batchnorm_takes_the_batch_statistics_in_the_conv_kernel(case, dtype, monkeypatch):
+    """In training, the conv step's kernel (kernels.conv_rows_forward, on npcnn's threads) sums each chunk's
+    output while it is in cache, and the batch norm runs no statistics pass of its own: output, running
+    statistics and every gradient equal the readable layers' (the one-pass variance differs by rounding)."""
+    from npcnn import kernels, parallel
+    from test_kernels_fast import numba_threads
+    n, c, f, h, k, s, p, winograd_forward = case
+    rng = np.random.default_rng(n * 31 + h)
+    x = (rng.standard_normal((n, c, h, h)) + 3.0).astype(dtype)       # a mean away from 0, as conv outputs have
+    results = []
+    for fused in (False, True):
+        layers = _layers(c, f, k, s, p, True, True, True, seed=h + c, dtype=dtype)
+        for layer in layers:
+            layer.train()
+        g = rng.standard_normal(layers[0].output_shape(x.shape)).astype(dtype) if not results else results[0][3]
+        if fused:
+            stats_passes = []
+            real = kernels.batchnorm_stats_rows
+            monkeypatch.setattr(kernels, "batchnorm_stats_rows", lambda *a: stats_passes.append(1) or real(*a))
+            step = ConvBatchNorm(*layers)
+            with numba_threads(2), parallel.one_blas_thread():
+                assert parallel.kernel_gemm(dtype) is not None, "the kernels cannot call numpy's BLAS here"
+                y = step.forward(x, winograd_forward=winograd_forward)
+                dx = step.backward(g)
+            assert step._conv_step.batch_stats is not None and stats_passes == []
+            assert step._conv_step._direct == (case in _STATS_CASES[:3])
+        else:
+            ref = nn.Sequential(*layers)
+            y, dx = ref.forward(x), ref.backward(g)
+        results.append((y, dx, [q.grad.copy() for layer in layers for q in layer.parameters()], g,
+                        layers[1].running_mean.copy(), layers[1].running_var.copy()))
+    (y0, dx0, g0, _, m0, v0), (y1, dx1, g1, _, m1, v1) = results
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    scale = lambda a: tol * max(1.0, np.abs(a).max())              # noqa: E731
+    np.testing.assert_allclose(y1, y0, rtol=tol, atol=scale(y0))
+    np.testing.assert_allclose(dx1, dx0, rtol=tol, atol=scale(dx0))
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=scale(b))
+    np.testing.assert_allclose(m1, m0, rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-12)
+    np.testing.assert_allclose(v1, v0, rtol=1e-11 if dtype == np.float64 else 1e-5, atol=1e-12)
+
+
+def test_channel_stats_one_pass_variance_is_accurate_far_from_zero():
+    """channel_stats' one-pass variance (float64 sums of values and squares) against NumPy's two-pass one on
+    float32 values up to ~5000 standard deviations from 0: relative error below float32's unit roundoff."""
+    from npcnn.fast.conv_act import channel_stats
+    rng = np.random.default_rng(2)
+    f, rows, run_rows = 6, 20000, 16
+    values = (rng.standard_normal((rows, f)) * rng.random(f) + 1000.0 * rng.random(f)).astype(np.float32)
+    run = run_rows * f
+    sums = np.zeros((2, 2, run))                     # two threads, as conv_rows_forward leaves them
+    for t, part in enumerate((values[:rows // 2], values[rows // 2:])):
+        flat = part.reshape(-1).astype(np.float64)
+        for base in range(0, flat.size, run):
+            seg = flat[base:base + run]
+            sums[t, 0, :seg.size] += seg
+            sums[t, 1, :seg.size] += seg * seg
+    mean, var = channel_stats(sums, f, rows)
+    v64 = values.astype(np.float64)
+    np.testing.assert_allclose(mean, v64.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(var, v64.var(axis=0), rtol=2.0 ** -24)       # float32's unit roundoff

@@ -3,7 +3,9 @@ is folded into the conv.
 
 In training the batch norm normalises with the batch's own statistics, which exist only once the
 conv has run: the step is a :class:`~npcnn.fast.conv_act.ConvAct` over the conv, then the batch norm
-(a :class:`~npcnn.fast.norm_act.BatchNormReLU` with the ReLU). In eval mode it is a fixed affine map
+(with the ReLU in its pass, as :class:`~npcnn.fast.norm_act.BatchNormReLU`). The conv's kernels sum
+its output and squares while each chunk is in cache (``ConvAct.forward(..., batch_stats=True)``), so
+the batch norm reads its mean and variance from them instead of two passes of its own. In eval mode it is a fixed affine map
 per output channel, ``bn(z) = s * (z - mean) + beta`` with ``s = gamma / sqrt(running_var + eps)``, and
 so is a conv's bias: the two fold into one conv,
 
@@ -78,7 +80,9 @@ class ConvBatchNorm:
         if self._eval:
             self._fold()
             return self._folded.forward(x, inference, winograd_forward)
-        return self._norm_step.forward(self._conv_step.forward(x, inference, winograd_forward))
+        # the conv step takes the batch's statistics in its pass over each chunk, where it can (else None)
+        y = self._conv_step.forward(x, inference, winograd_forward, batch_stats=True)
+        return self.bn._forward(y, self.relu is not None, stats=self._conv_step.batch_stats)
 
     def backward(self, grad_out, param_grads=True, input_grad=True):
         if not self._eval:

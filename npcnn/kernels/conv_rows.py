@@ -27,13 +27,13 @@ from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .pooling import bias_relu_maxpool_image_2x2
-from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, tanh_segment
+from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, sums_runs, tanh_segment
 from .winograd_general import winograd_conv_chunk, winograd_weight_grad_chunk
 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, w_mat, bias_relu, bias_run, act,
-                      cols_all, step, out, u, v_all, m_all, bt, at):
+                      cols_all, step, out, u, v_all, m_all, bt, at, sums_all):
     """``out`` (N*ho*wo, F) = act(im2col(x3) @ w_mat + bias), ``act`` NONE, RELU or TANH. ``x3``
     (N, H, W*C) channels last, not padded (im2col writes the padding's zeros), ``w_mat`` (kh*kw*C, F),
     ``bias_run`` the bias (zeros for none) repeated over a few whole rows (added, with the ReLU, only
@@ -41,7 +41,10 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
     step*ho*wo, K) scratch, ``blas_fn`` the ?gemm address. With ``u`` the kernel's Winograd
     weights (alpha^2, C, F) (else empty), each chunk's conv is Winograd's instead, in the scratch
     ``v_all`` / ``m_all`` (workers, alpha^2, rows, C / F): F(2x2, 3x3) written out if ``bt`` is empty,
-    else F(m x m, r x r) with the transforms ``bt`` (alpha, alpha) and ``at`` (m, alpha)."""
+    else F(m x m, r x r) with the transforms ``bt`` (alpha, alpha) and ``at`` (m, alpha). With ``sums_all``
+    (workers, 2, run) float64, zeroed, not empty: thread ``t`` adds its chunks' outputs and their squares,
+    per position of a run of whole rows, into ``sums_all[t]`` while each chunk is in cache
+    (:func:`npcnn.kernels.rows.sums_runs`; a batch norm's statistics without a pass of their own)."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     k, f = w_mat.shape
     double = out.itemsize == 8
@@ -64,6 +67,8 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
                     bias_relu_segment(flat[base:base + bias_run.size], bias_run, act == RELU)
             if act == TANH:
                 tanh_segment(rows.reshape(-1))
+            if sums_all.shape[0] > 0:
+                sums_runs(rows.reshape(-1), sums_all[t, 0], sums_all[t, 1])
     return out
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import _kernel
-from .rows import RELU, TANH, tanh_segment
+from .rows import RELU, TANH, sums_runs, tanh_segment
 
 
 
@@ -50,8 +50,44 @@ def _taps_in_fours(w, hp, wp):
     return w4, offsets
 
 
+@njit(inline="always", error_model="numpy")
+def _direct_image(xs, w4, offsets, bias, act, wp, planes, o):
+    """One image of :func:`direct_conv_act_to_nhwc`: ``xs`` its flat padded input, ``planes`` (F', span)
+    scratch, ``o`` (Ho, Wo, F) its output."""
+    ho, wo, f_out = o.shape
+    f_even, t4 = w4.shape
+    span = planes.shape[1]
+    for f in range(0, f_even, 2):
+        pa, pb = planes[f], planes[f + 1]
+        ba, bb = bias[f], bias[f + 1] if f + 1 < f_out else 0.0
+        for t in range(span):
+            pa[t] = ba
+            pb[t] = bb
+        for g in range(0, t4, 4):
+            a0, a1, a2, a3 = w4[f, g], w4[f, g + 1], w4[f, g + 2], w4[f, g + 3]
+            b0, b1, b2, b3 = w4[f + 1, g], w4[f + 1, g + 1], w4[f + 1, g + 2], w4[f + 1, g + 3]
+            # open-ended slices: numba then knows the indices below are not negative (see normalization.py)
+            s0, s1, s2, s3 = xs[offsets[g]:], xs[offsets[g + 1]:], xs[offsets[g + 2]:], xs[offsets[g + 3]:]
+            for t in range(span):
+                x0, x1, x2, x3 = s0[t], s1[t], s2[t], s3[t]
+                pa[t] = pa[t] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                pb[t] = pb[t] + b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+        if act == TANH:
+            tanh_segment(pa)
+            tanh_segment(pb)
+    relu = act == RELU
+    for y in range(ho):
+        oy = o[y]
+        for x in range(wo):
+            ox = oy[x]
+            at = y * wp + x
+            for f in range(f_out):
+                v = planes[f, at]
+                ox[f] = 0 if relu and v < 0 else v
+
+
 @_kernel(size_arg=6, fma=True)
-def direct_conv_act_to_nhwc(xpad, w, bias, act, kh, kw, out):
+def direct_conv_act_to_nhwc(xpad, w, bias, act, kh, kw, out, sums_all):
     """``out[n, f] = act(conv(xpad[n], w[f]) + bias[f])`` for a stride-1 conv, ``act`` coded as in
     :mod:`npcnn.kernels.rows` (NONE, RELU, TANH); ``xpad`` (N, C, Hp, Wp) zero-padded, ``w`` (F, C, kh,
     kw), ``out`` (N, Ho, Wo, F): channels last, as the fast path's next steps want it.
@@ -62,43 +98,22 @@ def direct_conv_act_to_nhwc(xpad, w, bias, act, kh, kw, out):
     plane for each multiply-add (one thread, batch 1000: the small ResNet's 1->16 stem 24.6 -> 11.8 ms,
     Wong et al.'s 4x4 stride-2 first conv 8.9 -> 4.6 ms, LeNet-5's first conv with its tanh 22.6 -> 16.7
     ms). Each value starts from the bias and adds the taps in order, four at a time; then the activation,
-    and the planes are written out channels last."""
+    and the planes are written out channels last. With ``sums_all`` (workers, 2, run) float64, zeroed, not
+    empty, worker ``t`` takes a ``workers``-th of the images and adds their outputs and squares into
+    ``sums_all[t]`` (:func:`npcnn.kernels.rows.sums_runs`, a batch norm's statistics; ``run`` whole rows)."""
     n_img, ho, wo, f_out = out.shape
     n_ch, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     span = (ho - 1) * wp + wo                   # the wide output's length that is read back
     xflat = xpad.reshape(n_img, n_ch * hp * wp)
     w4, offsets = _taps_in_fours(w, hp, wp)
     f_even, t4 = w4.shape
-    for n in prange(n_img):
+    workers = sums_all.shape[0] if sums_all.shape[0] > 0 else n_img      # no sums: one image a task
+    for task in prange(workers):
         planes = np.empty((f_even, span), dtype=out.dtype)
-        xs = xflat[n]
-        for f in range(0, f_even, 2):
-            pa, pb = planes[f], planes[f + 1]
-            ba, bb = bias[f], bias[f + 1] if f + 1 < f_out else 0.0
-            for t in range(span):
-                pa[t] = ba
-                pb[t] = bb
-            for g in range(0, t4, 4):
-                a0, a1, a2, a3 = w4[f, g], w4[f, g + 1], w4[f, g + 2], w4[f, g + 3]
-                b0, b1, b2, b3 = w4[f + 1, g], w4[f + 1, g + 1], w4[f + 1, g + 2], w4[f + 1, g + 3]
-                # open-ended slices: numba then knows the indices below are not negative (see normalization.py)
-                s0, s1, s2, s3 = xs[offsets[g]:], xs[offsets[g + 1]:], xs[offsets[g + 2]:], xs[offsets[g + 3]:]
-                for t in range(span):
-                    x0, x1, x2, x3 = s0[t], s1[t], s2[t], s3[t]
-                    pa[t] = pa[t] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
-                    pb[t] = pb[t] + b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
-            if act == TANH:
-                tanh_segment(pa)
-                tanh_segment(pb)
-        relu = act == RELU
-        for y in range(ho):
-            o = out[n, y]
-            for x in range(wo):
-                ox = o[x]
-                at = y * wp + x
-                for f in range(f_out):
-                    v = planes[f, at]
-                    ox[f] = 0 if relu and v < 0 else v
+        for n in range(task * n_img // workers, (task + 1) * n_img // workers):
+            _direct_image(xflat[n], w4, offsets, bias, act, wp, planes, out[n])
+            if sums_all.shape[0] > 0:
+                sums_runs(out[n].reshape(-1), sums_all[task, 0], sums_all[task, 1])
     return out
 
 

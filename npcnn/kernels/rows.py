@@ -31,6 +31,28 @@ def run_length(rows):
 
 
 @njit(inline="always", error_model="numpy")
+def sums_runs(flat, acc_sum, acc_sq):
+    """``acc_sum[i] += flat[j]`` and ``acc_sq[i] += flat[j]**2`` for every ``j = i + k*run`` (``run`` =
+    ``acc_sum.size``, whole rows), in float64 (a float32 value's square is exact there): a batch norm's sums,
+    taken per position of a run of whole rows and folded per channel by the caller. Four runs are added
+    per pass over the accumulators, which cost more than the values when loaded and stored for each."""
+    run = acc_sum.size
+    full = flat.size // run
+    for r in range(0, full - 3, 4):
+        s0, s1, s2, s3 = flat[r * run:], flat[(r + 1) * run:], flat[(r + 2) * run:], flat[(r + 3) * run:]
+        for i in range(run):
+            v0, v1, v2, v3 = np.float64(s0[i]), np.float64(s1[i]), np.float64(s2[i]), np.float64(s3[i])
+            acc_sum[i] += (v0 + v1) + (v2 + v3)
+            acc_sq[i] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+    for base in range(full // 4 * 4 * run, flat.size, run):
+        seg = flat[base:base + run]
+        for i in range(seg.size):
+            v = np.float64(seg[i])
+            acc_sum[i] += v
+            acc_sq[i] += v * v
+
+
+@njit(inline="always", error_model="numpy")
 def bias_relu_segment(seg, bias_run, relu):
     """In place on ``seg`` (whole rows, at most ``bias_run.size`` values): ``+ bias``, then ``max(., 0)``
     if ``relu`` (NaN stays NaN, as ``np.maximum`` keeps it)."""

@@ -70,9 +70,11 @@ class _BatchNorm(Module):
     def forward(self, x):
         return self._forward(x, relu=False)
 
-    def _forward(self, x, relu):
+    def _forward(self, x, relu, stats=None):
         """:meth:`forward`, followed by ``max(., 0)`` in the same pass when ``relu`` (the fast path's
-        :class:`~npcnn.fast.BatchNormReLU`, whose backward is :meth:`_backward` with ``relu``)."""
+        :class:`~npcnn.fast.BatchNormReLU`, whose backward is :meth:`_backward` with ``relu``). ``stats``: the
+        batch's ``(mean, biased variance)`` per channel (float64) when training, if the caller has them
+        (the fast conv step before it takes them while it writes ``x``); None: computed here."""
         check_input(self, x, self._ndims, self.num_features)
         check_dtype(self, x, self._dtype)
         rows = self._rows_view(x)                     # channels-last input: kept channels last
@@ -86,7 +88,9 @@ class _BatchNorm(Module):
                 )
             mean = np.empty(self.num_features, dtype=np.float64)
             var = np.empty(self.num_features, dtype=np.float64)
-            if self._channels_last:
+            if stats is not None:
+                mean[...], var[...] = stats
+            elif self._channels_last:
                 kernels.batchnorm_stats_rows(x3, mean, var, kernels.run_length(x3))
             else:
                 kernels.batchnorm_stats(x3, mean, var)
