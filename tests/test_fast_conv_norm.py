@@ -112,9 +112,11 @@ _STATS_CASES = [  # (n, c, f, h, k, s, p, winograd_forward): the direct kernel (
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", _STATS_CASES)
 def test_conv_batchnorm_takes_the_batch_statistics_in_the_conv_kernel(case, dtype, monkeypatch):
-    """In training, the conv step's kernel (kernels.conv_rows_forward, on npcnn's threads) sums each chunk's
-    output while it is in cache, and the batch norm runs no statistics pass of its own: output, running
-    statistics and every gradient equal the readable layers' (the one-pass variance differs by rounding)."""
+    """In training, the conv step's kernel (kernels.conv_rows_forward, on npcnn's threads, or the direct one)
+    sums each chunk's output while it is in cache, and the batch norm runs no statistics pass of its own; in
+    backward the batch norm takes its sums and the conv's kernel its dL/dx, chunk by chunk
+    (kernels.conv_rows_backward). Output, running statistics and every gradient equal the readable layers'
+    (the one-pass variance and the fused dL/dx differ by rounding)."""
     from npcnn import kernels, parallel
     from test_kernels_fast import numba_threads
     n, c, f, h, k, s, p, winograd_forward = case
@@ -127,16 +129,21 @@ def test_conv_batchnorm_takes_the_batch_statistics_in_the_conv_kernel(case, dtyp
             layer.train()
         g = rng.standard_normal(layers[0].output_shape(x.shape)).astype(dtype) if not results else results[0][3]
         if fused:
-            stats_passes = []
-            real = kernels.batchnorm_stats_rows
+            stats_passes, dx_passes = [], []
+            real, real_bw = kernels.batchnorm_stats_rows, kernels.batchnorm_backward_rows
             monkeypatch.setattr(kernels, "batchnorm_stats_rows", lambda *a: stats_passes.append(1) or real(*a))
+            monkeypatch.setattr(kernels, "batchnorm_backward_rows", lambda *a: dx_passes.append(a[10].size) or real_bw(*a))
             step = ConvBatchNorm(*layers)
             with numba_threads(2), parallel.one_blas_thread():
                 assert parallel.kernel_gemm(dtype) is not None, "the kernels cannot call numpy's BLAS here"
                 y = step.forward(x, winograd_forward=winograd_forward)
                 dx = step.backward(g)
             assert step._conv_step.batch_stats is not None and stats_passes == []
-            assert step._conv_step._direct == (case in _STATS_CASES[:3])
+            direct = case in _STATS_CASES[:3]
+            assert step._conv_step._direct == direct
+            # backward: the batch norm's sums alone (dx empty), its dL/dx in the conv's kernel; the direct
+            # conv's step takes the batch norm's whole backward first
+            assert len(dx_passes) == 1 and (dx_passes[0] > 0) == direct
         else:
             ref = nn.Sequential(*layers)
             y, dx = ref.forward(x), ref.backward(g)

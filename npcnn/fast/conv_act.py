@@ -123,6 +123,15 @@ def channel_stats(sums_all, channels, count):
     return mean, np.maximum(totals[1] / count - mean * mean, 0.0)
 
 
+def _batchnorm_args(batchnorm, g):
+    """``(bn_y, bn_relu, bn_coef)`` for :func:`npcnn.kernels.conv_rows_backward` from ConvAct.backward's
+    ``batchnorm`` (empty coefficients: none), ``g`` the gradient's rows (N*p, F)."""
+    if batchnorm is None:
+        return g, False, np.empty((0, 0), g.dtype)
+    y, relu, coef = batchnorm
+    return (y if relu else g), relu, coef
+
+
 def _kernel_padded(weight, kh, kw):
     """``weight`` (F, C, kh0, kw0) with zero taps added up to (kh, kw) (a multiple of the stride)."""
     f, c, kh0, kw0 = weight.shape
@@ -290,7 +299,19 @@ class ConvAct(ScratchBuffers):
         return dx
 
     # ------------------------------------------------------------------ backward
-    def backward(self, grad_out, param_grads=True, input_grad=True):
+    def takes_batchnorm_backward(self, dtype):
+        """True if :meth:`backward` can take ``batchnorm`` now: the conv has no activation, and its chunks run
+        in :func:`npcnn.kernels.conv_rows_backward` (not the direct path, nor Python's threads)."""
+        return self.act is None and not self._direct and parallel.kernel_gemm(dtype) is not None
+
+    def backward(self, grad_out, param_grads=True, input_grad=True, batchnorm=None):
+        """dL/dx (None unless ``input_grad``); dL/dW and dL/db into the conv's Parameters (if ``param_grads``).
+        ``batchnorm = (y, relu, coef)``: a batch norm follows the conv (:class:`npcnn.fast.ConvBatchNorm`),
+        ``grad_out`` is the gradient at its output ``y`` (after its ReLU if ``relu``), and each chunk's gradient
+        at the conv's output is the batch norm's dL/dx, from ``coef`` (its
+        :meth:`~npcnn.nn.BatchNorm2d._backward_coefficients`); only where :meth:`takes_batchnorm_backward`."""
+        if batchnorm is not None and not self.takes_batchnorm_backward(grad_out.dtype):
+            raise RuntimeError(f"{self!r}: the batch norm's backward cannot be taken in this conv's kernel here")
         if getattr(self, "_inference", False):
             raise RuntimeError("ConvAct.backward after forward(x, inference=True): run forward(x) for a backward")
         if not (param_grads or input_grad):
@@ -353,7 +374,7 @@ class ConvAct(ScratchBuffers):
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,
                 db if db is not None else np.zeros((workers, f), dtype),
-                dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino, *wgrad)
+                dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino, *wgrad, *_batchnorm_args(batchnorm, g))
         if param_grads and wgrad[1].size:
             conv.weight.accumulate(winograd.weight_grad(wgrad[-1], kh).astype(dtype), owned=True)
         elif param_grads:

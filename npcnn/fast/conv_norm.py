@@ -5,7 +5,10 @@ In training the batch norm normalises with the batch's own statistics, which exi
 conv has run: the step is a :class:`~npcnn.fast.conv_act.ConvAct` over the conv, then the batch norm
 (with the ReLU in its pass, as :class:`~npcnn.fast.norm_act.BatchNormReLU`). The conv's kernels sum
 its output and squares while each chunk is in cache (``ConvAct.forward(..., batch_stats=True)``), so
-the batch norm reads its mean and variance from them instead of two passes of its own. In eval mode it is a fixed affine map
+the batch norm reads its mean and variance from them instead of two passes of its own. Backward, the
+batch norm takes its two sums (one pass), and the conv's kernel computes the batch norm's dL/dx, its
+own ``Ga``, a chunk at a time from them (``ConvAct.backward(..., batchnorm=...)``): dL/dx of the batch
+norm is never written out and read back. In eval mode it is a fixed affine map
 per output channel, ``bn(z) = s * (z - mean) + beta`` with ``s = gamma / sqrt(running_var + eps)``, and
 so is a conv's bias: the two fold into one conv,
 
@@ -86,8 +89,13 @@ class ConvBatchNorm:
 
     def backward(self, grad_out, param_grads=True, input_grad=True):
         if not self._eval:
+            step, relu = self._conv_step, self.relu is not None
+            if step.takes_batchnorm_backward(grad_out.dtype) and self.bn._channels_last:
+                # the batch norm's sums here, its dL/dx in the conv's kernel, a chunk at a time (ConvAct.backward)
+                coef = self.bn._backward_coefficients(grad_out, param_grads, relu)
+                return step.backward(grad_out, param_grads, input_grad, batchnorm=(self.bn._y3, relu, coef))
             g = self._norm_step.backward(grad_out, param_grads=param_grads)
-            return self._conv_step.backward(g, param_grads, input_grad)
+            return step.backward(g, param_grads, input_grad)
         folded = self._folded_conv
         folded.zero_grad()
         dx = self._folded.backward(grad_out, param_grads, input_grad)

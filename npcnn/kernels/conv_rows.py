@@ -26,6 +26,7 @@ from numba import njit, prange
 from ..blas import NO_TRANS, TRANS, _gemm
 from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
+from .normalization import batchnorm_dx_runs
 from .pooling import bias_relu_maxpool_image_2x2
 from .rows import NONE, RELU, TANH, act_grad_segment, bias_relu_segment, sums_runs, tanh_segment
 from .winograd_general import winograd_conv_chunk, winograd_weight_grad_chunk
@@ -75,7 +76,7 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
 @njit(parallel=True, **_OPTS)
 def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, g, y, act, w_t, param_grads,
                        input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, u, v_all, m_all, bt, at,
-                       wbt, wa, wv_all, wg_all, wtmp_all, wm_all):
+                       wbt, wa, wv_all, wg_all, wtmp_all, wm_all, bn_y, bn_relu, bn_coef):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
     per chunk ``Ga = g * act'(y)``, then (if ``param_grads``) ``dw_part[t] += cols^T @ Ga`` and (if
     ``has_bias``) ``db_part[t] += sum of Ga's rows``; (if ``input_grad``) ``dcols = Ga @ w_t`` scattered
@@ -87,7 +88,10 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
     by Winograd, in the scratch ``v_all`` / ``m_all``, ``bt`` and ``at`` as in :func:`conv_rows_forward`. With
     ``wa`` not empty, the weight gradient is instead summed by Winograd into ``wm_all[t]`` (alpha^2, C, F)
     (:func:`npcnn.kernels.winograd_weight_grad_chunk`, its transforms ``wbt``, ``wa`` and scratch ``wv_all``,
-    ``wg_all``, ``wtmp_all``), and ``dw_part`` is left alone."""
+    ``wg_all``, ``wtmp_all``), and ``dw_part`` is left alone. With ``bn_coef`` (5, run) not empty, a batch norm
+    follows the conv (with ``act`` NONE): ``g`` is the gradient at the batch norm's output (after its ReLU if
+    ``bn_relu``, ``bn_y`` that output), and each chunk's ``Ga`` is the batch norm's dL/dx, computed from ``g``,
+    ``y`` (its input) and ``bn_coef`` (:func:`npcnn.kernels.normalization.batchnorm_dx_runs`) while in cache."""
     n_img, workers, p = x3.shape[0], cols_all.shape[0], ho * wo
     h, w = x3.shape[1], x3.shape[2] // n_ch
     f, k = w_t.shape
@@ -99,7 +103,11 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
         for a in range(first, last, step):
             b = min(last, a + step)
             m = (b - a) * p
-            if act == NONE:
+            if bn_coef.shape[0] > 0:
+                ga = ga_buf[:m]
+                batchnorm_dx_runs(g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), bn_y[a * p:b * p].reshape(-1),
+                                  bn_relu, bn_coef, ga.reshape(-1))
+            elif act == NONE:
                 ga = g[a * p:b * p]
             else:
                 ga = ga_buf[:m]

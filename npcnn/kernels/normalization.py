@@ -178,7 +178,8 @@ def batchnorm_apply_rows(x2, mean, invstd, gamma, beta, relu, y, run):
 @_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
 def batchnorm_backward_rows(g2, x2, y2, relu, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx, run):
     """:func:`batchnorm_backward` on channels-last rows ``g2``, ``x2``, ``y2`` and ``dx`` (M, C). Parallel
-    over parts (the sums), then over tiles (``dx``)."""
+    over parts (the sums), then over tiles (``dx``). An empty ``dx`` stops after the sums (a conv step
+    computes ``dx`` itself, chunk by chunk, :func:`batchnorm_dx_runs`)."""
     m, n_ch = g2.shape
     g, xf, yf, d = g2.reshape(-1), x2.reshape(-1), y2.reshape(-1), dx.reshape(-1)
     mu, s, k = _as_run(mean, run, g2.dtype), _as_run(invstd, run, g2.dtype), _as_run(scale, run, g2.dtype)
@@ -201,6 +202,8 @@ def batchnorm_backward_rows(g2, x2, y2, relu, mean, invstd, scale, batch_stats, 
                     agx[i] += g_t[i] * ((x_t[i] - mu[i]) * s[i])
     _fold_channels(acc_g, n_ch, 1.0, sum_g)
     _fold_channels(acc_gx, n_ch, 1.0, sum_gx)
+    if d.size == 0:
+        return
     a = _as_run(sum_g, run, g2.dtype)                 # in the data's dtype, so the loop below vectorises
     b = _as_run(sum_gx, run, g2.dtype)                # on 16 float32 lanes (the NCHW kernel keeps float64)
     if batch_stats:
@@ -217,4 +220,36 @@ def batchnorm_backward_rows(g2, x2, y2, relu, mean, invstd, scale, batch_stats, 
                 d_t[i] = ((g_t[i] if y_t[i] > 0 else zero) - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]
         else:
             for i in range(g_t.size):
+                d_t[i] = (g_t[i] - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]
+
+
+def batchnorm_dx_coefficients(mean, invstd, scale, sum_g, sum_gx, m, batch_stats, run, dtype):
+    """The per-channel coefficients of the batch norm's ``dx`` (:func:`batchnorm_dx_runs`) as runs of
+    ``run`` values (whole channels-last rows), in ``dtype``: rows mean, invstd, ``sum(g)/m``,
+    ``sum(g*xhat)/m`` (zeros without batch statistics) and scale, (5, run)."""
+    n_ch = mean.size
+    coef = np.empty((5, run), dtype=dtype)
+    for i, values in enumerate((mean, invstd, sum_g / m if batch_stats else 0 * sum_g,
+                                sum_gx / m if batch_stats else 0 * sum_gx, scale)):
+        coef[i] = np.tile(np.asarray(values, dtype=dtype), run // n_ch)
+    return coef
+
+
+@njit(inline="always", error_model="numpy")
+def batchnorm_dx_runs(g, x, y, relu, coef, dx):
+    """``dx = ((g * [y > 0] if relu else g) - a - ((x - mean) * invstd) * b) * scale`` on flat channels-last
+    rows (whole rows, from a row's start), the coefficients as runs ``coef`` (5, run) from
+    :func:`batchnorm_dx_coefficients`: the dx pass of :func:`batchnorm_backward_rows`, for a conv step
+    that computes its chunk of ``Ga`` this way while the chunk is in cache (``npcnn.fast.ConvBatchNorm``)."""
+    run = coef.shape[1]
+    mu, s, a, b, k = coef[0], coef[1], coef[2], coef[3], coef[4]
+    zero = np.zeros(1, dtype=dx.dtype)[0]
+    for base in range(0, g.size, run):
+        count = min(run, g.size - base)
+        g_t, x_t, y_t, d_t = g[base:], x[base:], y[base:], dx[base:]
+        if relu:
+            for i in range(count):
+                d_t[i] = ((g_t[i] if y_t[i] > 0 else zero) - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]
+        else:
+            for i in range(count):
                 d_t[i] = (g_t[i] - a[i] - ((x_t[i] - mu[i]) * s[i]) * b[i]) * k[i]

@@ -151,6 +151,30 @@ class _BatchNorm(Module):
             self.bias.accumulate(sum_g.astype(g.dtype), owned=True)
         return dx
 
+    def _backward_coefficients(self, grad_out, param_grads, relu):
+        """The first pass of :meth:`_backward` alone, after a channels-last forward: ``sum(g)`` and ``sum(g *
+        xhat)`` (into the Parameters' gradients if ``param_grads``), returned as the coefficients of dL/dx,
+        :func:`npcnn.kernels.normalization.batchnorm_dx_coefficients` (5, run), for a conv step before it that
+        computes dL/dx chunk by chunk (:class:`npcnn.fast.ConvBatchNorm`); ``grad_out`` as :meth:`_backward`
+        takes it."""
+        if relu and self._y3 is None:
+            raise RuntimeError(f"{self!r}: a backward through the ReLU needs a forward with it")
+        if not self._channels_last:
+            raise RuntimeError(f"{self!r}: the coefficients of dL/dx need a channels-last forward")
+        scale = (self._invstd * (self.weight.data if self.affine else 1)).astype(grad_out.dtype)
+        sum_g = np.empty(self.num_features, dtype=np.float64)
+        sum_gx = np.empty(self.num_features, dtype=np.float64)
+        n, c, h, w = grad_out.shape
+        g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
+        run = kernels.run_length(g)
+        kernels.batchnorm_backward_rows(g, self._x3, self._y3 if relu else g, relu, self._mean, self._invstd, scale,
+                                        self._batch_stats, sum_g, sum_gx, np.empty((0, c), g.dtype), run)
+        if self.affine and param_grads:
+            self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
+            self.bias.accumulate(sum_g.astype(g.dtype), owned=True)
+        return kernels.normalization.batchnorm_dx_coefficients(self._mean, self._invstd, scale, sum_g, sum_gx, len(g),
+                                                               self._batch_stats, run, g.dtype)
+
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of (N, C, H, W) inputs, per channel C (see :class:`_BatchNorm`)."""
