@@ -227,12 +227,9 @@ def batchnorm_dx_coefficients(mean, invstd, scale, sum_g, sum_gx, m, batch_stats
     """The per-channel coefficients of the batch norm's ``dx`` (:func:`batchnorm_dx_runs`) as runs of
     ``run`` values (whole channels-last rows), in ``dtype``: rows mean, invstd, ``sum(g)/m``,
     ``sum(g*xhat)/m`` (zeros without batch statistics) and scale, (5, run)."""
-    n_ch = mean.size
-    coef = np.empty((5, run), dtype=dtype)
-    for i, values in enumerate((mean, invstd, sum_g / m if batch_stats else 0 * sum_g,
-                                sum_gx / m if batch_stats else 0 * sum_gx, scale)):
-        coef[i] = np.tile(np.asarray(values, dtype=dtype), run // n_ch)
-    return coef
+    per_channel = np.stack([mean, invstd, sum_g / m if batch_stats else 0 * sum_g,
+                            sum_gx / m if batch_stats else 0 * sum_gx, scale]).astype(dtype)
+    return np.ascontiguousarray(np.broadcast_to(per_channel[:, None, :], (5, run // mean.size, mean.size)).reshape(5, run))
 
 
 @njit(inline="always", error_model="numpy")
