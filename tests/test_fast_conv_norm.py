@@ -132,7 +132,8 @@ def test_conv_batchnorm_takes_the_batch_statistics_in_the_conv_kernel(case, dtyp
             stats_passes, dx_passes = [], []
             real, real_bw = kernels.batchnorm_stats_rows, kernels.batchnorm_backward_rows
             monkeypatch.setattr(kernels, "batchnorm_stats_rows", lambda *a: stats_passes.append(1) or real(*a))
-            monkeypatch.setattr(kernels, "batchnorm_backward_rows", lambda *a: dx_passes.append(a[10].size) or real_bw(*a))
+            monkeypatch.setattr(kernels, "batchnorm_backward_rows",
+                                lambda *a: dx_passes.append(a[10].size) or real_bw(*a))
             step = ConvBatchNorm(*layers)
             with numba_threads(2), parallel.one_blas_thread():
                 assert parallel.kernel_gemm(dtype) is not None, "the kernels cannot call numpy's BLAS here"

@@ -229,7 +229,8 @@ def batchnorm_dx_coefficients(mean, invstd, scale, sum_g, sum_gx, m, batch_stats
     ``sum(g*xhat)/m`` (zeros without batch statistics) and scale, (5, run)."""
     per_channel = np.stack([mean, invstd, sum_g / m if batch_stats else 0 * sum_g,
                             sum_gx / m if batch_stats else 0 * sum_gx, scale]).astype(dtype)
-    return np.ascontiguousarray(np.broadcast_to(per_channel[:, None, :], (5, run // mean.size, mean.size)).reshape(5, run))
+    repeated = np.broadcast_to(per_channel[:, None, :], (5, run // mean.size, mean.size))
+    return np.ascontiguousarray(repeated).reshape(5, run)
 
 
 @njit(inline="always", error_model="numpy")
