@@ -1,6 +1,7 @@
 """ConvBatchNorm (Conv2d -> BatchNorm2d (-> ReLU) on the fast path) against the readable layers in float64:
 training (conv step then batch norm, running statistics updated alike) and eval mode (the batch norm folded
 into the conv), outputs, input gradients and every Parameter's gradient, on random shapes."""
+import numba
 import numpy as np
 import pytest
 
@@ -135,7 +136,7 @@ def test_conv_batchnorm_takes_the_batch_statistics_in_the_conv_kernel(case, dtyp
             monkeypatch.setattr(kernels, "batchnorm_backward_rows",
                                 lambda *a: dx_passes.append(a[10].size) or real_bw(*a))
             step = ConvBatchNorm(*layers)
-            with numba_threads(2), parallel.one_blas_thread():
+            with numba_threads(min(2, numba.config.NUMBA_NUM_THREADS)), parallel.one_blas_thread():
                 assert parallel.kernel_gemm(dtype) is not None, "the kernels cannot call numpy's BLAS here"
                 y = step.forward(x, winograd_forward=winograd_forward)
                 dx = step.backward(g)
