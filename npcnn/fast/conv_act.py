@@ -309,7 +309,7 @@ class ConvAct(ScratchBuffers):
         ``batchnorm = (y, relu, coef)``: a batch norm follows the conv (:class:`npcnn.fast.ConvBatchNorm`),
         ``grad_out`` is the gradient at its output ``y`` (after its ReLU if ``relu``), and each chunk's gradient
         at the conv's output is the batch norm's dL/dx, from ``coef`` (its
-        :meth:`~npcnn.nn.BatchNorm2d._backward_coefficients`); only where :meth:`takes_batchnorm_backward`."""
+        ``BatchNorm2d._backward(..., coefficients=True)``); only where :meth:`takes_batchnorm_backward`."""
         if batchnorm is not None and not self.takes_batchnorm_backward(grad_out.dtype):
             raise RuntimeError(f"{self!r}: the batch norm's backward cannot be taken in this conv's kernel here")
         if getattr(self, "_inference", False):

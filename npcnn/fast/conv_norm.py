@@ -32,7 +32,6 @@ from ..nn.activation import ReLU
 from ..nn.conv import Conv2d
 from ..nn.norm import BatchNorm2d
 from .conv_act import ConvAct
-from .norm_act import BatchNormReLU
 
 
 def conv_norm_length(layers, i):
@@ -54,7 +53,6 @@ class ConvBatchNorm:
             raise ValueError(f"ConvBatchNorm: {bn!r} does not fit the {conv.out_channels} channels of {conv!r}")
         self.conv, self.bn, self.relu = conv, bn, relu
         self._conv_step = ConvAct(conv)
-        self._norm_step = BatchNormReLU(bn, relu) if relu is not None else bn
         (kh, kw), stride, padding = conv.kernel_size, conv.stride, conv.padding
         self._folded_conv = Conv2d(conv.in_channels, conv.out_channels, (kh, kw), stride=stride, padding=padding,
                                    bias=True, dtype=conv.weight.dtype, rng=0)
@@ -92,10 +90,9 @@ class ConvBatchNorm:
             step, relu = self._conv_step, self.relu is not None
             if step.takes_batchnorm_backward(grad_out.dtype) and self.bn._channels_last:
                 # the batch norm's sums here, its dL/dx in the conv's kernel, a chunk at a time (ConvAct.backward)
-                coef = self.bn._backward_coefficients(grad_out, param_grads, relu)
+                coef = self.bn._backward(grad_out, param_grads, relu, coefficients=True)
                 return step.backward(grad_out, param_grads, input_grad, batchnorm=(self.bn._y3, relu, coef))
-            g = self._norm_step.backward(grad_out, param_grads=param_grads)
-            return step.backward(g, param_grads, input_grad)
+            return step.backward(self.bn._backward(grad_out, param_grads, relu), param_grads, input_grad)
         folded = self._folded_conv
         folded.zero_grad()
         dx = self._folded.backward(grad_out, param_grads, input_grad)

@@ -125,21 +125,28 @@ class _BatchNorm(Module):
     def backward(self, grad_out, param_grads=True):
         return self._backward(grad_out, param_grads, relu=False)
 
-    def _backward(self, grad_out, param_grads, relu):
+    def _backward(self, grad_out, param_grads, relu, coefficients=False):
         """:meth:`backward`; with ``relu`` (after ``_forward(x, relu=True)``) ``grad_out`` is the gradient
-        after the ReLU, and ``grad_out * [y > 0]`` is taken in the same pass."""
+        after the ReLU, and ``grad_out * [y > 0]`` is taken in the same pass. With ``coefficients`` (after a
+        channels-last forward) only the first pass runs, ``sum(g)`` and ``sum(g * xhat)``, and the
+        coefficients of dL/dx are returned instead of it,
+        :func:`npcnn.kernels.normalization.batchnorm_dx_coefficients` (5, run), for a conv step before the
+        batch norm that computes dL/dx chunk by chunk (:class:`npcnn.fast.ConvBatchNorm`)."""
         if relu and self._y3 is None:
             raise RuntimeError(f"{self!r}: a backward through the ReLU needs a forward with it")
+        if coefficients and not self._channels_last:
+            raise RuntimeError(f"{self!r}: the coefficients of dL/dx need a channels-last forward")
         scale = (self._invstd * (self.weight.data if self.affine else 1)).astype(grad_out.dtype)
         sum_g = np.empty(self.num_features, dtype=np.float64)
         sum_gx = np.empty(self.num_features, dtype=np.float64)
         if self._channels_last:                       # the gradient in the forward's layout (a copy if it is not)
             n, c, h, w = grad_out.shape
             g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
-            dx = np.empty_like(g)
+            run = kernels.run_length(g)
+            dx = np.empty((0, c) if coefficients else g.shape, dtype=g.dtype)     # empty: the sums alone
             kernels.batchnorm_backward_rows(g, self._x3, self._y3 if relu else g, relu, self._mean, self._invstd, scale,
-                                            self._batch_stats, sum_g, sum_gx, dx, kernels.run_length(g))
-            dx = dx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+                                            self._batch_stats, sum_g, sum_gx, dx, run)
+            dx = None if coefficients else dx.reshape(n, h, w, c).transpose(0, 3, 1, 2)
         else:
             g = np.ascontiguousarray(self._channel_view(grad_out))
             dx = np.empty_like(g)
@@ -149,31 +156,10 @@ class _BatchNorm(Module):
         if self.affine and param_grads:
             self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
             self.bias.accumulate(sum_g.astype(g.dtype), owned=True)
+        if coefficients:
+            return kernels.normalization.batchnorm_dx_coefficients(self._mean, self._invstd, scale, sum_g, sum_gx,
+                                                                   len(g), self._batch_stats, run, g.dtype)
         return dx
-
-    def _backward_coefficients(self, grad_out, param_grads, relu):
-        """The first pass of :meth:`_backward` alone, after a channels-last forward: ``sum(g)`` and ``sum(g *
-        xhat)`` (into the Parameters' gradients if ``param_grads``), returned as the coefficients of dL/dx,
-        :func:`npcnn.kernels.normalization.batchnorm_dx_coefficients` (5, run), for a conv step before it that
-        computes dL/dx chunk by chunk (:class:`npcnn.fast.ConvBatchNorm`); ``grad_out`` as :meth:`_backward`
-        takes it."""
-        if relu and self._y3 is None:
-            raise RuntimeError(f"{self!r}: a backward through the ReLU needs a forward with it")
-        if not self._channels_last:
-            raise RuntimeError(f"{self!r}: the coefficients of dL/dx need a channels-last forward")
-        scale = (self._invstd * (self.weight.data if self.affine else 1)).astype(grad_out.dtype)
-        sum_g = np.empty(self.num_features, dtype=np.float64)
-        sum_gx = np.empty(self.num_features, dtype=np.float64)
-        n, c, h, w = grad_out.shape
-        g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, c)
-        run = kernels.run_length(g)
-        kernels.batchnorm_backward_rows(g, self._x3, self._y3 if relu else g, relu, self._mean, self._invstd, scale,
-                                        self._batch_stats, sum_g, sum_gx, np.empty((0, c), g.dtype), run)
-        if self.affine and param_grads:
-            self.weight.accumulate(sum_gx.astype(g.dtype), owned=True)
-            self.bias.accumulate(sum_g.astype(g.dtype), owned=True)
-        return kernels.normalization.batchnorm_dx_coefficients(self._mean, self._invstd, scale, sum_g, sum_gx, len(g),
-                                                               self._batch_stats, run, g.dtype)
 
 
 class BatchNorm2d(_BatchNorm):
