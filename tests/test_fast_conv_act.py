@@ -8,7 +8,7 @@ import pytest
 
 import npcnn.nn as nn
 from npcnn import fast, kernels, parallel
-from npcnn.fast import ConvAct, ConvReLUPool, FastResidual, conv_act
+from npcnn.fast import ConvAct, ConvReLUPool, FastResidual, conv_act, conv_direct
 from npcnn.fast import fused
 from npcnn.models import build_model
 from test_kernels_fast import NEEDS_TWO_THREADS, numba_threads
@@ -60,30 +60,37 @@ def _close(a, b, tol):
         assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
 
 
-@pytest.mark.parametrize("path", ["gemm", "gemm on numba's threads", "direct"])
+@pytest.mark.parametrize("path", ["gemm", "gemm on numba's threads", "direct", "direct as wide GEMMs"])
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("config", _configs(40))
 def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monkeypatch):
     """Forward, dL/dx, dL/dW and dL/db of every shape (strides, paddings, one-pixel kernels, odd sizes),
     from a contiguous NCHW input and from an NCHW view of channels-last memory (a fast step's output),
     through the channels-last im2col + GEMM (its chunk loop in Python, and in kernels.conv_rows with one
-    image per chunk, as inside a net's step) and through the direct kernels (a strided conv over its
-    input's phase planes)."""
+    image per chunk, as inside a net's step), through the direct kernels (a strided conv over its
+    input's phase planes) and through their GEMMs on wide columns (kernels.direct_conv_gemm, chunks of
+    one image and of several)."""
     n, c, f, h, w, k, s, p, bias = config
-    if path == "direct":
-        monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6)
-        monkeypatch.setattr(conv_act, "DIRECT_MAX_FILTERS", 10 ** 6)
-        assert conv_act.direct(nn.Conv2d(c, f, k, s, p))
+    if path.startswith("direct"):
+        monkeypatch.setattr(conv_direct, "DIRECT_MAX_TAPS", 10 ** 6)
+        monkeypatch.setattr(conv_direct, "DIRECT_MAX_FILTERS", 10 ** 6)
+        assert conv_direct.direct(nn.Conv2d(c, f, k, s, p))
     else:
-        monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
+        monkeypatch.setattr(conv_direct, "DIRECT_MAX_TAPS", 0)
     calls = []
+    shared = contextlib.nullcontext
     if path == "gemm on numba's threads":
         monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
         backward = kernels.conv_rows_backward
         monkeypatch.setattr(kernels, "conv_rows_backward", lambda *a: calls.append(a) or backward(*a))
         shared = parallel.one_blas_thread
-    else:
-        shared = contextlib.nullcontext
+    elif path == "direct as wide GEMMs":
+        monkeypatch.setattr(conv_direct, "WIDE_GEMM_MIN_FILTERS", 0)
+        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1 if n % 2 else 1 << 20)      # one image a chunk, or all
+        for name in ("direct_conv_gemm_to_nhwc", "direct_conv_gemm_weight_grad"):
+            kernel = getattr(kernels, name)
+            monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel: calls.append(a) or kernel(*a))
+        shared = parallel.one_blas_thread
     rng = np.random.default_rng(sum(config[:5]))
     layers = [nn.Conv2d(c, f, k, s, p, bias=bias, dtype=np.float64, rng=1)]
     if ACTS[act] is not None:
@@ -100,7 +107,7 @@ def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monke
                     _close(ga, gb, 1e-12)
             else:
                 _close(a, b, 1e-12)
-    assert len(calls) == (2 if path == "gemm on numba's threads" else 0)      # the kernel ran, for both inputs
+    assert len(calls) == {"gemm on numba's threads": 2, "direct as wide GEMMs": 4}.get(path, 0)   # for both inputs
 
 
 @pytest.mark.parametrize("param_grads,input_grad", [(True, False), (False, True), (False, False)])
@@ -108,7 +115,7 @@ def test_conv_act_equals_the_readable_layers_in_float64(config, act, path, monke
 def test_conv_act_skips_what_is_not_asked(param_grads, input_grad, stride, shared):
     rng = np.random.default_rng(2)
     layers = [nn.Conv2d(3, 4, 3, stride, 1, dtype=np.float64, rng=2), nn.ReLU()]
-    assert conv_act.direct(layers[0]) == (stride == 1)
+    assert conv_direct.direct(layers[0]) == (stride == 1)
     x = rng.standard_normal((5, 3, 9, 9))
     g = rng.standard_normal(layers[0].output_shape(x.shape))
     ref = _readable(layers, x, g, param_grads=param_grads, input_grad=input_grad)
@@ -120,15 +127,16 @@ def test_conv_act_skips_what_is_not_asked(param_grads, input_grad, stride, share
         _close(a, b if param_grads else None, 1e-12)
 
 
-@pytest.mark.parametrize("c,f", [(16, 16), (1, 6)])          # the GEMM path and the direct path
-def test_conv_act_float32_stays_float32_and_close(c, f):
+@pytest.mark.parametrize("c,f,shared", [(16, 16, False), (1, 6, True), (1, 16, True)])   # GEMM, direct, wide GEMMs
+def test_conv_act_float32_stays_float32_and_close(c, f, shared):
     rng = np.random.default_rng(3)
     layers = [nn.Conv2d(c, f, 3, padding=1, rng=3), nn.Tanh()]
-    assert conv_act.direct(layers[0]) == (c == 1)
+    assert conv_direct.direct(layers[0]) == (c == 1)
     x = rng.standard_normal((6, c, 12, 12)).astype(np.float32)
     g = rng.standard_normal((6, f, 12, 12)).astype(np.float32)
     ref = _readable(layers, x, g)
-    got = _fast(layers, x, g)
+    with parallel.one_blas_thread(shared):
+        got = _fast(layers, x, g)
     assert got[0].dtype == got[1].dtype == got[2][0].dtype == np.float32
     _close(got[0], ref[0], 1e-5)
     _close(got[1], ref[1], 1e-5)
@@ -332,16 +340,16 @@ def _kernel_variant(module, name, fn):
 def test_phase_planes_round_trip_and_turn_a_strided_conv_into_a_stride_one_conv():
     rng = np.random.default_rng(11)
     a = rng.standard_normal((2, 3, 8, 9))
-    q = conv_act.to_phases(a, 2, 3)
+    q = conv_direct.to_phases(a, 2, 3)
     assert q.shape == (2, 18, 4, 3)
     np.testing.assert_array_equal(q[:, (1 * 2 + 1) * 3 + 2], a[:, 1, 1::2, 2::3])      # plane (c=1, u=1, v=2)
-    np.testing.assert_array_equal(conv_act.from_phases(q, 2, 3), a)
-    assert conv_act.to_phases(a, 1, 1) is a
-    assert conv_act.direct(nn.Conv2d(1, 8, 4, stride=2, padding=1))       # counted as 4 x 2x2 taps
-    assert conv_act.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))      # Wong et al.'s first
-    assert not conv_act.direct(nn.Conv2d(1, 32, 3, padding=1))            # too many filters
-    assert not conv_act.direct(nn.Conv2d(8, 8, 4, stride=2, padding=1))   # 32 x 2x2 taps
-    assert conv_act.direct(nn.Conv2d(1, 6, 5, padding=2))                 # LeNet-5's first
+    np.testing.assert_array_equal(conv_direct.from_phases(q, 2, 3), a)
+    assert conv_direct.to_phases(a, 1, 1) is a
+    assert conv_direct.direct(nn.Conv2d(1, 8, 4, stride=2, padding=1))       # counted as 4 x 2x2 taps
+    assert conv_direct.direct(nn.Conv2d(1, 16, 4, stride=2, padding=1))      # Wong et al.'s first
+    assert not conv_direct.direct(nn.Conv2d(1, 32, 3, padding=1))            # too many filters
+    assert not conv_direct.direct(nn.Conv2d(8, 8, 4, stride=2, padding=1))   # 32 x 2x2 taps
+    assert conv_direct.direct(nn.Conv2d(1, 6, 5, padding=2))                 # LeNet-5's first
 
 
 @pytest.mark.parametrize("variant", ["parallel", "serial"])
@@ -359,7 +367,7 @@ def test_pad_to_phases_equals_padding_then_to_phases(variant):
         x = rng.standard_normal((n, h, w, c)).transpose(0, 3, 1, 2) if trial % 2 else rng.standard_normal((n, c, h, w))
         big = np.zeros((n, c, max(hq * sh, h + 2 * ph), max(wq * sw, w + 2 * pw)))
         big[:, :, ph:ph + h, pw:pw + w] = x
-        expected = conv_act.to_phases(np.ascontiguousarray(big[:, :, :hq * sh, :wq * sw]), sh, sw)
+        expected = conv_direct.to_phases(np.ascontiguousarray(big[:, :, :hq * sh, :wq * sw]), sh, sw)
         out = np.full((n, c * sh * sw, hq, wq), np.nan)
         kernel(x, ph, pw, sh, sw, out)
         np.testing.assert_array_equal(out, expected, err_msg=f"{(n, c, h, w, sh, sw, ph, pw, hq, wq)}")
@@ -376,8 +384,8 @@ def test_conv_act_rejects_what_it_cannot_run():
 def test_conv_act_threaded_kernels_equal_the_readable_layers(direct, monkeypatch):
     """The kernels' threaded copies (from any size on), the weight gradient summed over per-thread blocks."""
     monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 0)
-    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 10 ** 6 if direct else 0)
-    monkeypatch.setattr(conv_act, "DIRECT_MAX_FILTERS", 10 ** 6)
+    monkeypatch.setattr(conv_direct, "DIRECT_MAX_TAPS", 10 ** 6 if direct else 0)
+    monkeypatch.setattr(conv_direct, "DIRECT_MAX_FILTERS", 10 ** 6)
     rng = np.random.default_rng(9)
     layers = [nn.Conv2d(2, 5, (3, 2), 1, (1, 0), dtype=np.float64, rng=4), nn.ReLU()]
     x = rng.standard_normal((7, 2, 10, 9))
@@ -595,7 +603,7 @@ def test_conv_act_keeps_its_own_copy_of_a_callers_batch(c):
     backward does not change the weight gradient: ConvAct read a copy of it."""
     rng = np.random.default_rng(4)
     conv = nn.Conv2d(c, 32, 3, padding=1, dtype=np.float64, rng=1)
-    assert not conv_act.direct(conv)
+    assert not conv_direct.direct(conv)
     x = rng.standard_normal((2, c, 6, 6))
     g = rng.standard_normal((2, 32, 6, 6))
     _, _, want = _readable([conv], x.copy(), g)

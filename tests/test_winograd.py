@@ -11,7 +11,7 @@ import torch
 import npcnn.nn as nn
 from npcnn import blas, fast, parallel
 from npcnn.models import INPUT_SHAPES, build_model
-from npcnn.fast import ConvAct, ConvReLUPool, conv_act, fused, winograd
+from npcnn.fast import ConvAct, ConvReLUPool, conv_act, conv_direct, fused, winograd
 from npcnn.kernels.winograd import A_T, B_T, G, tiles, winograd_conv_rows, winograd_weights
 from npcnn.kernels.winograd_general import (general_tiles, winograd_general_conv_rows, winograd_general_weights,
                                             winograd_weight_grad_chunk)
@@ -162,7 +162,7 @@ def _winograd_setup(monkeypatch, spied, loop, min_channels, index=0):
     weights, or the weight gradient's A; 0: im2col) and the context to run the step in (BLAS held to one
     thread for the shared kernel)."""
     monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", min_channels)
-    monkeypatch.setattr(conv_act, "DIRECT_MAX_TAPS", 0)
+    monkeypatch.setattr(conv_direct, "DIRECT_MAX_TAPS", 0)
     used, real_args = [], getattr(winograd, spied)
     monkeypatch.setattr(winograd, spied, lambda *a: used.append(real_args(*a)[index].size) or real_args(*a))
     if loop == "python":

@@ -31,19 +31,8 @@ given ``winograd_forward``: in inference, and in training in a net without max-p
 (:func:`npcnn.fast.winograd.forward_may_take_winograd` says why only then); its backward's dL/dx always
 (see above).
 
-A conv with at most :data:`DIRECT_MAX_TAPS` weights per filter (a first layer: 1x3x3, 1x5x5, 3x3x3)
-and at most :data:`DIRECT_MAX_FILTERS` filters (the first convs of LeNet-5, Wong et al.'s net and the
-small ResNet) is computed directly instead, from
-the NCHW input into a channels-last output (``kernels.direct_conv_act_to_nhwc`` and its two gradients,
-:mod:`npcnn.kernels.direct_conv_rows`): a GEMM that is only a few columns wide runs far below BLAS's
-speed, and im2col of so few taps is a pass over memory. (With 32 filters the GEMM path, its chunks on
-numba's threads, was as fast or faster: a 3x32x3x3 conv at 32x32, batch 64, 6.3 ms forward and 14.1
-backward against the direct 6.1 and 16.8 on a 2-core AMD EPYC; with 16 filters the direct path won,
-Wong et al.'s 1x16x4x4 stride-2 conv 0.52 + 1.13 ms against 1.69 + 1.96, the ResNet's 1x16x3x3 stem
-0.91 + 2.72 against 1.62 + 3.25.) A
-strided conv goes there as a stride-1 conv over the input's phase planes (:func:`to_phases`: the
-sh*sw sub-images ``x[:, c, u::sh, v::sw]`` become channels, and the kernel is cut the same way), so
-a 1x4x4 stride-2 conv is a 4x2x2 stride-1 conv.
+A conv with few weights per filter (a first layer) takes the direct path instead
+(:mod:`npcnn.fast.conv_direct`, :class:`~npcnn.fast.conv_direct.DirectConvPath`).
 
 While npcnn shares out the GEMMs (:func:`npcnn.parallel.sharing`) and there is more than one chunk,
 each thread takes a share of the images and walks them chunk by chunk with its own buffers and its
@@ -60,13 +49,8 @@ from ..nn.activation import ReLU
 from ..nn.smooth import Tanh
 from ..nn.conv import Conv2d
 from . import fused, winograd
+from .conv_direct import DirectConvPath, _act_code, _activation_grad, channel_stats, direct
 from .fused import ScratchBuffers, channels_last
-
-#: Convs with at most this many weights per filter (C*kh*kw, counted on the phase planes) are computed directly.
-DIRECT_MAX_TAPS = 27
-
-#: ... and at most this many filters.
-DIRECT_MAX_FILTERS = 16
 
 #: The activations folded into the step: their forward applied in place, their derivative from the output.
 ACTIVATIONS = (ReLU, Tanh)
@@ -80,49 +64,6 @@ def conv_act_length(layers, i):
     return 2 if i + 1 < len(layers) and type(layers[i + 1]) in ACTIVATIONS else 1
 
 
-def direct(conv):
-    """True when ``conv`` takes the direct path: at most DIRECT_MAX_FILTERS filters and DIRECT_MAX_TAPS
-    weights per filter, counted on
-    the phase planes a strided conv is run on (C*sh*sw channels of ceil(kh/sh) x ceil(kw/sw) taps)."""
-    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-    return (conv.in_channels * sh * sw * -(-kh // sh) * -(-kw // sw) <= DIRECT_MAX_TAPS
-            and conv.out_channels <= DIRECT_MAX_FILTERS)
-
-
-def to_phases(a, sh, sw):
-    """``a`` (N, C, H, W), H and W multiples of the stride, as its sh*sw phase planes (N, C*sh*sw, H/sh, W/sw):
-    plane ``(c, u, v)`` holds ``a[:, c, u::sh, v::sw]``. A stride-(sh, sw) conv over ``a`` is a stride-1
-    conv over the planes, with the kernel's phases as its channels. Stride 1: ``a`` itself."""
-    if (sh, sw) == (1, 1):
-        return a
-    n, c, h, w = a.shape
-    return np.ascontiguousarray(a.reshape(n, c, h // sh, sh, w // sw, sw).transpose(0, 1, 3, 5, 2, 4)).reshape(
-        n, c * sh * sw, h // sh, w // sw)
-
-
-def from_phases(q, sh, sw):
-    """The inverse of :func:`to_phases`: (N, C*sh*sw, Hq, Wq) back to (N, C, Hq*sh, Wq*sw)."""
-    if (sh, sw) == (1, 1):
-        return q
-    n, cq, hq, wq = q.shape
-    c = cq // (sh * sw)
-    return q.reshape(n, c, sh, sw, hq, wq).transpose(0, 1, 4, 2, 5, 3).reshape(n, c, hq * sh, wq * sw)
-
-
-def channel_stats(sums_all, channels, count):
-    """``(mean, var)`` per channel (float64, the variance biased) from the threads' sums of ``count`` rows
-    ``sums_all`` (workers, 2, run), as :func:`npcnn.kernels.conv_rows_forward` takes them: ``mean = S / m``,
-    ``var = Q / m - mean**2`` with ``S`` and ``Q`` the sums of the values and of their squares. One pass
-    instead of the batch norm's two (mean, then squared deviations); in float64 the cancellation in ``var``
-    costs about ``(mean**2 / var) * 1e-16`` of it, far below float32's rounding unless the mean is ~10^4
-    standard deviations from 0. The small ResNet's training step at batch 64 (2-core AMD EPYC Zen 4): its 9
-    statistics passes took 0.8 ms, the sums in the conv kernels add 0.2-0.3; the step 2 % faster (median of
-    8 interleaved runs)."""
-    totals = sums_all.sum(axis=0).reshape(2, -1, channels).sum(axis=1)
-    mean = totals[0] / count
-    return mean, np.maximum(totals[1] / count - mean * mean, 0.0)
-
-
 def _batchnorm_args(batchnorm, g):
     """``(bn_y, bn_relu, bn_coef)`` for :func:`npcnn.kernels.conv_rows_backward` from ConvAct.backward's
     ``batchnorm`` (empty coefficients: none), ``g`` the gradient's rows (N*p, F)."""
@@ -132,31 +73,7 @@ def _batchnorm_args(batchnorm, g):
     return (y if relu else g), relu, coef
 
 
-def _kernel_padded(weight, kh, kw):
-    """``weight`` (F, C, kh0, kw0) with zero taps added up to (kh, kw) (a multiple of the stride)."""
-    f, c, kh0, kw0 = weight.shape
-    if (kh0, kw0) == (kh, kw):
-        return weight
-    out = np.zeros((f, c, kh, kw), dtype=weight.dtype)
-    out[:, :, :kh0, :kw0] = weight
-    return out
-
-
-def _act_code(act):
-    """The activation as the kernels code it (:mod:`npcnn.kernels.rows`)."""
-    rows = kernels.rows
-    return rows.RELU if isinstance(act, ReLU) else rows.TANH if isinstance(act, Tanh) else rows.NONE
-
-
-def _activation_grad(act, g, y, out, serial=False):
-    """``g * act'(pre-activation)``, from the output ``y``, into ``out`` (``g`` itself without an activation)."""
-    if act is None:
-        return g
-    (kernels.act_grad.serial if serial else kernels.act_grad)(g, y, _act_code(act), out)
-    return out
-
-
-class ConvAct(ScratchBuffers):
+class ConvAct(DirectConvPath, ScratchBuffers):
     """``act(conv(x))`` (or ``conv(x)``) in one channels-last step, with a layer's forward / backward contract.
 
     ``forward`` returns an NCHW view of channels-last memory. ``backward(grad_out, param_grads=True,
@@ -249,54 +166,6 @@ class ConvAct(ScratchBuffers):
                 self.batch_stats = channel_stats(sums_all, f, len(out))
         self._x_shape, self._x3, self._out, self._hw = x.shape, x3, out, (ho, wo)
         return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2)
-
-    def _forward_direct(self, x, batch_stats):
-        conv = self.conv
-        n, ho, wo = conv._geometry(x)
-        c, f, (ph, pw), (h, w) = conv.in_channels, conv.out_channels, conv.padding, x.shape[2:]
-        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-        kqh, kqw = -(-kh // sh), -(-kw // sw)                # the phase planes' kernel
-        hb, wb = (ho + kqh - 1) * sh, (wo + kqw - 1) * sw      # the padded input as the phases read it
-        # the input zero-padded to (hb, wb) and cut into its phase planes (to_phases), in one pass
-        xq = self._buffer("xq", (n, c * sh * sw, hb // sh, wb // sw), x.dtype)
-        kernels.pad_to_phases(x, ph, pw, sh, sw, xq)
-        wq = to_phases(_kernel_padded(conv.weight.data, kqh * sh, kqw * sw), sh, sw)
-        bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
-        out_nhwc = np.empty((n, ho, wo, f), dtype=x.dtype)
-        run = kernels.run_length(out_nhwc.reshape(-1, f)[:ho * wo])              # whole rows, within an image
-        sums_all = np.zeros((min(n, parallel.num_threads()), 2, run) if batch_stats else (0, 2, 0))
-        kernels.direct_conv_act_to_nhwc(xq, wq, bias, _act_code(self.act), kqh, kqw, out_nhwc, sums_all)
-        if batch_stats:
-            self.batch_stats = channel_stats(sums_all, f, n * ho * wo)
-        out = out_nhwc.transpose(0, 3, 1, 2)                   # channels last, as the GEMM path's
-        self._x_shape, self._xq, self._wq, self._out = x.shape, xq, wq, out
-        return out
-
-    def _backward_direct(self, grad_out, param_grads, input_grad):
-        conv, xq, wq = self.conv, self._xq, self._wq
-        n, c, h, w = self._x_shape
-        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1))          # as the output's memory: NHWC
-        y = self._out.transpose(0, 2, 3, 1)
-        ga = _activation_grad(self.act, g, y, None if self.act is None else np.empty_like(g))
-        ga = ga.transpose(0, 3, 1, 2)          # an NCHW view: the kernels spread one (n, f) plane at a time
-        if param_grads:
-            blocks = min(n, parallel.num_threads())
-            dw_part = np.empty((blocks, *wq.shape), dtype=g.dtype)
-            db_part = np.empty((blocks, conv.out_channels), dtype=g.dtype)
-            kernels.direct_conv_weight_grad_nchw(ga, xq, *wq.shape[2:], dw_part, db_part)
-            conv.weight.accumulate(from_phases(dw_part.sum(axis=0), sh, sw)[:, :, :kh, :kw], owned=False)
-            if conv.bias is not None:
-                conv.bias.accumulate(db_part.sum(axis=0), owned=True)
-        if not input_grad:
-            return None
-        dxq = self._buffer("dxq", xq.shape, xq.dtype)
-        kernels.direct_conv_input_grad_nchw(ga, wq, *wq.shape[2:], dxq)
-        dxpad = from_phases(dxq, sh, sw)
-        dx = np.zeros(self._x_shape, dtype=g.dtype)
-        rows, cols = min(h, dxpad.shape[2] - ph), min(w, dxpad.shape[3] - pw)
-        dx[:, :, :rows, :cols] = dxpad[:, :, ph:ph + rows, pw:pw + cols]
-        return dx
 
     # ------------------------------------------------------------------ backward
     def takes_batchnorm_backward(self, dtype):

@@ -19,6 +19,8 @@ One file per family:
                        per filter (the first conv), and its gradients
 - ``direct_conv_rows.py`` a stride-1 conv with few weights per filter, computed directly along the
                        output rows (no pool after it), and its gradients
+- ``direct_conv_gemm.py`` the same conv as one GEMM per chunk on columns copied, not gathered, and its
+                       weight gradient
 - ``winners_grad.py``  the gradients of the channels-last fused conv, from the pool's winners only
 - ``normalization.py`` batch normalisation, NCHW and channels last
 - ``rows.py``          a channels-last conv's bias and ReLU, and the activations' derivatives, in one pass
@@ -50,6 +52,7 @@ from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool
                           is_1x3x3_stride1)
 from .conv_rows import conv_rows_backward, conv_rows_forward, conv_rows_relu_maxpool_forward
 from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_act_to_nhwc, direct_conv_weight_grad_nchw
+from .direct_conv_gemm import direct_conv_gemm_to_nhwc, direct_conv_gemm_weight_grad
 from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
                             batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
@@ -71,6 +74,7 @@ __all__ = [
     "direct_conv_input_grad_1x3x3",
     "direct_conv_act_to_nhwc", "direct_conv_weight_grad_nchw",
     "direct_conv_input_grad_nchw",
+    "direct_conv_gemm_to_nhwc", "direct_conv_gemm_weight_grad",
     "winners_weight_grad_nhwc", "winners_input_grad_nhwc", "winograd_tiles", "winograd_conv_rows", "winograd_weights",
     "winograd_general_tiles", "winograd_general_conv_rows", "winograd_general_weights", "winograd_conv_chunk",
     "winograd_weight_grad_chunk",
