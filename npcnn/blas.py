@@ -86,10 +86,11 @@ def _openblas_ilp64(handle, prefix, suffix):
     return b"USE64BITINT" in (get_config() or b"")
 
 
-def _make_cblas_gemm(float_type, int_bits):
+def _make_cblas_gemm(float_type, int_bits, beta=0.0):
     """An intrinsic ``call(address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)`` that calls
-    ``cblas_?gemm(RowMajor, trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)`` at
-    ``address``; the matrices are passed as addresses too (``arr.ctypes.data``)."""
+    ``cblas_?gemm(RowMajor, trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)`` at
+    ``address``; the matrices are passed as addresses too (``arr.ctypes.data``). ``beta`` 0 writes
+    ``C = op(A) @ op(B)``, 1 adds it to ``C``."""
 
     @intrinsic
     def call(typingctx, address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
@@ -109,7 +110,7 @@ def _make_cblas_gemm(float_type, int_bits):
             builder.call(fn, [ir.Constant(i32, ROW_MAJOR), builder.trunc(ta, i32), builder.trunc(tb, i32),
                               as_int(m_), as_int(n_), as_int(k_), ir.Constant(float_type, 1.0),
                               builder.inttoptr(a_, ptr), as_int(lda_), builder.inttoptr(b_, ptr), as_int(ldb_),
-                              ir.Constant(float_type, 0.0), builder.inttoptr(c_, ptr), as_int(ldc_)])
+                              ir.Constant(float_type, beta), builder.inttoptr(c_, ptr), as_int(ldc_)])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -119,6 +120,8 @@ def _make_cblas_gemm(float_type, int_bits):
 
 _sgemm64, _dgemm64 = _make_cblas_gemm(ir.FloatType(), 64), _make_cblas_gemm(ir.DoubleType(), 64)
 _sgemm32, _dgemm32 = _make_cblas_gemm(ir.FloatType(), 32), _make_cblas_gemm(ir.DoubleType(), 32)
+_sgemm64_acc, _dgemm64_acc = _make_cblas_gemm(ir.FloatType(), 64, 1.0), _make_cblas_gemm(ir.DoubleType(), 64, 1.0)
+_sgemm32_acc, _dgemm32_acc = _make_cblas_gemm(ir.FloatType(), 32, 1.0), _make_cblas_gemm(ir.DoubleType(), 32, 1.0)
 
 
 @njit(cache=True, nogil=True)
@@ -131,6 +134,20 @@ def _gemm(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
         _sgemm64(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
     else:
         _sgemm32(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+@njit(cache=True, nogil=True)
+def _gemm_acc(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
+    """:func:`_gemm` adding into ``C``: ``C += op(A) @ op(B)`` (BLAS's beta = 1; a weight gradient summed
+    over chunks without a scratch product and a loop adding it)."""
+    if double and ilp64:
+        _dgemm64_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    elif double:
+        _dgemm32_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    elif ilp64:
+        _sgemm64_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    else:
+        _sgemm32_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -362,10 +362,10 @@ def test_winograd_weight_grad_chunk_equals_torch(config, transforms, dtype):
     th, tw = general_tiles(ho, wo, m)
     tiles_max = max(1, n - 1) * th * tw + 1
     v, gv = np.empty((alpha ** 2, tiles_max, c), dtype), np.empty((alpha ** 2, tiles_max, f), dtype)
-    m_acc, tmp = np.zeros((alpha ** 2, c, f), dtype), np.empty((c, f), dtype)
+    m_acc = np.zeros((alpha ** 2, c, f), dtype)
     for first, last in ((0, 1), (1, n)):
         winograd_weight_grad_chunk(*blas.kernel_gemm(np.dtype(dtype)), x3, ga3[first:last], first, last, c, p, p,
-                                   ho, wo, bt.astype(dtype), a_mat.astype(dtype), v, gv, tmp, m_acc)
+                                   ho, wo, bt.astype(dtype), a_mat.astype(dtype), v, gv, m_acc)
     got = np.einsum("sp,stcf,tq->fcpq", g_mat, m_acc.astype(np.float64).reshape(alpha, alpha, c, f), g_mat)
     assert rel_err(got, w_t.grad) < (1e-12 if dtype == np.float64 else 5e-5)
 

@@ -139,7 +139,7 @@ def _weight_grad_transforms(kernel):
 
 
 def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
-    """``(bt, a_mat, v_all, g_all, tmp_all, m_all)`` for the backward's dL/dW by Winograd
+    """``(bt, a_mat, v_all, g_all, m_all)`` for the backward's dL/dW by Winograd
     (:func:`npcnn.kernels.winograd_weight_grad_chunk`, called per chunk by ``kernels.conv_rows_backward``
     and the Python loop): the transforms in ``dtype``, the scratch of ``workers`` threads for chunks of
     ``images`` images with ``ho`` x ``wo`` outputs (kept on ``step``) and the threads' transform-domain
@@ -161,13 +161,13 @@ def weight_grad_args(step, conv, dtype, workers, images, ho, wo, param_grads):
     if not (param_grads and fits(conv, dtype)):
         none = np.empty((0, 0), dtype)
         return (none, none, np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
-                np.empty((workers, 0, 0), dtype), np.empty((workers, 0, c, f), dtype))
+                np.empty((workers, 0, c, f), dtype))
     bt, a_mat, _ = _weight_grad_transforms(kernel)
     alpha, m = a_mat.shape
     th, tw = kernels.winograd_general_tiles(ho, wo, m)
     rows = images * th * tw + 1          # a row more: planes a power of two apart share cache sets
     return (bt.astype(dtype), a_mat.astype(dtype), step._buffer("wgrad_v", (workers, alpha * alpha, rows, c), dtype),
-            step._buffer("wgrad_g", (workers, alpha * alpha, rows, f), dtype), np.empty((workers, c, f), dtype),
+            step._buffer("wgrad_g", (workers, alpha * alpha, rows, f), dtype),
             np.zeros((workers, alpha * alpha, c, f), dtype))
 
 
@@ -185,9 +185,9 @@ def weight_grad_chunk(wgrad, t, x3, ga3, first, last, n_ch, ph, pw, ho, wo):
     """One chunk's dL/dW by Winograd on the calling thread ``t`` (the Python-threaded paths' loop body),
     ``wgrad`` what :func:`weight_grad_args` gave, ``ga3`` the chunk's dL/d(conv output) (last - first,
     ho, wo*F)."""
-    bt, a_mat, v_all, g_all, tmp_all, m_all = wgrad
+    bt, a_mat, v_all, g_all, m_all = wgrad
     kernels.winograd_weight_grad_chunk(*blas.kernel_gemm(x3.dtype), x3, ga3, first, last, n_ch, ph, pw, ho, wo, bt,
-                                       a_mat, v_all[t], g_all[t], tmp_all[t], m_all[t])
+                                       a_mat, v_all[t], g_all[t], m_all[t])
 
 
 def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):

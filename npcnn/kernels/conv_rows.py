@@ -20,10 +20,9 @@ im2col) and the transforms ``bt``, ``at`` (empty: F(2x2, 3x3) as written out in
 Activations are coded as in :mod:`npcnn.kernels.rows` (NONE, RELU, TANH), whose per-segment bodies
 these kernels inline: the activation is applied to each chunk's rows while they are in cache.
 """
-import numpy as np
 from numba import njit, prange
 
-from ..blas import NO_TRANS, TRANS, _gemm
+from ..blas import NO_TRANS, TRANS, _gemm, _gemm_acc
 from ._compile import _OPTS
 from .columns import col2im_image_nhwc, im2col_image_nhwc
 from .normalization import batchnorm_dx_runs
@@ -76,19 +75,20 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
 @njit(parallel=True, **_OPTS)
 def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, g, y, act, w_t, param_grads,
                        input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, u, v_all, m_all, bt, at,
-                       wbt, wa, wv_all, wg_all, wtmp_all, wm_all, bn_y, bn_relu, bn_coef):
+                       wbt, wa, wv_all, wg_all, wm_all, bn_y, bn_relu, bn_coef):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
     per chunk ``Ga = g * act'(y)``, then (if ``param_grads``) ``dw_part[t] += cols^T @ Ga`` and (if
     ``has_bias``) ``db_part[t] += sum of Ga's rows``; (if ``input_grad``) ``dcols = Ga @ w_t`` scattered
     by col2im onto ``dx3`` (N, H, W*C), each image's plane zeroed first. ``w_t`` (F, K); ``ga_all`` and
     ``cols_all`` (workers, step*ho*wo, F / K) scratch (``cols`` holds the columns, then, once the
-    weight gradient has them, dcols); ``dw_part`` (workers, K, F) and ``db_part`` (workers, F) zeroed
-    by the caller, who sums them. With ``u`` the Winograd weights of the kernel flipped and its channels
-    swapped (alpha^2, F, C) (else empty), dL/dx is instead that conv of ``Ga`` (padded by ``k - 1 - p``)
+    weight gradient has them, dcols); ``dw_part`` (workers, K, F), C-contiguous (BLAS adds each
+    chunk's product into it, beta = 1), and ``db_part`` (workers, F) zeroed by the caller, who sums them.
+    With ``u`` the Winograd weights of the kernel flipped and its channels swapped (alpha^2, F, C) (else
+    empty), dL/dx is instead that conv of ``Ga`` (padded by ``k - 1 - p``)
     by Winograd, in the scratch ``v_all`` / ``m_all``, ``bt`` and ``at`` as in :func:`conv_rows_forward`. With
     ``wa`` not empty, the weight gradient is instead summed by Winograd into ``wm_all[t]`` (alpha^2, C, F)
     (:func:`npcnn.kernels.winograd_weight_grad_chunk`, its transforms ``wbt``, ``wa`` and scratch ``wv_all``,
-    ``wg_all``, ``wtmp_all``), and ``dw_part`` is left alone. With ``bn_coef`` (5, run) not empty, a batch norm
+    ``wg_all``), and ``dw_part`` is left alone. With ``bn_coef`` (5, run) not empty, a batch norm
     follows the conv (with ``act`` NONE): ``g`` is the gradient at the batch norm's output (after its ReLU if
     ``bn_relu``, ``bn_y`` that output), and each chunk's ``Ga`` is the batch norm's dL/dx, computed from ``g``,
     ``y`` (its input) and ``bn_coef`` (:func:`npcnn.kernels.normalization.batchnorm_dx_runs`) while in cache."""
@@ -99,7 +99,6 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
     for t in prange(workers):
         first, last = t * n_img // workers, (t + 1) * n_img // workers
         cols, ga_buf, dw_t, db_t = cols_all[t], ga_all[t], dw_part[t], db_part[t]
-        tmp = np.empty_like(dw_t)
         for a in range(first, last, step):
             b = min(last, a + step)
             m = (b - a) * p
@@ -114,15 +113,12 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
                 act_grad_segment(g[a * p:b * p].reshape(-1), y[a * p:b * p].reshape(-1), act, ga.reshape(-1))
             if param_grads and wa.shape[0] > 0:
                 winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga.reshape(b - a, ho, wo * f), a, b, n_ch, ph, pw, ho,
-                                           wo, wbt, wa, wv_all[t], wg_all[t], wtmp_all[t], wm_all[t])
+                                           wo, wbt, wa, wv_all[t], wg_all[t], wm_all[t])
             elif param_grads:
                 for n in range(a, b):
                     im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols[(n - a) * p:(n - a + 1) * p])
-                _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, k, f, m, cols.ctypes.data, k, ga.ctypes.data, f,
-                      tmp.ctypes.data, f)
-                for i in range(k):
-                    for j in range(f):
-                        dw_t[i, j] += tmp[i, j]
+                _gemm_acc(blas_fn, double, ilp64, TRANS, NO_TRANS, k, f, m, cols.ctypes.data, k, ga.ctypes.data, f,
+                          dw_t.ctypes.data, f)
             if param_grads and has_bias:
                 for r in range(m):
                     for j in range(f):

@@ -24,10 +24,9 @@ Thread ``t`` of ``workers`` takes images ``[t*N/workers, (t+1)*N/workers)``, ``s
 with its own scratch ``cols_all[t]`` (taps, step*Ho*Wp) and ``wide_all[t]`` (step*Ho*Wp, F); each GEMM is
 a single-threaded call of numpy's own BLAS (:mod:`npcnn.blas`; BLAS held to one thread by the caller).
 """
-import numpy as np
 from numba import njit, prange
 
-from ..blas import NO_TRANS, TRANS, _gemm
+from ..blas import NO_TRANS, TRANS, _gemm, _gemm_acc
 from ._compile import _OPTS
 from .rows import NONE, RELU, TANH, act_grad_segment, sums_runs, tanh_segment
 
@@ -107,7 +106,6 @@ def direct_conv_gemm_weight_grad(blas_fn, ilp64, xpad, g, y, act, kh, kw, cols_a
     double = g.itemsize == 8
     for t in prange(workers):
         cols, wide, dw_t, db_t = cols_all[t], wide_all[t], dw_part[t], db_part[t]
-        tmp = np.empty_like(dw_t)
         first, last = t * n_img // workers, (t + 1) * n_img // workers
         for a in range(first, last, step):
             b = min(last, a + step)
@@ -127,9 +125,6 @@ def direct_conv_gemm_weight_grad(blas_fn, ilp64, xpad, g, y, act, kh, kw, cols_a
                     for i in range(wo * f_out):
                         db_t[i] += dst[i]
             _wide_columns(xflat, a, b, n_ch, hp, kh, kw, wp, span, plane, cols)
-            _gemm(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, taps, f_out, (b - a) * plane, cols.ctypes.data,
-                  cols.shape[1], wide.ctypes.data, f_out, tmp.ctypes.data, f_out)
-            for i in range(taps):
-                for j in range(f_out):
-                    dw_t[i, j] += tmp[i, j]
+            _gemm_acc(blas_fn, double, ilp64, NO_TRANS, NO_TRANS, taps, f_out, (b - a) * plane, cols.ctypes.data,
+                      cols.shape[1], wide.ctypes.data, f_out, dw_t.ctypes.data, f_out)
     return dw_part

@@ -12,7 +12,7 @@ along rows of tiles in long runs of (tiles per row x channels), skipping the mat
 import numpy as np
 from numba import njit
 
-from ..blas import NO_TRANS, TRANS, _gemm
+from ..blas import NO_TRANS, TRANS, _gemm, _gemm_acc
 from ._compile import _OPTS
 from .winograd import _input_transform_image, grad_transform_image, transformed_weights, winograd_conv_rows
 
@@ -188,8 +188,7 @@ def winograd_conv_chunk(blas_fn, ilp64, x3, first, last, n_ch, ph, pw, ho, wo, u
 
 
 @njit(**_OPTS)
-def winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga3, first, last, n_ch, ph, pw, ho, wo, bt, a_mat, v, gv, tmp,
-                               m_acc):
+def winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga3, first, last, n_ch, ph, pw, ho, wo, bt, a_mat, v, gv, m_acc):
     """Adds to ``m_acc`` (alpha^2, C, F) the transform-domain weight gradient of images ``[first, last)``:
     ``m_acc[k] += V[k]^T @ W[k]`` for each of the alpha^2 points ``k``. ``V`` (alpha^2, tiles, C): the input
     tiles transformed as the forward transforms them, ``B^T d B`` with ``d`` the alpha x alpha patch of
@@ -199,7 +198,7 @@ def winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga3, first, last, n_ch, ph, p
     (``a_mat`` = A, (alpha, m); zeros past the output's edge). The caller finishes with
     ``dL/dW[f, c] = G^T m_acc[:, c, f] G`` (F(r x r, m x m): the forward's F(m x m, r x r) with A and G
     trading places; :mod:`npcnn.fast.winograd` gives the derivation). ``v`` / ``gv`` (alpha^2, >= tiles,
-    C / F) and ``tmp`` (C, F) scratch."""
+    C / F) scratch; each ``m_acc[k]`` is summed by BLAS itself (beta = 1)."""
     alpha, m = a_mat.shape
     th, tw = general_tiles(ho, wo, m)
     per_image = th * tw
@@ -220,9 +219,6 @@ def winograd_weight_grad_chunk(blas_fn, ilp64, x3, ga3, first, last, n_ch, ph, p
             _input_transform_general(ga3, n - first, n_f, 0, 0, th, tw, m, a_mat, line_g, hrows_g, g_flat, base)
     double = x3.itemsize == 8
     for k in range(alpha * alpha):
-        _gemm(blas_fn, double, ilp64, TRANS, NO_TRANS, n_ch, n_f, n_tiles, v[k].ctypes.data, n_ch,
-              gv[k].ctypes.data, n_f, tmp.ctypes.data, n_f)
-        for c in range(n_ch):
-            for f in range(n_f):
-                m_acc[k, c, f] += tmp[c, f]
+        _gemm_acc(blas_fn, double, ilp64, TRANS, NO_TRANS, n_ch, n_f, n_tiles, v[k].ctypes.data, n_ch,
+                  gv[k].ctypes.data, n_f, m_acc[k].ctypes.data, n_f)
     return m_acc
