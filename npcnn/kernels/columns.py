@@ -288,21 +288,23 @@ def col2im_image_nhwc(dcols, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx2):
     taps on the padding are dropped (see :func:`col2im_nhwc`)."""
     h, w = dx2.shape[0], dx2.shape[1] // n_ch
     run = kw * n_ch
+    width = kh * run
     dx2[:] = 0.0
+    flat = dcols.reshape(-1)
     for oy in range(ho):
-        for ox in range(wo):
-            row = dcols[oy * wo + ox]
-            x0, j0, j1 = _taps_inside(ox, sw, pw, kw, w)
-            if j1 <= j0:
+        for i in range(kh):
+            y = oy * sh - ph + i
+            if y < 0 or y >= h:
                 continue
-            for i in range(kh):
-                y = oy * sh - ph + i
-                if y < 0 or y >= h:
+            drow = dx2[y]                          # one view per input row; unsigned offsets, as im2col's
+            for ox in range(wo):
+                x0, j0, j1 = _taps_inside(ox, sw, pw, kw, w)
+                if j1 <= j0:
                     continue
-                dst = dx2[y, (x0 + j0) * n_ch:(x0 + j1) * n_ch]
-                src = row[i * run + j0 * n_ch:i * run + j1 * n_ch]
-                for k in range(dst.size):
-                    dst[k] += src[k]
+                d = np.uint64((x0 + j0) * n_ch)
+                s = np.uint64((oy * wo + ox) * width + i * run + j0 * n_ch)
+                for k in range(np.uint64((j1 - j0) * n_ch)):
+                    drow[d + k] += flat[s + k]
 
 
 @_kernel(size_arg=10)
