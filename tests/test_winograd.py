@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import npcnn.nn as nn
-from npcnn import blas, fast, parallel
+from npcnn import blas, fast, kernels, parallel
 from npcnn.models import INPUT_SHAPES, build_model
-from npcnn.fast import ConvAct, ConvReLUPool, conv_act, conv_direct, fused, winograd
+from npcnn.fast import ConvAct, ConvReLUPool, conv_direct, fused, winograd
 from npcnn.kernels.winograd import A_T, B_T, G, tiles, winograd_conv_rows, winograd_weights
 from npcnn.kernels.winograd_general import (general_tiles, winograd_general_conv_rows, winograd_general_weights,
                                             winograd_weight_grad_chunk)
@@ -268,6 +268,46 @@ def test_conv_act_input_grad_by_winograd_equals_the_readable_layers(config, act,
             assert rel_err(prm.grad, want) < 1e-12
         else:
             assert not np.any(prm.grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_flipped_weights_are_the_transform_of_the_flipped_kernel(dtype):
+    """The backward's Winograd weights (the kernel flipped in both directions, its channels swapped) taken
+    from the forward's by a permutation equal the transform of that kernel, for several channel counts."""
+    rng = np.random.default_rng(11)
+    for c, f in [(1, 1), (3, 5), (16, 16), (7, 2), (32, 64)]:
+        weight = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+        got = winograd.flipped_weights(winograd_weights(weight))
+        want = winograd_weights(np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)))
+        assert got.shape == want.shape == (16, f, c) and got.dtype == dtype and got.flags.c_contiguous
+        assert rel_err(got, want) < (1e-15 if dtype == np.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("loop", ["python", "numba kernel, one image per chunk"])
+def test_the_backward_reuses_the_forwards_winograd_weights_only_while_the_weights_are_unchanged(loop, monkeypatch):
+    """After a forward by Winograd the backward's dL/dx takes its Winograd weights from the forward's (one
+    transform a step, not two); if the weights change in between it transforms them again, and dL/dx is the
+    readable layer's, which reads the weights at its backward."""
+    calls = []
+    transform = kernels.winograd_weights
+    monkeypatch.setattr(kernels, "winograd_weights", lambda w: calls.append(w.shape) or transform(w))
+    shared = parallel.one_blas_thread if loop.startswith("numba") else contextlib.nullcontext
+    if loop.startswith("numba"):
+        monkeypatch.setattr(fused, "NHWC_CHUNK_BYTES", 1)
+    rng = np.random.default_rng(12)
+    conv = nn.Conv2d(16, 16, 3, padding=1, dtype=np.float64, rng=12)
+    x, g = rng.standard_normal((3, 16, 9, 7)), rng.standard_normal((3, 16, 9, 7))
+    step = ConvAct(conv)
+    for change in (False, True):
+        calls.clear()
+        with shared():
+            step.forward(x, winograd_forward=True)
+            if change:
+                conv.weight.data *= 1.5
+            dx = step.backward(g, param_grads=False)
+        assert len(calls) == (2 if change else 1), calls
+        conv.forward(x)                          # dL/dx of a conv depends on the weights and g alone
+        assert rel_err(dx, conv.backward(g)) < 1e-12
 
 
 @pytest.mark.parametrize("model", ["seed-cnn", "madry-mnist", "small-vgg"])

@@ -108,10 +108,14 @@ def kernel_args(step, conv, dtype, workers, images, ho, wo, winograd_forward):
     and the transforms B^T and A^T (empty for a 3x3 kernel: F(2x2, 3x3) is written out); ``u`` empty
     (the kernels' sign for im2col + GEMM) unless ``winograd_forward`` (the caller's: in inference, or in
     a net without max-pools, :func:`forward_may_take_winograd`) and :func:`fits`."""
+    step._winograd_forward = None
     if not (winograd_forward and fits(conv, dtype)):
         return _args(step, None, dtype, workers, images, ho, wo, "", conv.in_channels, conv.out_channels)
-    return _args(step, conv.weight.data, dtype, workers, images, ho, wo, "winograd", conv.in_channels,
+    args = _args(step, conv.weight.data, dtype, workers, images, ho, wo, "winograd", conv.in_channels,
                  conv.out_channels)
+    if conv.kernel_size == (3, 3):          # kept for the backward's dL/dx (input_grad_args)
+        step._winograd_forward = (conv.weight.data.copy(), args[0])
+    return args
 
 
 def input_grad_args(step, conv, dtype, workers, images, h, w, input_grad):
@@ -125,8 +129,26 @@ def input_grad_args(step, conv, dtype, workers, images, h, w, input_grad):
     (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
     if not (input_grad and fits(conv, dtype) and ph <= kh - 1 and pw <= kw - 1):
         return _args(step, None, dtype, workers, images, h, w, "", conv.out_channels, conv.in_channels)
+    kept = getattr(step, "_winograd_forward", None)
+    if kept is not None and np.array_equal(kept[0], conv.weight.data):       # the forward's weights: reuse its U
+        return _args(step, None, dtype, workers, images, h, w, "winograd_dx", conv.out_channels, conv.in_channels,
+                     u=flipped_weights(kept[1]))
     flipped = conv.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     return _args(step, flipped, dtype, workers, images, h, w, "winograd_dx", conv.out_channels, conv.in_channels)
+
+
+#: F(2x2, 3x3)'s G with its columns reversed is G with its first and last rows swapped: G J = P G.
+_FLIP = np.array([3, 1, 2, 0])
+
+
+def flipped_weights(u):
+    """F(2x2, 3x3)'s Winograd weights ``U'`` (16, F, C) of the kernel flipped in both directions with its
+    channels swapped, from the kernel's own ``U`` (16, C, F) (:func:`npcnn.kernels.winograd_weights`): since
+    ``G J = P G`` (``J`` reverses the 3 taps, ``P`` swaps the first and last of 4), ``G (J g J) G^T = P (G g
+    G^T) P^T``, so ``U'[4r + s, f, c] = U[4P(r) + P(s), c, f]``: a permutation of the forward's, where the
+    transform over the kernels cost 30-140 us a conv (16 to 64 channels, 2-core AMD EPYC Zen 4)."""
+    c, f = u.shape[1], u.shape[2]
+    return np.ascontiguousarray(u.reshape(4, 4, c, f)[_FLIP][:, _FLIP].transpose(0, 1, 3, 2)).reshape(16, f, c)
 
 
 def _weight_grad_transforms(kernel):
@@ -190,15 +212,18 @@ def weight_grad_chunk(wgrad, t, x3, ga3, first, last, n_ch, ph, pw, ho, wo):
                                        a_mat, v_all[t], g_all[t], m_all[t])
 
 
-def _args(step, weight, dtype, workers, images, ho, wo, name, c, f):
+def _args(step, weight, dtype, workers, images, ho, wo, name, c, f, u=None):
     """The Winograd arguments for ``weight`` (F, C, k, k) and chunks of ``images`` images with ``ho`` x
     ``wo`` outputs, the scratch in ``step``'s buffers ``name``_v and ``name``_m; empty ones (im2col) for
-    ``weight`` None. The transforms come in ``dtype``, as the kernels read them."""
+    ``weight`` None, unless ``u``, a 3x3 kernel's Winograd weights (16, C, F), is given instead of it. The
+    transforms come in ``dtype``, as the kernels read them."""
     none = np.empty((0, 0), dtype)
-    if weight is None:
+    if u is not None:
+        (th, tw), alpha, bt, at = kernels.winograd_tiles(ho, wo), 4, none, none
+    elif weight is None:
         return (np.empty((0, c, f), dtype), np.empty((workers, 0, 0, c), dtype), np.empty((workers, 0, 0, f), dtype),
                 none, none)
-    if weight.shape[2:] == (3, 3):
+    elif weight.shape[2:] == (3, 3):
         (th, tw), alpha, bt, at = kernels.winograd_tiles(ho, wo), 4, none, none
         u = kernels.winograd_weights(np.ascontiguousarray(weight))
     else:
