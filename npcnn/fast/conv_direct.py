@@ -38,6 +38,7 @@ DIRECT_MAX_FILTERS = 16
 #: 1x6x5x5 first conv 5.8 -> 7.3 ms at batch 1000: BLAS runs a GEMM 6 columns wide at half its speed).
 WIDE_GEMM_MIN_FILTERS = 16
 
+
 def direct(conv):
     """True when ``conv`` takes the direct path: at most DIRECT_MAX_FILTERS filters and DIRECT_MAX_TAPS
     weights per filter, counted on

@@ -113,7 +113,7 @@ def kernel_args(step, conv, dtype, workers, images, ho, wo, winograd_forward):
         return _args(step, None, dtype, workers, images, ho, wo, "", conv.in_channels, conv.out_channels)
     args = _args(step, conv.weight.data, dtype, workers, images, ho, wo, "winograd", conv.in_channels,
                  conv.out_channels)
-    if conv.kernel_size == (3, 3):          # kept for the backward's dL/dx (input_grad_args)
+    if tuple(conv.kernel_size) == (3, 3):   # kept for the backward's dL/dx (input_grad_args)
         step._winograd_forward = (conv.weight.data.copy(), args[0])
     return args
 
