@@ -86,23 +86,24 @@ def _openblas_ilp64(handle, prefix, suffix):
     return b"USE64BITINT" in (get_config() or b"")
 
 
-def _make_cblas_gemm(float_type, int_bits, beta=0.0):
-    """An intrinsic ``call(address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)`` that calls
+def _make_cblas_gemm(float_type, int_bits):
+    """An intrinsic ``call(address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, beta)`` that calls
     ``cblas_?gemm(RowMajor, trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)`` at
-    ``address``; the matrices are passed as addresses too (``arr.ctypes.data``). ``beta`` 0 writes
-    ``C = op(A) @ op(B)``, 1 adds it to ``C``."""
+    ``address``; the matrices are passed as addresses too (``arr.ctypes.data``), ``beta`` as a float64."""
 
     @intrinsic
-    def call(typingctx, address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
-        sig = types.void(*([types.int64] * 12))
+    def call(typingctx, address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, beta):
+        sig = types.void(*([types.int64] * 12), types.float64)
 
         def codegen(context, builder, signature, args):
             i32, idx = ir.IntType(32), ir.IntType(int_bits)
             ptr = float_type.as_pointer()
             fn_type = ir.FunctionType(ir.VoidType(), [i32, i32, i32, idx, idx, idx, float_type, ptr, idx,
                                                       ptr, idx, float_type, ptr, idx])
-            address_, ta, tb, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = args
+            address_, ta, tb, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_, beta_ = args
             fn = builder.inttoptr(address_, fn_type.as_pointer())
+            if isinstance(float_type, ir.FloatType):
+                beta_ = builder.fptrunc(beta_, float_type)
 
             def as_int(v):
                 return builder.trunc(v, idx) if int_bits < 64 else v
@@ -110,7 +111,7 @@ def _make_cblas_gemm(float_type, int_bits, beta=0.0):
             builder.call(fn, [ir.Constant(i32, ROW_MAJOR), builder.trunc(ta, i32), builder.trunc(tb, i32),
                               as_int(m_), as_int(n_), as_int(k_), ir.Constant(float_type, 1.0),
                               builder.inttoptr(a_, ptr), as_int(lda_), builder.inttoptr(b_, ptr), as_int(ldb_),
-                              ir.Constant(float_type, beta), builder.inttoptr(c_, ptr), as_int(ldc_)])
+                              beta_, builder.inttoptr(c_, ptr), as_int(ldc_)])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -120,34 +121,33 @@ def _make_cblas_gemm(float_type, int_bits, beta=0.0):
 
 _sgemm64, _dgemm64 = _make_cblas_gemm(ir.FloatType(), 64), _make_cblas_gemm(ir.DoubleType(), 64)
 _sgemm32, _dgemm32 = _make_cblas_gemm(ir.FloatType(), 32), _make_cblas_gemm(ir.DoubleType(), 32)
-_sgemm64_acc, _dgemm64_acc = _make_cblas_gemm(ir.FloatType(), 64, 1.0), _make_cblas_gemm(ir.DoubleType(), 64, 1.0)
-_sgemm32_acc, _dgemm32_acc = _make_cblas_gemm(ir.FloatType(), 32, 1.0), _make_cblas_gemm(ir.DoubleType(), 32, 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _gemm_beta(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta):
+    """``C = op(A) @ op(B) + beta * C`` through the ?gemm at ``address`` (``double``: dgemm, ``ilp64``: its
+    64-bit integer interface)."""
+    if double and ilp64:
+        _dgemm64(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta)
+    elif double:
+        _dgemm32(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta)
+    elif ilp64:
+        _sgemm64(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta)
+    else:
+        _sgemm32(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta)
 
 
 @njit(cache=True, nogil=True)
 def _gemm(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
-    if double and ilp64:
-        _dgemm64(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
-    elif double:
-        _dgemm32(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
-    elif ilp64:
-        _sgemm64(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
-    else:
-        _sgemm32(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    """``C = op(A) @ op(B)`` (:func:`_gemm_beta` with beta = 0)."""
+    _gemm_beta(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, 0.0)
 
 
 @njit(cache=True, nogil=True)
 def _gemm_acc(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
-    """:func:`_gemm` adding into ``C``: ``C += op(A) @ op(B)`` (BLAS's beta = 1; a weight gradient summed
-    over chunks without a scratch product and a loop adding it)."""
-    if double and ilp64:
-        _dgemm64_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
-    elif double:
-        _dgemm32_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
-    elif ilp64:
-        _sgemm64_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
-    else:
-        _sgemm32_acc(address, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+    """``C += op(A) @ op(B)`` (beta = 1: a weight gradient summed over chunks by BLAS itself, without a
+    scratch product and a loop adding it)."""
+    _gemm_beta(address, double, ilp64, ta, tb, m, n, k, a, lda, b, ldb, c, ldc, 1.0)
 
 
 @njit(parallel=True, cache=True, nogil=True)
