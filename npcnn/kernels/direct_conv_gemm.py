@@ -13,8 +13,8 @@ whose result is already channels last (the next steps' layout), at BLAS's speed:
 or 16 taps OpenBLAS runs 40-50 G multiply-adds/s per thread on a chunk that stays in cache, where the
 direct loops ran about 30 and then wrote their planes out channels last value by value (the first conv
 of Wong et al.'s net, 1000 images on two threads of a 2-core AMD EPYC Zen 4: 1.82 -> 1.39 ms). Each
-image's output rows are then the wide rows' first ``Wo`` positions, read with the bias, the activation and (for a batch norm) the
-sums of the values and their squares while in cache.
+image's output rows are then the wide rows' first ``Wo`` positions, read with the bias, the activation
+and (for a batch norm) the sums of the values and their squares while in cache.
 
 The weight gradient is the same GEMM the other way round, ``dW (taps, F) += colsT @ Gwide``, with the
 gradient at the conv's output spread onto the wide rows (zeros in the extra columns), and dL/db its sum.
