@@ -13,14 +13,22 @@ NHWC; its train step uses BatchNorm's batch statistics but does not update the r
 
 Each peer is first checked against npcnn on every model (eval log-probabilities of 16 images and the
 train-mode loss of one step, same weights, relative error < 2e-4; else MISMATCH, still measured); one
-that cannot be imported or exported is reported missing and skipped. Every measurement runs in its own
-subprocess, peers interleaved round by round, under the default environment (each library as it comes:
-npcnn with the malloc tuning it does at import, ``npcnn.allocator``; the other peers' workers with it
-turned off, ``NPCNN_TUNE_MALLOC=0``) and bench_train's tuned glibc malloc. Per environment and task a table has a row per model: median images/s over rounds, with
-"(npcnn xR)", R the median same-round ratio npcnn / peer (> 1: npcnn is faster), and the median over
-rounds of npcnn / max(torch, torch_cl) (for infer also npcnn / JAX and / ONNX Runtime). ``--quick``:
-one round of a few steps, default environment only, asserting nothing about speed. ``--json PATH``
-writes every number (the raw per-round measurements, peak RSS included, the medians and the checks).
+that cannot be imported or exported is reported missing and skipped. Each peer runs in a process of its own
+under the default environment (each library as it comes: npcnn with the malloc tuning it does at import,
+``npcnn.allocator``; the other peers' workers with it turned off, ``NPCNN_TUNE_MALLOC=0``) and under
+bench_train's tuned glibc malloc. For each model, task and environment every peer's process is started
+and warmed up first, then each round gives each peer one window of :data:`WINDOW_SECONDS` in turn (the
+order rotated from round to round, a pause before each window), so a round's windows lie a few seconds
+apart. That is what makes same-round ratios fair on a shared machine: on the 2-core cloud VM of the
+README the speed of every peer drops by 1.5-1.9x for seconds at a time (npcnn's Wong et al. training
+step 2.2 -> 3.8 ms, PyTorch's 2.8 -> 4.3, while a 2-thread GEMM in L2 runs unchanged: memory traffic
+slows, as when a neighbour fills the shared cache), and a peer measured in its own fresh process a
+minute after another could land in the other state. Per environment and task a table has a row per
+model: median images/s over rounds, with "(npcnn xR)", R the median same-round ratio npcnn / peer (> 1:
+npcnn is faster), and the median over rounds of npcnn / max(torch, torch_cl) (for infer also npcnn /
+JAX and / ONNX Runtime). ``--quick``: one round of a few steps, default environment only, asserting
+nothing about speed. ``--json PATH`` writes every number (the raw per-round measurements, each worker's
+peak RSS included, the medians and the checks).
 """
 import argparse
 import functools
@@ -49,6 +57,8 @@ TASKS = ["train", "infer"]
 INFER_ONLY = {"onnxrt"}
 NEEDS = {"torch": ["torch"], "torch_cl": ["torch"], "jax": ["jax"], "onnxrt": ["torch", "onnxruntime"]}
 TRAIN_BATCH, INFER_BATCH = 64, 1000
+#: Each round measures each peer for one window of this many seconds, after a pause of PAUSE_SECONDS.
+WINDOW_SECONDS, PAUSE_SECONDS = 1.0, 0.25
 RATIOS = {"train": [("pytorch", "npcnn / fastest PyTorch")],
           "infer": [("pytorch", "npcnn / fastest PyTorch"), ("jax", "npcnn / JAX"),
                     ("onnxrt", "npcnn / ONNX Runtime")]}
@@ -238,13 +248,23 @@ def _rate(fn, batch, warmup, min_steps, seconds):
     return batch * steps / (time.perf_counter() - t0)
 
 
-def measure(model, peer_name, task, quick):
+def serve(model, peer_name, task, quick):
+    """A warm worker: builds the peer, takes its warm-up steps, says ``{"ready": true}``, then measures a window
+    of ``seconds`` for each number read from stdin (``{"images_per_s": ...}``) until ``quit`` (``{"peak_rss_mb":
+    ...}``). Each answer is one JSON line on stdout."""
     peer = MAKE_PEER[peer_name](model)
     batch = TRAIN_BATCH if task == "train" else INFER_BATCH
     x, t = _data(model, batch)
     step = (lambda: peer.train_step(x, t)) if task == "train" else (lambda: peer.infer(x))
-    ips = _rate(step, batch, warmup=2 if quick else 4, min_steps=3 if quick else 5, seconds=0 if quick else 2)
-    return {"images_per_s": ips, "peak_rss_mb": peak_rss_mb()}
+    for _ in range(2 if quick else 4):
+        step()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        ips = _rate(step, batch, warmup=0, min_steps=3 if quick else 5, seconds=float(line))
+        print(json.dumps({"images_per_s": ips}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
 def check_peers(models, peers, tol=2e-4):
@@ -273,14 +293,64 @@ def check_peers(models, peers, tol=2e-4):
 
 
 # =========================================================================== the orchestrator
-def run_worker(model, peer, task, env_name, quick):
-    env = peer_env(peer, env_name)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, peer, task] + (["--quick"] if quick else [])
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    if r.returncode != 0:
-        out = (r.stderr or r.stdout).strip()
-        return {"error": out.splitlines()[-1] if out else "failed"}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+class Worker:
+    """One peer's warm :func:`serve` process (its own environment, ``peer_env``): :meth:`window` measures, :meth:`close`
+    ends it and gives its peak RSS. A worker that fails answers ``{"error": its last line}`` from then on."""
+
+    def __init__(self, model, peer, task, env_name, quick):
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", model, peer, task] + (["--quick"] if quick else [])
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, env=peer_env(peer, env_name), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, cwd=ROOT)
+        self.error = None
+        self._answer()                                  # {"ready": true} once built and warm
+
+    def _answer(self):
+        line = self.proc.stdout.readline() if self.error is None else ""
+        if line:
+            return json.loads(line)
+        if self.error is None:
+            self.proc.wait()
+            self.err.seek(0)
+            lines = self.err.read().strip().splitlines()
+            self.error = lines[-1] if lines else f"worker exited with {self.proc.returncode}"
+        return {"error": self.error}
+
+    def _ask(self, text):
+        if self.error is None:
+            try:
+                self.proc.stdin.write(text + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+        return self._answer()
+
+    def window(self, seconds):
+        return self._ask(str(seconds))
+
+    def close(self):
+        answer = self._ask("quit")
+        self.proc.wait()
+        self.err.close()
+        return answer
+
+
+def measure_cell(model, peers, task, env_name, rounds, quick, seconds=WINDOW_SECONDS, pause=PAUSE_SECONDS):
+    """``{peer: [per-round dicts]}`` for one model, task and environment: every peer's warm worker started
+    first, then ``rounds`` rounds of one window each, peers in turn (the order rotated each round), a
+    ``pause`` before each window so that the previous peer's threads stop spinning."""
+    workers = {peer: Worker(model, peer, task, env_name, quick) for peer in peers}
+    runs = {peer: [] for peer in peers}
+    for rnd in range(rounds):
+        for peer in peers[rnd % len(peers):] + peers[:rnd % len(peers)]:
+            time.sleep(0 if quick else pause)
+            runs[peer].append(workers[peer].window(0 if quick else seconds))
+    for peer, worker in workers.items():
+        rss = worker.close().get("peak_rss_mb")
+        for r in runs[peer]:
+            if "error" not in r:
+                r["peak_rss_mb"] = rss
+    return runs
 
 
 def summarize(raw):
@@ -339,10 +409,10 @@ def main(argv=None):
     for flag, default in (("--envs", "default,malloc"), ("--models", ",".join(MODELS)), ("--peers", ",".join(PEERS)),
                           ("--tasks", ",".join(TASKS))):
         ap.add_argument(flag, default=default, help=f"comma-separated (default {default})")
-    ap.add_argument("--worker", nargs=3, metavar=("MODEL", "PEER", "TASK"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=3, metavar=("MODEL", "PEER", "TASK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        print(json.dumps(measure(*args.worker, quick=args.quick)))
+    if args.serve:
+        serve(*args.serve, quick=args.quick)
         return 0
 
     models, peers, notes = [model_name(m) for m in args.models.split(",")], [], []
@@ -367,16 +437,17 @@ def main(argv=None):
                   + ("" if s.startswith("MISMATCH") else ", not measured") for p, s in by_peer.items() if s != "ok"]
 
     raw = {}          # raw[env][task][model][peer] = list over rounds of dicts
-    for rnd in range(rounds):
-        for env, task, model, peer in itertools.product(envs, tasks, models, peers):
-            if (task == "train" and peer in INFER_ONLY) or \
-                    check[model].get(peer, "ok").startswith(("missing", "ERROR")):
-                continue
-            r = run_worker(model, peer, task, env, args.quick)
-            if "error" in r:
-                notes.append(f"round {rnd + 1}, {env}, {task}, {model}, {peer}: {r['error']}")
-            raw.setdefault(env, {}).setdefault(task, {}).setdefault(model, {}).setdefault(peer, []).append(r)
-        print(f"round {rnd + 1}/{rounds} done", flush=True)
+    for env, task, model in itertools.product(envs, tasks, models):
+        cell = [p for p in peers if not (task == "train" and p in INFER_ONLY)
+                and not check[model].get(p, "ok").startswith(("missing", "ERROR"))]
+        runs = measure_cell(model, cell, task, env, rounds, args.quick)
+        for peer, rs in runs.items():
+            for rnd, r in enumerate(rs):
+                if "error" in r:
+                    notes.append(f"round {rnd + 1}, {env}, {task}, {model}, {peer}: {r['error']}")
+            raw.setdefault(env, {}).setdefault(task, {}).setdefault(model, {})[peer] = rs
+        print(f"{env} / {task} / {model}: " + ", ".join(
+            f"{p} {np.median([r.get('images_per_s') or 0 for r in rs]):,.0f}" for p, rs in runs.items()), flush=True)
     results["raw"], results["summary"] = raw, summarize(raw)
 
     print(report(results))

@@ -85,6 +85,29 @@ def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path)
             assert row["npcnn_over"]["pytorch"] > 0 and row["npcnn_over"]["torch_cl"] > 0
 
 
+def test_bench_zoo_measures_warm_workers_window_by_window_in_rotating_order(monkeypatch):
+    """measure_cell: one warm worker per peer, a window each per round, the order rotated from round to
+    round; a worker that cannot start answers every window with its error (the run goes on, no hang)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_zoo
+
+    order = []
+    window = bench_zoo.Worker.window
+    monkeypatch.setattr(bench_zoo.Worker, "window", lambda self, s: order.append(self.peer) or window(self, s))
+    init = bench_zoo.Worker.__init__
+
+    def named_init(self, model, peer, *args):
+        self.peer = peer
+        init(self, model, peer, *args)
+
+    monkeypatch.setattr(bench_zoo.Worker, "__init__", named_init)
+    runs = bench_zoo.measure_cell("wong-mnist", ["npcnn", "no-such-peer"], "train", "default", 3, quick=True)
+    assert order == ["npcnn", "no-such-peer", "no-such-peer", "npcnn", "npcnn", "no-such-peer"]
+    assert len(runs["npcnn"]) == 3
+    assert all(r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in runs["npcnn"])
+    assert [r["error"] for r in runs["no-such-peer"]] == ["KeyError: 'no-such-peer'"] * 3
+
+
 def test_bench_conv_train_times_each_conv_the_training_step_runs_against_pytorch(tmp_path):
     """bench_conv_train on the small ResNet and Madry et al.'s net: every conv of the ResNet, on the path the
     fast step takes (the stem direct, the stride-1 3x3s by Winograd: forward (no max-pool in the net), dL/dx
