@@ -1,6 +1,6 @@
 """Every zoo model against its peers: training and inference speed, npcnn vs PyTorch, JAX and ONNX Runtime.
 
-    python benchmarks/bench_zoo.py [--rounds 5] [--quick] [--models a,b] [--json out.json]
+    python benchmarks/bench_zoo.py [--rounds 3] [--quick] [--models a,b] [--json out.json]
                                    [--peers npcnn,torch,...] [--tasks train,infer] [--envs default,malloc]
 
 For each net of ``npcnn.models.MODELS`` (``build_model(name, rng=0)``, float32, seeded random images,
@@ -16,19 +16,21 @@ train-mode loss of one step, same weights, relative error < 2e-4; else MISMATCH,
 that cannot be imported or exported is reported missing and skipped. Each peer runs in a process of its own
 under the default environment (each library as it comes: npcnn with the malloc tuning it does at import,
 ``npcnn.allocator``; the other peers' workers with it turned off, ``NPCNN_TUNE_MALLOC=0``) and under
-bench_train's tuned glibc malloc. For each model, task and environment every peer's process is started
-and warmed up first, then each round gives each peer one window of :data:`WINDOW_SECONDS` in turn (the
-order rotated from round to round, a pause before each window), so a round's windows lie a few seconds
-apart. That is what makes same-round ratios fair on a shared machine: on the 2-core cloud VM of the
-README the speed of every peer drops by 1.5-1.9x for seconds at a time (npcnn's Wong et al. training
-step 2.2 -> 3.8 ms, PyTorch's 2.8 -> 4.3, while a 2-thread GEMM in L2 runs unchanged: memory traffic
-slows, as when a neighbour fills the shared cache), and a peer measured in its own fresh process a
-minute after another could land in the other state. Per environment and task a table has a row per
-model: median images/s over rounds, with "(npcnn xR)", R the median same-round ratio npcnn / peer (> 1:
-npcnn is faster), and the median over rounds of npcnn / max(torch, torch_cl) (for infer also npcnn /
-JAX and / ONNX Runtime). ``--quick``: one round of a few steps, default environment only, asserting
-nothing about speed. ``--json PATH`` writes every number (the raw per-round measurements, each worker's
-peak RSS included, the medians and the checks).
+bench_train's tuned glibc malloc. Each round of a model, task and environment starts a fresh process per
+peer, all at once, and once every one is built and warm gives each peer :data:`WINDOWS` windows of
+:data:`WINDOW_SECONDS` in turn (the order rotated from turn to turn, a pause before each window); a
+peer's figure for the round is the median of its windows. Two kinds of noise on the 2-core cloud VM of
+the README shape this. In time: the speed of every peer drops by 1.5-1.9x for seconds at a time (npcnn's
+Wong et al. training step 2.2 -> 3.8 ms, PyTorch's 2.8 -> 4.3, while a 2-thread GEMM in L2 runs
+unchanged: memory traffic slows, as when a neighbour fills the shared cache), so a round's windows lie
+seconds apart and the peers take turns. From process to process: PyTorch NCHW's Wong et al. inference
+ran at 45,000, 80,000 or 109,000 images/s depending on the process and steadily within it, so every
+round draws new processes. Per environment and task a table has a row per model: median images/s over
+rounds, with "(npcnn xR)", R the median same-round ratio npcnn / peer (> 1: npcnn is faster), and the
+median over rounds of npcnn / max(torch, torch_cl) (for infer also npcnn / JAX and / ONNX Runtime).
+``--quick``: one round of one window of a few steps, default environment only, asserting nothing about
+speed. ``--json PATH`` writes every number (each round's windows and each worker's peak RSS included,
+the medians and the checks).
 """
 import argparse
 import functools
@@ -57,8 +59,8 @@ TASKS = ["train", "infer"]
 INFER_ONLY = {"onnxrt"}
 NEEDS = {"torch": ["torch"], "torch_cl": ["torch"], "jax": ["jax"], "onnxrt": ["torch", "onnxruntime"]}
 TRAIN_BATCH, INFER_BATCH = 64, 1000
-#: Each round measures each peer for one window of this many seconds, after a pause of PAUSE_SECONDS.
-WINDOW_SECONDS, PAUSE_SECONDS = 1.0, 0.25
+#: Each round measures each peer in WINDOWS windows of WINDOW_SECONDS, each after a pause of PAUSE_SECONDS.
+WINDOWS, WINDOW_SECONDS, PAUSE_SECONDS = 2, 1.0, 0.25
 RATIOS = {"train": [("pytorch", "npcnn / fastest PyTorch")],
           "infer": [("pytorch", "npcnn / fastest PyTorch"), ("jax", "npcnn / JAX"),
                     ("onnxrt", "npcnn / ONNX Runtime")]}
@@ -294,8 +296,9 @@ def check_peers(models, peers, tol=2e-4):
 
 # =========================================================================== the orchestrator
 class Worker:
-    """One peer's warm :func:`serve` process (its own environment, ``peer_env``): :meth:`window` measures, :meth:`close`
-    ends it and gives its peak RSS. A worker that fails answers ``{"error": its last line}`` from then on."""
+    """One peer's :func:`serve` process (its own environment, ``peer_env``), started at once: :meth:`ready` waits
+    until it is built and warm, :meth:`window` measures, :meth:`close` ends it and gives its peak RSS. A worker
+    that fails answers ``{"error": its last line}`` from then on."""
 
     def __init__(self, model, peer, task, env_name, quick):
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", model, peer, task] + (["--quick"] if quick else [])
@@ -303,7 +306,6 @@ class Worker:
         self.proc = subprocess.Popen(cmd, env=peer_env(peer, env_name), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, cwd=ROOT)
         self.error = None
-        self._answer()                                  # {"ready": true} once built and warm
 
     def _answer(self):
         line = self.proc.stdout.readline() if self.error is None else ""
@@ -325,6 +327,9 @@ class Worker:
                 pass
         return self._answer()
 
+    def ready(self):
+        return self._answer()                           # {"ready": true} once built and warm
+
     def window(self, seconds):
         return self._ask(str(seconds))
 
@@ -335,22 +340,30 @@ class Worker:
         return answer
 
 
-def measure_cell(model, peers, task, env_name, rounds, quick, seconds=WINDOW_SECONDS, pause=PAUSE_SECONDS):
-    """``{peer: [per-round dicts]}`` for one model, task and environment: every peer's warm worker started
-    first, then ``rounds`` rounds of one window each, peers in turn (the order rotated each round), a
-    ``pause`` before each window so that the previous peer's threads stop spinning."""
+def measure_round(model, peers, task, env_name, quick, windows=WINDOWS, seconds=WINDOW_SECONDS, pause=PAUSE_SECONDS):
+    """``{peer: dict}`` for one round of one model, task and environment: a fresh worker per peer (all started
+    at once, all warm before the first window), then ``windows`` windows each, the peers in turn (the order
+    rotated from one turn to the next), a ``pause`` before each window so that the previous peer's threads
+    stop spinning. Each dict has the median of the peer's windows as ``images_per_s``, the windows, and the
+    worker's peak RSS (or ``error``)."""
     workers = {peer: Worker(model, peer, task, env_name, quick) for peer in peers}
-    runs = {peer: [] for peer in peers}
-    for rnd in range(rounds):
-        for peer in peers[rnd % len(peers):] + peers[:rnd % len(peers)]:
+    for worker in workers.values():
+        worker.ready()
+    rates = {peer: [] for peer in peers}
+    for turn in range(1 if quick else windows):
+        for peer in peers[turn % len(peers):] + peers[:turn % len(peers)]:
             time.sleep(0 if quick else pause)
-            runs[peer].append(workers[peer].window(0 if quick else seconds))
+            rates[peer].append(workers[peer].window(0 if quick else seconds))
+    out = {}
     for peer, worker in workers.items():
-        rss = worker.close().get("peak_rss_mb")
-        for r in runs[peer]:
-            if "error" not in r:
-                r["peak_rss_mb"] = rss
-    return runs
+        end = worker.close()
+        errors = [r["error"] for r in rates[peer] if "error" in r]
+        if errors:
+            out[peer] = {"error": errors[0]}
+        else:
+            ips = [r["images_per_s"] for r in rates[peer]]
+            out[peer] = {"images_per_s": float(np.median(ips)), "windows": ips, "peak_rss_mb": end.get("peak_rss_mb")}
+    return out
 
 
 def summarize(raw):
@@ -403,7 +416,7 @@ def report(results):
 def main(argv=None):
     from npcnn.models import MODELS, model_name
     ap = argparse.ArgumentParser(description="every zoo model: npcnn vs PyTorch, JAX and ONNX Runtime")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a few steps, one round, default env only (CI)")
     ap.add_argument("--json", metavar="PATH")
     for flag, default in (("--envs", "default,malloc"), ("--models", ",".join(MODELS)), ("--peers", ",".join(PEERS)),
@@ -440,14 +453,14 @@ def main(argv=None):
     for env, task, model in itertools.product(envs, tasks, models):
         cell = [p for p in peers if not (task == "train" and p in INFER_ONLY)
                 and not check[model].get(p, "ok").startswith(("missing", "ERROR"))]
-        runs = measure_cell(model, cell, task, env, rounds, args.quick)
-        for peer, rs in runs.items():
-            for rnd, r in enumerate(rs):
+        for rnd in range(rounds):
+            for peer, r in measure_round(model, cell, task, env, args.quick).items():
                 if "error" in r:
                     notes.append(f"round {rnd + 1}, {env}, {task}, {model}, {peer}: {r['error']}")
-            raw.setdefault(env, {}).setdefault(task, {}).setdefault(model, {})[peer] = rs
+                raw.setdefault(env, {}).setdefault(task, {}).setdefault(model, {}).setdefault(peer, []).append(r)
         print(f"{env} / {task} / {model}: " + ", ".join(
-            f"{p} {np.median([r.get('images_per_s') or 0 for r in rs]):,.0f}" for p, rs in runs.items()), flush=True)
+            f"{p} {np.median([r.get('images_per_s') or 0 for r in raw[env][task][model][p]]):,.0f}" for p in cell),
+            flush=True)
     results["raw"], results["summary"] = raw, summarize(raw)
 
     print(report(results))

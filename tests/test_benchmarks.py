@@ -85,27 +85,27 @@ def test_bench_zoo_quick_checks_and_measures_a_zoo_net_against_pytorch(tmp_path)
             assert row["npcnn_over"]["pytorch"] > 0 and row["npcnn_over"]["torch_cl"] > 0
 
 
-def test_bench_zoo_measures_warm_workers_window_by_window_in_rotating_order(monkeypatch):
-    """measure_cell: one warm worker per peer, a window each per round, the order rotated from round to
-    round; a worker that cannot start answers every window with its error (the run goes on, no hang)."""
+def test_bench_zoo_round_takes_windows_of_warm_workers_in_turn(monkeypatch):
+    """measure_round: a worker per peer, all warm before the first window, then the peers' windows in turn
+    (the order rotated from turn to turn), each peer's median kept with its windows; a worker that cannot
+    start answers every window with its error (the round goes on, no hang)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_zoo
 
-    order = []
-    window = bench_zoo.Worker.window
-    monkeypatch.setattr(bench_zoo.Worker, "window", lambda self, s: order.append(self.peer) or window(self, s))
-    init = bench_zoo.Worker.__init__
-
-    def named_init(self, model, peer, *args):
-        self.peer = peer
-        init(self, model, peer, *args)
-
-    monkeypatch.setattr(bench_zoo.Worker, "__init__", named_init)
-    runs = bench_zoo.measure_cell("wong-mnist", ["npcnn", "no-such-peer"], "train", "default", 3, quick=True)
-    assert order == ["npcnn", "no-such-peer", "no-such-peer", "npcnn", "npcnn", "no-such-peer"]
-    assert len(runs["npcnn"]) == 3
-    assert all(r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in runs["npcnn"])
-    assert [r["error"] for r in runs["no-such-peer"]] == ["KeyError: 'no-such-peer'"] * 3
+    events = []
+    for name in ("ready", "window"):
+        method = getattr(bench_zoo.Worker, name)
+        monkeypatch.setattr(bench_zoo.Worker, name,
+                            lambda self, *a, m=method, n=name: events.append((n, self.proc.args[4])) or m(self, *a))
+    runs = bench_zoo.measure_round("wong-mnist", ["npcnn", "no-such-peer"], "train", "default", quick=False,
+                                   windows=3, seconds=0.05, pause=0)
+    peers = [peer for _, peer in events]
+    assert [n for n, _ in events] == ["ready"] * 2 + ["window"] * 6
+    assert peers[2:] == ["npcnn", "no-such-peer", "no-such-peer", "npcnn", "npcnn", "no-such-peer"]
+    npcnn = runs["npcnn"]
+    assert len(npcnn["windows"]) == 3 and npcnn["images_per_s"] == sorted(npcnn["windows"])[1] > 0
+    assert npcnn["peak_rss_mb"] > 0
+    assert runs["no-such-peer"] == {"error": "KeyError: 'no-such-peer'"}
 
 
 def test_bench_conv_train_times_each_conv_the_training_step_runs_against_pytorch(tmp_path):
