@@ -83,6 +83,7 @@ class Adam(Optimizer):
     def step(self):
         self.t += 1
         b1, b2 = self.betas
+        constants = {}          # per dtype: the kernel's constants in that dtype, made once a step
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -96,9 +97,12 @@ class Adam(Optimizer):
             if p.data.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
                 # the fast path: one numba pass reads g, m, v, p and writes m, v, p
                 dt = p.dtype.type
+                if dt not in constants:
+                    constants[dt] = (dt(-1.0 if self.maximize else 1.0), dt(self.weight_decay), dt(b1), dt(1 - b1),
+                                     dt(b2), dt(1 - b2))
+                sign, weight_decay, b1_, c1, b2_, c2 = constants[dt]
                 kernels.adam_update(p.data.reshape(-1), np.ascontiguousarray(p.grad, dtype=p.dtype).reshape(-1),
-                                    m.reshape(-1), v.reshape(-1), dt(-1.0 if self.maximize else 1.0),
-                                    dt(self.weight_decay), dt(b1), dt(1 - b1), dt(b2), dt(1 - b2), dt(step_size),
+                                    m.reshape(-1), v.reshape(-1), sign, weight_decay, b1_, c1, b2_, c2, dt(step_size),
                                     dt(bc2_sqrt), dt(self.eps), np.finfo(p.dtype).tiny)
             else:
                 self._numpy_step(p, m, v, tmp, b1, b2, step_size, bc2_sqrt)

@@ -245,7 +245,7 @@ class ConvAct(DirectConvPath, ScratchBuffers):
                 db if db is not None else np.zeros((workers, f), dtype),
                 dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino, *wgrad, *_batchnorm_args(batchnorm, g))
         if param_grads and wgrad[1].size:
-            conv.weight.accumulate(np.ascontiguousarray(winograd.weight_grad(wgrad[-1], kh), dtype), owned=True)
+            conv.weight.accumulate(np.ascontiguousarray(winograd.weight_grad(wgrad[-1], kh)), owned=True)
         elif param_grads:
             conv.weight.accumulate(dw.sum(axis=0).T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2), owned=False)
         if db is not None:
