@@ -308,9 +308,12 @@ class Worker:
         self.error = None
 
     def _answer(self):
-        line = self.proc.stdout.readline() if self.error is None else ""
-        if line:
-            return json.loads(line)
+        while self.error is None:               # the next JSON line (a library may print lines of its own)
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("{"):
+                return json.loads(line)
         if self.error is None:
             self.proc.wait()
             self.err.seek(0)

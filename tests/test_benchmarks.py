@@ -108,6 +108,25 @@ def test_bench_zoo_round_takes_windows_of_warm_workers_in_turn(monkeypatch):
     assert runs["no-such-peer"] == {"error": "KeyError: 'no-such-peer'"}
 
 
+def test_bench_zoo_worker_skips_lines_a_library_prints_and_reports_a_dead_worker():
+    """Worker._answer: the next JSON line, past any line a library printed; at the end of the output, the last
+    line of the worker's stderr as its error, from then on."""
+    import io
+    import tempfile
+    from types import SimpleNamespace
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_zoo
+
+    worker = bench_zoo.Worker.__new__(bench_zoo.Worker)
+    worker.error, worker.err = None, tempfile.TemporaryFile(mode="w+")
+    worker.err.write("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+    worker.proc = SimpleNamespace(stdout=io.StringIO('[W] a warning on stdout\n{"ready": true}\n'),
+                                  wait=lambda: 1, returncode=1)
+    assert worker.ready() == {"ready": True}
+    assert worker._answer() == {"error": "RuntimeError: out of memory"}
+    assert worker._answer() == {"error": "RuntimeError: out of memory"}
+
+
 def test_bench_conv_train_times_each_conv_the_training_step_runs_against_pytorch(tmp_path):
     """bench_conv_train on the small ResNet and Madry et al.'s net: every conv of the ResNet, on the path the
     fast step takes (the stem direct, the stride-1 3x3s by Winograd: forward (no max-pool in the net), dL/dx
