@@ -239,10 +239,8 @@ MAKE_PEER = {"npcnn": NpcnnPeer, "torch": TorchPeer, "torch_cl": lambda m: Torch
 
 
 # =========================================================================== one measurement (in a subprocess)
-def _rate(fn, batch, warmup, min_steps, seconds):
-    """Images/s of ``fn``: after ``warmup`` calls, at least ``min_steps`` calls and ``seconds`` of them."""
-    for _ in range(warmup):
-        fn()
+def _rate(fn, batch, min_steps, seconds):
+    """Images/s of ``fn``: at least ``min_steps`` calls and ``seconds`` of them."""
     steps, t0 = 0, time.perf_counter()
     while steps < min_steps or time.perf_counter() - t0 < seconds:
         fn()
@@ -264,7 +262,7 @@ def serve(model, peer_name, task, quick):
     for line in sys.stdin:
         if line.strip() == "quit":
             break
-        ips = _rate(step, batch, warmup=0, min_steps=3 if quick else 5, seconds=float(line))
+        ips = _rate(step, batch, min_steps=3 if quick else 5, seconds=float(line))
         print(json.dumps({"images_per_s": ips}), flush=True)
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
@@ -349,14 +347,16 @@ def measure_round(model, peers, task, env_name, quick, windows=WINDOWS, seconds=
     rotated from one turn to the next), a ``pause`` before each window so that the previous peer's threads
     stop spinning. Each dict has the median of the peer's windows as ``images_per_s``, the windows, and the
     worker's peak RSS (or ``error``)."""
+    if quick:                                   # one window of a few steps
+        windows, seconds, pause = 1, 0, 0
     workers = {peer: Worker(model, peer, task, env_name, quick) for peer in peers}
     for worker in workers.values():
         worker.ready()
     rates = {peer: [] for peer in peers}
-    for turn in range(1 if quick else windows):
+    for turn in range(windows):
         for peer in peers[turn % len(peers):] + peers[:turn % len(peers)]:
-            time.sleep(0 if quick else pause)
-            rates[peer].append(workers[peer].window(0 if quick else seconds))
+            time.sleep(pause)
+            rates[peer].append(workers[peer].window(seconds))
     out = {}
     for peer, worker in workers.items():
         end = worker.close()
