@@ -261,6 +261,7 @@ def test_fast_residual_equals_the_readable_block_in_float64(relu):
     """The block (and the ReLU after it, folded in), identity and 1x1-conv shortcuts, against the readable
     layers run one after the other."""
     from npcnn.models.zoo import basic_block
+    fused_sum = kernels.batchnorm_add_rows
     rng = np.random.default_rng(8)
     for stride, cin, cout in ((1, 4, 4), (2, 4, 6)):
         block = basic_block(cin, cout, stride, dtype=np.float64, rng=int(stride))
@@ -273,10 +274,66 @@ def test_fast_residual_equals_the_readable_block_in_float64(relu):
         grads = [p.grad.copy() for p in block.parameters()]
         block.zero_grad()
         step = FastResidual(block, lambda part: fast.plan(part, fuse=True), nn.ReLU() if relu else None)
-        np.testing.assert_allclose(step.forward(x), y, rtol=0, atol=1e-12)
+        # one pass for the body's batch norm and the shortcut's, if it has one; an identity shortcut needs its x
+        # channels last as the body's output is (a fast step's output is), else the sum is NumPy's
+        for x_in, expected_calls in ((x, [True] if cin != cout else []),
+                                     (np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+                                      [cin != cout])):
+            calls = []
+            with _kernel_variant(kernels, "batchnorm_add_rows", lambda *a: calls.append(a[10]) or fused_sum(*a)):
+                np.testing.assert_allclose(step.forward(x_in), y, rtol=0, atol=1e-12)
+            assert calls == expected_calls
         np.testing.assert_allclose(step.backward(g), dx, rtol=0, atol=1e-12)
         for p, ref in zip(block.parameters(), grads):
             np.testing.assert_allclose(p.grad, ref, rtol=0, atol=1e-12)
+
+
+def test_fast_residual_plans_a_single_layer_body_and_shortcut():
+    """A Residual whose body or shortcut is one layer (not a Sequential) runs on the fast path as the readable
+    block does (they are planned as one-layer sequences sharing that layer)."""
+    rng = np.random.default_rng(4)
+    block = nn.Residual(nn.Conv2d(3, 5, 3, padding=1, dtype=np.float64, rng=0),
+                        nn.Conv2d(3, 5, 1, dtype=np.float64, rng=1))
+    model = nn.Sequential(block, nn.ReLU())
+    x = rng.standard_normal((2, 3, 6, 6))
+    y = model.forward(x)
+    g = rng.standard_normal(y.shape)
+    dx = model.backward(g)
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    net = fast.plan(model)
+    np.testing.assert_allclose(net.forward(x), y, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(net.backward(g), dx, rtol=0, atol=1e-12)
+    for p, ref in zip(model.parameters(), grads):
+        np.testing.assert_allclose(p.grad, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["parallel", "serial"])
+def test_batchnorm_add_rows_equals_the_batch_norms_then_the_sum(dtype, variant):
+    """The residual block's one pass (its batch norms, the sum, the ReLU) gives, to the bit, what
+    batchnorm_apply_rows for each batch norm and then add_relu give, NaN and infinities included; on a
+    run of whole rows (several tiles) and on rows whose count leaves a short last tile."""
+    rng = np.random.default_rng(6)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-30], dtype)
+    for m, c in ((9, 5), (40 * 28 * 28, 16)):
+        x, s = rng.standard_normal((2, m, c)).astype(dtype) * 3
+        x.flat[:6], s.flat[:6] = special, special[::-1]
+        stats = [rng.standard_normal(c).astype(dtype) for _ in range(4)]
+        stats_s = [rng.standard_normal(c).astype(dtype) for _ in range(4)]
+        stats[1], stats_s[1] = np.abs(stats[1]), np.abs(stats_s[1])                 # the inverse deviations
+        run = kernels.run_length(x)
+        for skip_norm in (False, True):
+            for relu in (False, True):
+                y, ys = np.empty_like(x), np.empty_like(s)
+                kernels.batchnorm_apply_rows.serial(x, *stats, False, y, run)
+                if skip_norm:
+                    kernels.batchnorm_apply_rows.serial(s, *stats_s, False, ys, run)
+                expected = np.empty_like(x)
+                kernels.add_relu.serial(y.ravel(), (ys if skip_norm else s).ravel(), relu, expected.ravel())
+                out = np.full_like(x, 7)
+                getattr(kernels.batchnorm_add_rows, variant)(x, *stats, s, *stats_s, skip_norm, relu, out, run)
+                np.testing.assert_array_equal(out, expected)
 
 
 def test_fast_residual_adds_into_no_gradient_it_does_not_own():

@@ -42,6 +42,7 @@ results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.
 import os
 
 from .. import parallel
+from ..nn.module import Sequential
 from .avgpool import FastAvgPool, avgpool_length
 from .conv_act import ConvAct, conv_act_length
 from .conv_norm import ConvBatchNorm, conv_norm_length
@@ -143,18 +144,29 @@ class FastSequential:
         conv steps may compute their forward by Winograd (:mod:`npcnn.fast.winograd`); by default in
         inference, and in training too for a net without max-pools
         (:func:`npcnn.fast.winograd.forward_may_take_winograd` says why only then)."""
+        return self._forward(x, inference, winograd_forward, defer_last_norm=False)[0]
+
+    def forward_deferred(self, x, inference=False, winograd_forward=None):
+        """``(z, bn)``: :meth:`forward`, except that when the last step is a ConvBatchNorm that can leave its
+        batch norm ``bn`` to the caller (:meth:`ConvBatchNorm.forward_deferred`), ``z`` is the output before
+        it; else ``(forward(x), None)``. A residual block applies ``bn`` in the pass of its sum."""
+        return self._forward(x, inference, winograd_forward, defer_last_norm=True)
+
+    def _forward(self, x, inference, winograd_forward, defer_last_norm):
         if winograd_forward is None:
             winograd_forward = inference or fast_winograd.forward_may_take_winograd(self.model)
         self._own_threads = parallel.own_threads_pay(x)
         self._inference = inference
         with parallel.one_blas_thread(self._own_threads):   # npcnn shares out the GEMMs (npcnn.parallel)
             self._steps = self.steps()
-            for step in self._steps:
+            for i, step in enumerate(self._steps):
+                if defer_last_norm and i == len(self._steps) - 1 and isinstance(step, ConvBatchNorm):
+                    return step.forward_deferred(x, inference, winograd_forward)
                 if isinstance(step, _TAKE_WINOGRAD):
                     x = step.forward(x, inference, winograd_forward)
                 else:
                     x = step.forward(x, inference) if isinstance(step, _TAKE_INFERENCE) else step.forward(x)
-            return x
+            return x, None
 
     def backward(self, grad_out, param_grads=True, input_grad=True):
         """dL/dx of the whole net (parameter gradients added on the way, unless ``param_grads`` is False).
@@ -178,15 +190,15 @@ class FastSequential:
 
 def _residual_step(block, relu=None):
     """A Residual (and the ReLU after it) as a FastResidual, its body and shortcut planned with fusion."""
-    return FastResidual(block, lambda part: plan(part, fuse=True), relu)
+    # a body or shortcut that is a single layer is planned as a one-layer Sequential (sharing that layer)
+    return FastResidual(block, lambda part: plan(part if isinstance(part, Sequential) else Sequential(part), fuse=True),
+                        relu)
 
 
 def plan(model, fuse=None):
     """``model`` (a Sequential) on the fast path: a new :class:`FastSequential` over its layers, fusing
     unless ``fuse`` (default: :data:`FUSE`) is False. Keep it and call it again and again: its fused
     steps keep their buffers. Anything that is not a Sequential is returned as is."""
-    from ..nn.module import Sequential
-
     if not isinstance(model, Sequential):
         return model
     return FastSequential(model, FUSE if fuse is None else fuse)

@@ -85,6 +85,20 @@ class ConvBatchNorm:
         y = self._conv_step.forward(x, inference, winograd_forward, batch_stats=True)
         return self.bn._forward(y, self.relu is not None, stats=self._conv_step.batch_stats)
 
+    def forward_deferred(self, x, inference=False, winograd_forward=None):
+        """``(z, bn)``: in training, for a channels-last conv output and no ReLU after the batch norm, the conv's
+        output ``z`` with the batch norm's statistics taken and kept for :meth:`backward`, but the batch norm
+        itself left for the caller to apply (``bn``, in its own pass: a residual block's sum,
+        :func:`npcnn.fast.residual.residual_sum`); else ``(forward(x), None)``."""
+        self._eval = not self.bn.training
+        if self._eval or self.relu is not None:
+            return self.forward(x, inference, winograd_forward), None
+        z = self._conv_step.forward(x, inference, winograd_forward, batch_stats=True)
+        if self.bn._rows_view(z) is None:
+            return self.bn._forward(z, False, stats=self._conv_step.batch_stats), None
+        self.bn._forward(z, False, stats=self._conv_step.batch_stats, normalize=False)
+        return z, self.bn
+
     def backward(self, grad_out, param_grads=True, input_grad=True):
         if not self._eval:
             step, relu = self._conv_step, self.relu is not None

@@ -53,8 +53,8 @@ from .direct_conv import (direct_conv_input_grad_1x3x3, direct_conv_relu_maxpool
 from .conv_rows import conv_rows_backward, conv_rows_forward, conv_rows_relu_maxpool_forward
 from .direct_conv_rows import direct_conv_input_grad_nchw, direct_conv_act_to_nhwc, direct_conv_weight_grad_nchw
 from .direct_conv_gemm import direct_conv_gemm_to_nhwc, direct_conv_gemm_weight_grad
-from .normalization import (batchnorm_apply, batchnorm_apply_rows, batchnorm_backward, batchnorm_backward_rows,
-                            batchnorm_stats, batchnorm_stats_rows)
+from .normalization import (batchnorm_add_rows, batchnorm_apply, batchnorm_apply_rows, batchnorm_backward,
+                            batchnorm_backward_rows, batchnorm_stats, batchnorm_stats_rows)
 from .optimizer import adam_update
 from .rows import act_grad, add_relu, bias_relu_rows, run_length, tanh_inplace
 from .pooling import (avgpool_backward_nhwc, avgpool_nhwc, bias_relu_maxpool, bias_relu_maxpool_nhwc_2x2,
@@ -79,7 +79,7 @@ __all__ = [
     "winograd_general_tiles", "winograd_general_conv_rows", "winograd_general_weights", "winograd_conv_chunk",
     "winograd_weight_grad_chunk",
     "batchnorm_stats", "batchnorm_apply", "batchnorm_backward",
-    "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_backward_rows",
+    "batchnorm_stats_rows", "batchnorm_apply_rows", "batchnorm_add_rows", "batchnorm_backward_rows",
     "bias_relu_rows", "act_grad", "add_relu", "run_length", "tanh_inplace", "conv_rows_forward", "conv_rows_backward",
     "conv_rows_relu_maxpool_forward",
     "adam_update",

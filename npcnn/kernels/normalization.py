@@ -175,6 +175,31 @@ def batchnorm_apply_rows(x2, mean, invstd, gamma, beta, relu, y, run):
             dst[i] = _relu_if((src[i] - mu[i]) * s[i] * gm[i] + bt[i], relu, zero)
 
 
+@_kernel(size_arg=0, min_size=_BN_MIN_SIZE)
+def batchnorm_add_rows(x2, mean, invstd, gamma, beta, s2, s_mean, s_invstd, s_gamma, s_beta, skip_norm, relu, y, run):
+    """``y = bn(x2) + (bn_s(s2) if skip_norm else s2)``, then ``max(., 0)`` if ``relu``, on channels-last rows
+    (M, C): a residual block's last batch norm, its shortcut's (or the identity), their sum and the ReLU after
+    it in one pass, where :func:`batchnorm_apply_rows` and :func:`npcnn.kernels.add_relu` took two (three)
+    and wrote the normalised rows out to read them back. Each batch norm's value is rounded as
+    :func:`batchnorm_apply_rows` rounds it, so the result is the same to the bit. Parallel over tiles."""
+    flat, skip, out = x2.reshape(-1), s2.reshape(-1), y.reshape(-1)
+    mu, s, gm, bt = (_as_run(mean, run, y.dtype), _as_run(invstd, run, y.dtype), _as_run(gamma, run, y.dtype),
+                     _as_run(beta, run, y.dtype))
+    smu, ss, sgm, sbt = (_as_run(s_mean, run, y.dtype), _as_run(s_invstd, run, y.dtype),
+                         _as_run(s_gamma, run, y.dtype), _as_run(s_beta, run, y.dtype))
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    for t in prange((flat.size + run - 1) // run):
+        src, sk, dst = flat[t * run:(t + 1) * run], skip[t * run:(t + 1) * run], out[t * run:(t + 1) * run]
+        if skip_norm:
+            for i in range(src.size):
+                a = (src[i] - mu[i]) * s[i] * gm[i] + bt[i]
+                b = (sk[i] - smu[i]) * ss[i] * sgm[i] + sbt[i]
+                dst[i] = _relu_if(a + b, relu, zero)
+        else:
+            for i in range(src.size):
+                dst[i] = _relu_if((src[i] - mu[i]) * s[i] * gm[i] + bt[i] + sk[i], relu, zero)
+
+
 @_kernel(size_arg=0, fma=True, reassoc=True, min_size=_BN_MIN_SIZE)
 def batchnorm_backward_rows(g2, x2, y2, relu, mean, invstd, scale, batch_stats, sum_g, sum_gx, dx, run):
     """:func:`batchnorm_backward` on channels-last rows ``g2``, ``x2``, ``y2`` and ``dx`` (M, C). Parallel

@@ -70,11 +70,16 @@ class _BatchNorm(Module):
     def forward(self, x):
         return self._forward(x, relu=False)
 
-    def _forward(self, x, relu, stats=None):
+    def _forward(self, x, relu, stats=None, normalize=True):
         """:meth:`forward`, followed by ``max(., 0)`` in the same pass when ``relu`` (the fast path's
         :class:`~npcnn.fast.BatchNormReLU`, whose backward is :meth:`_backward` with ``relu``). ``stats``: the
         batch's ``(mean, biased variance)`` per channel (float64) when training, if the caller has them
-        (the fast conv step before it takes them while it writes ``x``); None: computed here."""
+        (the fast conv step before it takes them while it writes ``x``); None: computed here.
+        ``normalize=False`` (a channels-last ``x``, no ``relu``): the statistics are taken and kept for
+        :meth:`_backward` as usual, but nothing is computed from them and None is returned; the caller
+        applies them (a fast residual block, in the pass of its sum: :meth:`_affine`)."""
+        if not normalize and (relu or self._rows_view(x) is None):
+            raise ValueError(f"{self!r}: only a channels-last input without a ReLU can be left unnormalised")
         check_input(self, x, self._ndims, self.num_features)
         check_dtype(self, x, self._dtype)
         rows = self._rows_view(x)                     # channels-last input: kept channels last
@@ -101,18 +106,33 @@ class _BatchNorm(Module):
         self._x3, self._mean = x3, mean.astype(x.dtype)
         self._invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         self._batch_stats = self.training
-        if self.affine:
-            gamma, beta = self.weight.data, self.bias.data
-        else:
-            gamma, beta = np.ones(self.num_features, x.dtype), np.zeros(self.num_features, x.dtype)
+        self._y3 = None
+        if not normalize:
+            return None
+        if self._channels_last:                       # an NCHW view of channels-last memory, like x
+            return self._normalized(x, relu)
         y = np.empty_like(x3)
         self._y3 = y if relu else None                # the ReLU's output: its derivative is [y > 0]
-        if self._channels_last:                       # an NCHW view of channels-last memory, like x
-            kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, gamma, beta, relu, y, kernels.run_length(x3))
-            n, c, h, w = x.shape
-            return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-        kernels.batchnorm_apply(x3, self._mean, self._invstd, gamma, beta, relu, y)
+        kernels.batchnorm_apply(x3, self._mean, self._invstd, *self._affine(x.dtype), relu, y)
         return y.reshape(x.shape)
+
+    def _normalized(self, x, relu=False):
+        """``bn(x)`` (then ``max(., 0)`` if ``relu``) for a channels-last ``x``, with the statistics the last
+        :meth:`_forward` kept (also one with ``normalize=False``), as the same kind of NCHW view."""
+        x3 = self._rows_view(x)
+        y = np.empty_like(x3)
+        if relu:
+            self._y3 = y                              # the ReLU's output: its derivative is [y > 0]
+        kernels.batchnorm_apply_rows(x3, self._mean, self._invstd, *self._affine(x.dtype), relu, y,
+                                     kernels.run_length(x3))
+        n, c, h, w = x.shape
+        return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
+    def _affine(self, dtype):
+        """``(gamma, beta)``, ones and zeros when the layer has none."""
+        if self.affine:
+            return self.weight.data, self.bias.data
+        return np.ones(self.num_features, dtype), np.zeros(self.num_features, dtype)
 
     def _update_running(self, mean, var, m):
         self.num_batches_tracked += 1
