@@ -256,14 +256,18 @@ def test_plan_groups_every_zoo_net_into_fast_steps():
     assert not any(isinstance(s, (ConvAct, ConvReLUPool)) for s in fast.plan(build_model("lenet5"), fuse=False).steps())
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_fast_residual_equals_the_readable_block_in_float64(relu):
+def test_fast_residual_equals_the_readable_block_in_float64(relu, shared, monkeypatch):
     """The block (and the ReLU after it, folded in), identity and 1x1-conv shortcuts, against the readable
-    layers run one after the other."""
+    layers run one after the other; also with npcnn sharing out the GEMMs (the kernels' path, as in a
+    net's step), where a shortcut conv of more than 16 filters scatters its dL/dx onto the body's."""
     from npcnn.models.zoo import basic_block
-    fused_sum = kernels.batchnorm_add_rows
+    fused_sum, backward, scattered = kernels.batchnorm_add_rows, kernels.conv_rows_backward, []
+    monkeypatch.setattr(kernels, "conv_rows_backward", lambda *a: scattered.append(a[25]) or backward(*a))
+    context = parallel.one_blas_thread if shared else contextlib.nullcontext
     rng = np.random.default_rng(8)
-    for stride, cin, cout in ((1, 4, 4), (2, 4, 6)):
+    for stride, cin, cout in ((1, 4, 4), (2, 4, 6), (2, 4, 20)):
         block = basic_block(cin, cout, stride, dtype=np.float64, rng=int(stride))
         layers = nn.Sequential(block, nn.ReLU()) if relu else block
         x = rng.standard_normal((5, cin, 8, 8))
@@ -281,11 +285,43 @@ def test_fast_residual_equals_the_readable_block_in_float64(relu):
                                       [cin != cout])):
             calls = []
             with _kernel_variant(kernels, "batchnorm_add_rows", lambda *a: calls.append(a[10]) or fused_sum(*a)):
-                np.testing.assert_allclose(step.forward(x_in), y, rtol=0, atol=1e-12)
+                with context():
+                    np.testing.assert_allclose(step.forward(x_in), y, rtol=0, atol=1e-12)
             assert calls == expected_calls
-        np.testing.assert_allclose(step.backward(g), dx, rtol=0, atol=1e-12)
+        scattered.clear()
+        with context():
+            np.testing.assert_allclose(step.backward(g), dx, rtol=0, atol=1e-12)
+        assert sum(scattered) == (shared and cout > 16)
         for p, ref in zip(block.parameters(), grads):
             np.testing.assert_allclose(p.grad, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_conv_step_adds_its_input_gradient_onto_add_to(shared, monkeypatch):
+    """``ConvAct.backward(..., add_to=A)`` returns A itself, holding A + dL/dx: scattered onto A by col2im in
+    kernels.conv_rows_backward (on numba's threads, a channels-last A), added afterwards otherwise (a
+    Winograd dL/dx, the direct path, Python's loop, an NCHW A); a residual block's shortcut uses it."""
+    rng = np.random.default_rng(11)
+    backward, flags = kernels.conv_rows_backward, []
+    monkeypatch.setattr(kernels, "conv_rows_backward", lambda *a: flags.append(a[25]) or backward(*a))
+    for c, f, k, s, p, h, scatters in ((6, 8, 1, 2, 0, 9, True), (5, 7, 3, 2, 1, 8, True),
+                                       (16, 16, 3, 1, 1, 6, False), (1, 4, 3, 1, 1, 7, False)):
+        conv = nn.Conv2d(c, f, k, s, p, bias=False, dtype=np.float64, rng=2)
+        x = rng.standard_normal((3, c, h, h))
+        g = rng.standard_normal(conv.output_shape(x.shape))
+        ref = _readable([conv], x, g)
+        for channels_last in (False, True):
+            a0 = rng.standard_normal(x.shape)
+            a = np.array(a0.transpose(0, 2, 3, 1), order="C").transpose(0, 3, 1, 2) if channels_last else a0.copy()
+            conv.zero_grad()
+            flags.clear()
+            step = ConvAct(conv)
+            with parallel.one_blas_thread() if shared else contextlib.nullcontext():
+                step.forward(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+                assert step.backward(g, add_to=a) is a
+            _close(a, a0 + ref[1], 1e-12)
+            _close(conv.weight.grad, ref[2][0], 1e-12)
+            assert flags == ([channels_last and scatters] if shared and not step._direct else [])
 
 
 def test_fast_residual_plans_a_single_layer_body_and_shortcut():

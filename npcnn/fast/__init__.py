@@ -41,6 +41,8 @@ results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.
 """
 import os
 
+import numpy as np
+
 from .. import parallel
 from ..nn.module import Sequential
 from .avgpool import FastAvgPool, avgpool_length
@@ -168,11 +170,12 @@ class FastSequential:
                     x = step.forward(x, inference) if isinstance(step, _TAKE_INFERENCE) else step.forward(x)
             return x, None
 
-    def backward(self, grad_out, param_grads=True, input_grad=True):
+    def backward(self, grad_out, param_grads=True, input_grad=True, add_to=None):
         """dL/dx of the whole net (parameter gradients added on the way, unless ``param_grads`` is False).
 
         ``input_grad=False`` says nobody needs dL/dx (training): a fused first step then skips it and
-        None is returned.
+        None is returned. ``add_to``: an array dL/dx is added to, in place, and which is returned instead
+        (a residual block's other gradient); a first step that is a conv step adds it as it scatters.
         """
         if self._steps is None:
             raise RuntimeError("FastSequential.backward called before forward")
@@ -181,11 +184,16 @@ class FastSequential:
         with parallel.one_blas_thread(self._own_threads):
             steps = self._steps
             for step in reversed(steps):
+                if add_to is not None and step is steps[0] and isinstance(step, (ConvAct, ConvBatchNorm)):
+                    return step.backward(grad_out, param_grads, True, add_to=add_to)
                 if isinstance(step, (ConvReLUPool, ConvAct, ConvBatchNorm)):
                     grad_out = step.backward(grad_out, param_grads, input_grad or step is not steps[0])
                 else:
                     grad_out = step.backward(grad_out, param_grads=param_grads)
-            return grad_out
+            if add_to is None or grad_out is None:
+                return grad_out
+            np.add(add_to, grad_out, out=add_to)
+            return add_to
 
 
 def _residual_step(block, relu=None):

@@ -173,12 +173,15 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         in :func:`npcnn.kernels.conv_rows_backward` (not the direct path, nor Python's threads)."""
         return self.act is None and not self._direct and parallel.kernel_gemm(dtype) is not None
 
-    def backward(self, grad_out, param_grads=True, input_grad=True, batchnorm=None):
+    def backward(self, grad_out, param_grads=True, input_grad=True, batchnorm=None, add_to=None):
         """dL/dx (None unless ``input_grad``); dL/dW and dL/db into the conv's Parameters (if ``param_grads``).
         ``batchnorm = (y, relu, coef)``: a batch norm follows the conv (:class:`npcnn.fast.ConvBatchNorm`),
         ``grad_out`` is the gradient at its output ``y`` (after its ReLU if ``relu``), and each chunk's gradient
         at the conv's output is the batch norm's dL/dx, from ``coef`` (its
-        ``BatchNorm2d._backward(..., coefficients=True)``); only where :meth:`takes_batchnorm_backward`."""
+        ``BatchNorm2d._backward(..., coefficients=True)``); only where :meth:`takes_batchnorm_backward`.
+        ``add_to``: an array of the input's shape to which dL/dx is added, in place, and which is returned (a
+        residual block's other gradient): col2im scatters onto it directly where it can (a channels-last
+        ``add_to``, the kernels' path without Winograd), instead of zeroing an array of its own."""
         if batchnorm is not None and not self.takes_batchnorm_backward(grad_out.dtype):
             raise RuntimeError(f"{self!r}: the batch norm's backward cannot be taken in this conv's kernel here")
         if getattr(self, "_inference", False):
@@ -186,7 +189,7 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         if not (param_grads or input_grad):
             return None
         if self._direct:
-            return self._backward_direct(grad_out, param_grads, input_grad)
+            return _added(add_to, self._backward_direct(grad_out, param_grads, input_grad))
         conv, x3, y = self.conv, self._x3, self._out
         n, c, h, w = self._x_shape
         f = conv.out_channels
@@ -195,7 +198,6 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         dtype = x3.dtype
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * p, f)
         w_t = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k)   # W^T as (F, K)
-        dx3 = np.empty((n, h, w * c), dtype=dtype) if input_grad else None     # col2im zeroes each image's plane
         step, workers = self._plan(n)
         dw = np.zeros((workers, k, f), dtype=dtype) if param_grads else None
         db = np.zeros((workers, f), dtype=dtype) if param_grads and conv.bias is not None else None
@@ -204,6 +206,11 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         # im2col + GEMM)
         wino = winograd.input_grad_args(self, conv, dtype, workers, min(n, step), h, w, input_grad)
         wgrad = winograd.weight_grad_args(self, conv, dtype, workers, min(n, step), ho, wo, param_grads)
+        gemm = parallel.kernel_gemm(dtype)
+        # col2im zeroes each image's plane of dx3, or adds onto add_to's (channels-last) memory
+        onto = (None if add_to is None or wino[0].size or gemm is None or not input_grad
+                or add_to.shape != (n, c, h, w) or add_to.dtype != dtype else _nhwc_planes(add_to))
+        dx3 = onto if onto is not None else np.empty((n, h, w * c), dtype=dtype) if input_grad else None
 
         def body(first, last, t, serial, step):
             rows = min(last - first, step) * p
@@ -232,7 +239,6 @@ class ConvAct(DirectConvPath, ScratchBuffers):
                     mm(ga, w_t, out=dcols[:m])
                     col2im(dcols[:m], c, kh, kw, sh, sw, ph, pw, ho, wo, dx3[a:b])
 
-        gemm = parallel.kernel_gemm(dtype)
         if gemm is None:
             self._run(n, body, step, workers)
         else:                                   # the same loop, on numba's threads (kernels.conv_rows)
@@ -243,7 +249,8 @@ class ConvAct(DirectConvPath, ScratchBuffers):
                 self._buffer("cols_all", (workers, rows, k), dtype), step,
                 dw if param_grads else np.zeros((workers, k, f), dtype), db is not None,
                 db if db is not None else np.zeros((workers, f), dtype),
-                dx3 if input_grad else np.empty((0, 0, 0), dtype), *wino, *wgrad, *_batchnorm_args(batchnorm, g))
+                dx3 if input_grad else np.empty((0, 0, 0), dtype), onto is not None, *wino, *wgrad,
+                *_batchnorm_args(batchnorm, g))
         if param_grads and wgrad[1].size:
             conv.weight.accumulate(np.ascontiguousarray(winograd.weight_grad(wgrad[-1], kh)), owned=True)
         elif param_grads:
@@ -252,4 +259,23 @@ class ConvAct(DirectConvPath, ScratchBuffers):
             conv.bias.accumulate(db.sum(axis=0), owned=True)
         if not input_grad:
             return None
-        return dx3.reshape(n, h, w, c).transpose(0, 3, 1, 2)      # channels last, as an NCHW view
+        if onto is not None:
+            return add_to
+        return _added(add_to, dx3.reshape(n, h, w, c).transpose(0, 3, 1, 2))     # channels last, as an NCHW view
+
+
+def _nhwc_planes(a):
+    """``a`` (N, C, H, W), an NCHW view of C-contiguous channels-last memory, as that memory's (N, H, W*C)
+    planes (a view); None for any other layout or a read-only ``a``."""
+    nhwc = a.transpose(0, 2, 3, 1)
+    if not (nhwc.flags.c_contiguous and a.flags.writeable):
+        return None
+    return nhwc.reshape(a.shape[0], a.shape[2], -1)
+
+
+def _added(add_to, dx):
+    """``dx``, or ``add_to += dx`` and ``add_to`` when it is given (the path that could not scatter onto it)."""
+    if add_to is None or dx is None:
+        return dx
+    np.add(add_to, dx, out=add_to)
+    return add_to

@@ -99,17 +99,21 @@ class ConvBatchNorm:
         self.bn._forward(z, False, stats=self._conv_step.batch_stats, normalize=False)
         return z, self.bn
 
-    def backward(self, grad_out, param_grads=True, input_grad=True):
+    def backward(self, grad_out, param_grads=True, input_grad=True, add_to=None):
+        """dL/dx (None unless ``input_grad``), the Parameters' gradients added; ``add_to``: dL/dx is added to it,
+        in place, and it is returned (:meth:`ConvAct.backward`)."""
         if not self._eval:
             step, relu = self._conv_step, self.relu is not None
             if step.takes_batchnorm_backward(grad_out.dtype) and self.bn._channels_last:
                 # the batch norm's sums here, its dL/dx in the conv's kernel, a chunk at a time (ConvAct.backward)
                 coef = self.bn._backward(grad_out, param_grads, relu, coefficients=True)
-                return step.backward(grad_out, param_grads, input_grad, batchnorm=(self.bn._y3, relu, coef))
-            return step.backward(self.bn._backward(grad_out, param_grads, relu), param_grads, input_grad)
+                return step.backward(grad_out, param_grads, input_grad, batchnorm=(self.bn._y3, relu, coef),
+                                     add_to=add_to)
+            return step.backward(self.bn._backward(grad_out, param_grads, relu), param_grads, input_grad,
+                                 add_to=add_to)
         folded = self._folded_conv
         folded.zero_grad()
-        dx = self._folded.backward(grad_out, param_grads, input_grad)
+        dx = self._folded.backward(grad_out, param_grads, input_grad, add_to=add_to)
         if param_grads:
             conv, bn, s = self.conv, self.bn, self._s
             dw, db = folded.weight.grad.astype(np.float64), folded.bias.grad.astype(np.float64)

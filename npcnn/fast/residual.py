@@ -30,7 +30,8 @@ class FastResidual:
     * forward: ``s = body(x) + shortcut(x)``, then ``y = max(s, 0)`` when the ReLU is folded in (one pass,
       with the batch norms that end the body and the shortcut: :func:`residual_sum`);
     * backward: ``G = dL/dy * [y > 0]`` (the ReLU's rule, ``y > 0`` exactly where ``s > 0``), then
-      ``dL/dx = body.backward(G) + shortcut.backward(G)`` (``+ G`` for the identity shortcut).
+      ``dL/dx = body.backward(G) + shortcut.backward(G)`` (``+ G`` for the identity shortcut); a shortcut
+      conv's col2im adds its share straight onto the body's dL/dx (``add_to``).
     """
 
     def __init__(self, residual, plan, relu=None):
@@ -58,10 +59,13 @@ class FastResidual:
         if self.relu is not None:
             grad_out = relu_grad(grad_out, self._y)
         dx = self.body.backward(grad_out, param_grads=param_grads)
-        other = grad_out if self.shortcut is None else self.shortcut.backward(grad_out, param_grads=param_grads)
         # the sum goes into the body's dL/dx, which no step reads again, unless it is (a view of) the
         # other gradient or cannot be written (a readable Flatten hands back a view of its gradient)
-        in_place = dx.flags.writeable and not np.may_share_memory(dx, other)
+        in_place = dx.flags.writeable and not np.may_share_memory(dx, grad_out)
+        if self.shortcut is not None and in_place:     # the shortcut's conv scatters its dL/dx onto it
+            return self.shortcut.backward(grad_out, param_grads=param_grads, add_to=dx)
+        other = grad_out if self.shortcut is None else self.shortcut.backward(grad_out, param_grads=param_grads)
+        in_place = in_place and not np.may_share_memory(dx, other)
         return add_relu(dx, other, False, out=dx if in_place else None)
 
 

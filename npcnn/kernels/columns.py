@@ -283,13 +283,14 @@ def im2col_image_nhwc(x3, n, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, cols):
 
 
 @njit(inline="always", error_model="numpy")
-def col2im_image_nhwc(dcols, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx2):
-    """The ho*wo rows of ``dcols`` added back onto one image's plane ``dx2`` (H, W*C), zeroed first; the
-    taps on the padding are dropped (see :func:`col2im_nhwc`)."""
+def col2im_image_nhwc(dcols, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx2, zero_first):
+    """The ho*wo rows of ``dcols`` added back onto one image's plane ``dx2`` (H, W*C), zeroed first if
+    ``zero_first`` (else added to what it holds); the taps on the padding are dropped (see :func:`col2im_nhwc`)."""
     h, w = dx2.shape[0], dx2.shape[1] // n_ch
     run = kw * n_ch
     width = kh * run
-    dx2[:] = 0.0
+    if zero_first:
+        dx2[:] = 0.0
     flat = dcols.reshape(-1)
     for oy in range(ho):
         for i in range(kh):
@@ -326,5 +327,5 @@ def col2im_nhwc(dcols, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx3):
     without atomics."""
     p = ho * wo
     for n in prange(dx3.shape[0]):
-        col2im_image_nhwc(dcols[n * p:(n + 1) * p], n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx3[n])
+        col2im_image_nhwc(dcols[n * p:(n + 1) * p], n_ch, kh, kw, sh, sw, ph, pw, ho, wo, dx3[n], True)
     return dx3

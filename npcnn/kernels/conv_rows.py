@@ -74,13 +74,14 @@ def conv_rows_forward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, 
 
 @njit(parallel=True, **_OPTS)
 def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo, g, y, act, w_t, param_grads,
-                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, u, v_all, m_all, bt, at,
-                       wbt, wa, wv_all, wg_all, wm_all, bn_y, bn_relu, bn_coef):
+                       input_grad, ga_all, cols_all, step, dw_part, has_bias, db_part, dx3, dx_accumulate, u, v_all,
+                       m_all, bt, at, wbt, wa, wv_all, wg_all, wm_all, bn_y, bn_relu, bn_coef):
     """The backward of :func:`conv_rows_forward` from ``g`` = dL/dy (N*ho*wo, F) and the output ``y``:
     per chunk ``Ga = g * act'(y)``, then (if ``param_grads``) ``dw_part[t] += cols^T @ Ga`` and (if
     ``has_bias``) ``db_part[t] += sum of Ga's rows``; (if ``input_grad``) ``dcols = Ga @ w_t`` scattered
-    by col2im onto ``dx3`` (N, H, W*C), each image's plane zeroed first. ``w_t`` (F, K); ``ga_all`` and
-    ``cols_all`` (workers, step*ho*wo, F / K) scratch (``cols`` holds the columns, then, once the
+    by col2im onto ``dx3`` (N, H, W*C), each image's plane zeroed first unless ``dx_accumulate`` (then dL/dx
+    is added to what ``dx3`` holds: a residual block's other gradient; not with Winograd). ``w_t`` (F, K);
+    ``ga_all`` and ``cols_all`` (workers, step*ho*wo, F / K) scratch (``cols`` holds the columns, then, once the
     weight gradient has them, dcols); ``dw_part`` (workers, K, F), C-contiguous (BLAS adds each
     chunk's product into it, beta = 1), and ``db_part`` (workers, F) zeroed by the caller, who sums them.
     With ``u`` the Winograd weights of the kernel flipped and its channels swapped (alpha^2, F, C) (else
@@ -133,7 +134,7 @@ def conv_rows_backward(blas_fn, ilp64, x3, n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
                       dcols.ctypes.data, k)
                 for n in range(a, b):
                     col2im_image_nhwc(dcols[(n - a) * p:(n - a + 1) * p], n_ch, kh, kw, sh, sw, ph, pw, ho, wo,
-                                      dx3[n])
+                                      dx3[n], not dx_accumulate)
     return dx3
 
 
