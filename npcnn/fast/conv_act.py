@@ -125,17 +125,23 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         xs = channels_last(x, self._buffer("xs", (n, h, w, c), x.dtype))
         x3 = xs.reshape(n, h, w * c)            # im2col writes the padding's zeros itself
         self._p, self._k, self._itemsize = ho * wo, kh * kw * c, x.itemsize
-        w_mat = np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(self._k, f)
         out = np.empty((n * ho * wo, f), dtype=x.dtype)       # new every call: later layers may keep it
         p, k = self._p, self._k
         relu = isinstance(self.act, ReLU)
         bias_relu = conv.bias is not None or relu         # else the GEMM's rows are the output as they are
-        bias = conv.bias.data if conv.bias is not None else np.zeros(f, dtype=x.dtype)
-        bias_run = np.tile(bias, kernels.run_length(out) // f)   # whole rows' worth, as the rows kernels read it
+        run = kernels.run_length(out)                     # the bias over whole rows, as the rows kernels read it
+        if conv.bias is not None:
+            bias_run = np.tile(conv.bias.data, run // f)
+        else:
+            bias_run = self._buffer("zero_bias_run", (run,), x.dtype)
+            bias_run[...] = 0
 
         step, workers = self._plan(n)
         wino = winograd.kernel_args(self, conv, x.dtype, workers, min(n, step), ho, wo,   # empty: im2col
                                     inference if winograd_forward is None else winograd_forward)
+        # the GEMM's weights as (kh*kw*C, F); left unset (unread) when Winograd computes the conv
+        w_mat = (np.empty((k, f), x.dtype) if wino[0].size
+                 else np.ascontiguousarray(conv.weight.data.transpose(2, 3, 1, 0)).reshape(k, f))
 
         def body(first, last, t, serial, step):
             mm = np.matmul if serial else parallel.matmul
@@ -197,7 +203,6 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         (ho, wo), p, k = self._hw, self._p, self._k
         dtype = x3.dtype
         g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * p, f)
-        w_t = np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k)   # W^T as (F, K)
         step, workers = self._plan(n)
         dw = np.zeros((workers, k, f), dtype=dtype) if param_grads else None
         db = np.zeros((workers, f), dtype=dtype) if param_grads and conv.bias is not None else None
@@ -206,6 +211,9 @@ class ConvAct(DirectConvPath, ScratchBuffers):
         # im2col + GEMM)
         wino = winograd.input_grad_args(self, conv, dtype, workers, min(n, step), h, w, input_grad)
         wgrad = winograd.weight_grad_args(self, conv, dtype, workers, min(n, step), ho, wo, param_grads)
+        # W^T as (F, K), for dL/dcols; left unset (unread) when Winograd computes dL/dx
+        w_t = (np.empty((f, k), dtype) if wino[0].size or not input_grad
+               else np.ascontiguousarray(conv.weight.data.transpose(0, 2, 3, 1)).reshape(f, k))
         gemm = parallel.kernel_gemm(dtype)
         # col2im zeroes each image's plane of dx3, or adds onto add_to's (channels-last) memory
         onto = (None if add_to is None or wino[0].size or gemm is None or not input_grad

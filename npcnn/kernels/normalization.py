@@ -252,10 +252,11 @@ def batchnorm_dx_coefficients(mean, invstd, scale, sum_g, sum_gx, m, batch_stats
     """The per-channel coefficients of the batch norm's ``dx`` (:func:`batchnorm_dx_runs`) as runs of
     ``run`` values (whole channels-last rows), in ``dtype``: rows mean, invstd, ``sum(g)/m``,
     ``sum(g*xhat)/m`` (zeros without batch statistics) and scale, (5, run)."""
-    per_channel = np.stack([mean, invstd, sum_g / m if batch_stats else 0 * sum_g,
-                            sum_gx / m if batch_stats else 0 * sum_gx, scale]).astype(dtype)
-    repeated = np.broadcast_to(per_channel[:, None, :], (5, run // mean.size, mean.size))
-    return np.ascontiguousarray(repeated).reshape(5, run)
+    coef = np.empty((5, run // mean.size, mean.size), dtype=dtype)
+    rows = (mean, invstd, sum_g / m if batch_stats else 0.0, sum_gx / m if batch_stats else 0.0, scale)
+    for i, values in enumerate(rows):
+        coef[i] = values                              # the channel's value repeated down the run
+    return coef.reshape(5, run)
 
 
 @njit(inline="always", error_model="numpy")

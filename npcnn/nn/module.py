@@ -54,7 +54,7 @@ class Parameter:
                     and grad.shape == self.data.shape and grad.flags.c_contiguous:
                 self.grad = grad
             else:
-                self.grad = np.array(grad, dtype=self.data.dtype, copy=True)
+                self.grad = np.array(grad, dtype=self.data.dtype, copy=True, order="C")   # as Adam's kernel reads it
         else:
             self.grad += grad
 
