@@ -41,8 +41,6 @@ results to rounding: ``tests/test_kernels_fast.py``, ``tests/test_reference_net.
 """
 import os
 
-import numpy as np
-
 from .. import parallel
 from ..nn.module import Sequential
 from .avgpool import FastAvgPool, avgpool_length
@@ -50,7 +48,7 @@ from .conv_act import ConvAct, conv_act_length
 from .conv_norm import ConvBatchNorm, conv_norm_length
 from .flat_linear import FlatLinear, flat_linear_length
 from .fused import ConvReLUPool, fusable
-from .norm_act import BatchNormReLU, norm_act_length
+from .norm_act import BatchNormReLU, add_relu, norm_act_length
 from .residual import FastResidual, residual_length
 from . import winograd as fast_winograd
 
@@ -190,10 +188,7 @@ class FastSequential:
                     grad_out = step.backward(grad_out, param_grads, input_grad or step is not steps[0])
                 else:
                     grad_out = step.backward(grad_out, param_grads=param_grads)
-            if add_to is None or grad_out is None:
-                return grad_out
-            np.add(add_to, grad_out, out=add_to)
-            return add_to
+            return grad_out if add_to is None or grad_out is None else add_relu(add_to, grad_out, False, out=add_to)
 
 
 def _residual_step(block, relu=None):

@@ -51,6 +51,7 @@ from ..nn.conv import Conv2d
 from . import fused, winograd
 from .conv_direct import DirectConvPath, _act_code, _activation_grad, channel_stats, direct
 from .fused import ScratchBuffers, channels_last
+from .norm_act import add_relu
 
 #: The activations folded into the step: their forward applied in place, their derivative from the output.
 ACTIVATIONS = (ReLU, Tanh)
@@ -283,7 +284,4 @@ def _nhwc_planes(a):
 
 def _added(add_to, dx):
     """``dx``, or ``add_to += dx`` and ``add_to`` when it is given (the path that could not scatter onto it)."""
-    if add_to is None or dx is None:
-        return dx
-    np.add(add_to, dx, out=add_to)
-    return add_to
+    return dx if add_to is None or dx is None else add_relu(add_to, dx, False, out=add_to)

@@ -77,27 +77,27 @@ class ConvBatchNorm:
     def forward(self, x, inference=False, winograd_forward=None):
         """``inference``: no backward follows; ``winograd_forward``: the conv may take Winograd (None: only in
         inference; :mod:`npcnn.fast.winograd`)."""
-        self._eval = not self.bn.training
-        if self._eval:
-            self._fold()
-            return self._folded.forward(x, inference, winograd_forward)
-        # the conv step takes the batch's statistics in its pass over each chunk, where it can (else None)
-        y = self._conv_step.forward(x, inference, winograd_forward, batch_stats=True)
-        return self.bn._forward(y, self.relu is not None, stats=self._conv_step.batch_stats)
+        return self._forward(x, inference, winograd_forward, defer=False)[0]
 
     def forward_deferred(self, x, inference=False, winograd_forward=None):
         """``(z, bn)``: in training, for a channels-last conv output and no ReLU after the batch norm, the conv's
         output ``z`` with the batch norm's statistics taken and kept for :meth:`backward`, but the batch norm
         itself left for the caller to apply (``bn``, in its own pass: a residual block's sum,
         :func:`npcnn.fast.residual.residual_sum`); else ``(forward(x), None)``."""
+        return self._forward(x, inference, winograd_forward, defer=True)
+
+    def _forward(self, x, inference, winograd_forward, defer):
         self._eval = not self.bn.training
-        if self._eval or self.relu is not None:
-            return self.forward(x, inference, winograd_forward), None
-        z = self._conv_step.forward(x, inference, winograd_forward, batch_stats=True)
-        if self.bn._rows_view(z) is None:
-            return self.bn._forward(z, False, stats=self._conv_step.batch_stats), None
-        self.bn._forward(z, False, stats=self._conv_step.batch_stats, normalize=False)
-        return z, self.bn
+        if self._eval:
+            self._fold()
+            return self._folded.forward(x, inference, winograd_forward), None
+        # the conv step takes the batch's statistics in its pass over each chunk, where it can (else None)
+        y = self._conv_step.forward(x, inference, winograd_forward, batch_stats=True)
+        stats = self._conv_step.batch_stats
+        if defer and self.relu is None and self.bn._rows_view(y) is not None:
+            self.bn._forward(y, False, stats=stats, normalize=False)
+            return y, self.bn
+        return self.bn._forward(y, self.relu is not None, stats=stats), None
 
     def backward(self, grad_out, param_grads=True, input_grad=True, add_to=None):
         """dL/dx (None unless ``input_grad``), the Parameters' gradients added; ``add_to``: dL/dx is added to it,
